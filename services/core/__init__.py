@@ -1,0 +1,1 @@
+"""Shared plumbing: settings, database, errors, stores. Knows no domain module."""

@@ -1,0 +1,92 @@
+"""The domain's error hierarchy. Service layers raise these; one interceptor maps them
+to gRPC status codes (services.core.grpc_errors), so no service knows about gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One offending request field, named by its path in the request message."""
+
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of every error a caller is meant to see. `reason` is a stable UPPER_SNAKE
+    identifier for programs; `message` is for people."""
+
+    default_reason = "ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = {key: str(value) for key, value in (metadata or {}).items()}
+
+
+class InvalidArgument(DomainError):
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[FieldViolation], message: str | None = None) -> None:
+        fields = ", ".join(violation.field for violation in violations)
+        super().__init__(message or f"invalid request: check {fields}")
+        self.violations = violations
+
+    @classmethod
+    def of(cls, field: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(field, description)])
+
+
+class NotFound(DomainError):
+    default_reason = "NOT_FOUND"
+
+    def __init__(self, resource_type: str, resource_name: str, *, reason: str | None = None):
+        super().__init__(
+            f"{resource_type} {resource_name} not found",
+            reason=reason or f"{resource_type.upper()}_NOT_FOUND",
+        )
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+
+
+class AlreadyExists(DomainError):
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DomainError):
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Unauthenticated(DomainError):
+    default_reason = "UNAUTHENTICATED"
+
+
+class Violations:
+    """Collects every problem of a request, so the caller learns them all at once."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self._prefix = prefix
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(self._prefix + field, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+class Aborted(DomainError):
+    """A concurrent change won; the caller may read again and retry."""
+
+    default_reason = "ABORTED"

@@ -1,0 +1,30 @@
+"""What the composition root gives a module when it mounts the module's servicers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.core.pagination import PageTokenCodec
+from services.core.passwords import PasswordHasher
+from services.core.settings import Settings
+
+
+@dataclass(frozen=True)
+class ModuleContext:
+    """Shared dependencies, created once per process."""
+
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    passwords: PasswordHasher
+    page_tokens: PageTokenCodec
+
+
+class MountFunction(Protocol):
+    """Adds a module's servicers to `server`; returns the full names of the services it
+    added, for reflection and health."""
+
+    def __call__(self, server: grpc.aio.Server, context: ModuleContext) -> list[str]: ...

@@ -1,0 +1,65 @@
+"""Password hashing with bcrypt, always off the event loop.
+
+bcrypt costs about 250 ms of CPU at cost 12 and releases the GIL, so it runs in a
+bounded thread pool: other RPCs keep being served while logins are checked."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import bcrypt
+
+# bcrypt reads at most 72 bytes; bcrypt 5 refuses longer input instead of truncating.
+# New passwords longer than that are rejected (see validate_new_password) rather than
+# silently weakened.
+BCRYPT_MAX_BYTES = 72
+MIN_PASSWORD_LENGTH = 8
+
+T = TypeVar("T")
+
+
+def password_problem(password: str) -> str | None:
+    """Why `password` cannot become a password, or None when it can."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"must be at least {MIN_PASSWORD_LENGTH} characters"
+    if len(password.encode("utf-8")) > BCRYPT_MAX_BYTES:
+        return f"must be at most {BCRYPT_MAX_BYTES} bytes in UTF-8"
+    return None
+
+
+class PasswordHasher:
+    def __init__(self, rounds: int, max_workers: int) -> None:
+        self._rounds = rounds
+        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="bcrypt")
+        self._decoy_hash: bytes | None = None
+
+    async def hash(self, password: str) -> str:
+        hashed = await self._run(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self._rounds))
+        return hashed.decode("ascii")
+
+    async def verify(self, password: str, hashed: str | None) -> bool:
+        """True when `password` matches `hashed`. With no hash (unknown account, no
+        password set), or a password bcrypt cannot check, it still spends one bcrypt
+        check against a decoy, so that every failure takes about the same time."""
+        candidate = password.encode()
+        if hashed is None or len(candidate) > BCRYPT_MAX_BYTES:
+            await self._run(bcrypt.checkpw, candidate[:BCRYPT_MAX_BYTES], await self._decoy())
+            return False
+        return await self._run(bcrypt.checkpw, candidate, hashed.encode("ascii"))
+
+    async def _decoy(self) -> bytes:
+        if self._decoy_hash is None:
+            self._decoy_hash = await self._run(
+                bcrypt.hashpw, secrets.token_bytes(16), bcrypt.gensalt(self._rounds)
+            )
+        return self._decoy_hash
+
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,99 @@
+"""Stores: the tenants. Owned by the core because every module is scoped to one.
+
+Also the per-store counters that give human-readable, gap-free numbers (customer
+numbers, order numbers) without a race, on PostgreSQL and SQLite alike."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.core.database import Base, UtcDateTime, utc_now
+from services.core.errors import FailedPrecondition, InvalidArgument, NotFound
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+StoreIdType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Store(Base):
+    """A tenant. Every store-owned row of every module references one."""
+
+    __tablename__ = "stores"
+
+    id: Mapped[int] = mapped_column(StoreIdType, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255))
+    is_active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class StoreCounter(Base):
+    """The last number handed out for one kind of record in one store."""
+
+    __tablename__ = "store_counters"
+
+    store_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+def check_store_id(store_id: int) -> None:
+    if store_id <= 0:
+        raise InvalidArgument.of("store_id", "must be a positive store id")
+
+
+async def require_active_store(session: AsyncSession, store_id: int) -> None:
+    """Fails unless the store exists (NOT_FOUND) and is active (FAILED_PRECONDITION)."""
+    check_store_id(store_id)
+    is_active = await session.scalar(select(Store.is_active).where(Store.id == store_id))
+    if is_active is None:
+        raise NotFound("store", str(store_id))
+    if not is_active:
+        raise FailedPrecondition(
+            f"store {store_id} is inactive",
+            reason="STORE_INACTIVE",
+            metadata={"store_id": store_id},
+        )
+
+
+async def next_store_number(session: AsyncSession, store_id: int, counter: str) -> int:
+    """Allocates the next number of `counter` in the store, inside the caller's
+    transaction. The counter row stays locked until that transaction ends, so
+    concurrent callers (in any process) get distinct numbers, and a rolled-back
+    transaction gives its number back. Call it late to hold the lock briefly."""
+    dialect = session.bind.dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert(StoreCounter)
+        .values(store_id=store_id, name=counter, value=1)
+        .on_conflict_do_update(
+            index_elements=[StoreCounter.store_id, StoreCounter.name],
+            set_={"value": StoreCounter.value + 1},
+        )
+        .returning(StoreCounter.value)
+    )
+    return (await session.execute(statement)).scalar_one()
+
+
+async def create_store(session: AsyncSession, name: str) -> Store:
+    store = Store(name=name, is_active=True)
+    session.add(store)
+    await session.flush()
+    return store
+
+
+async def list_stores(session: AsyncSession) -> list[Store]:
+    return list(await session.scalars(select(Store).order_by(Store.id)))
+
+
+async def set_store_active(session: AsyncSession, store_id: int, active: bool) -> Store:
+    store = await session.get(Store, store_id)
+    if store is None:
+        raise NotFound("store", str(store_id))
+    store.is_active = active
+    return store

@@ -1,0 +1,97 @@
+"""Customers and their addresses. Consumer-agnostic: nothing here knows who
+references a customer (orders, loyalty, ...); those modules own their relationships.
+
+Every key includes `store_id`, the way Citus distributes a multi-tenant schema: a row
+can only ever reference a row of its own store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.core.database import Base, UtcDateTime, utc_now
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    store_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("stores.id"), primary_key=True)
+    # Allocated from the store's counter, so ids are per store and the key is
+    # (store_id, customer_id) on every database.
+    customer_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    customer_number: Mapped[str] = mapped_column(String(50))
+    email: Mapped[str] = mapped_column(String(255))
+    # The lower-cased email: uniqueness and lookups ignore case identically on every
+    # database (SQLite's lower() only folds ASCII).
+    email_key: Mapped[str] = mapped_column(String(320))
+    hashed_password: Mapped[str | None] = mapped_column(String(255))
+    first_name: Mapped[str] = mapped_column(String(100), default="")
+    last_name: Mapped[str] = mapped_column(String(100), default="")
+    phone: Mapped[str] = mapped_column(String(50), default="")
+    marketing_consent: Mapped[bool] = mapped_column(default=False)
+    # RFC 5646 asks for room for 35 characters; the seed's 10 cuts valid tags.
+    preferred_language: Mapped[str] = mapped_column(String(35), default="")
+    is_active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+    __table_args__ = (
+        UniqueConstraint("store_id", "customer_number"),
+        UniqueConstraint("store_id", "email_key"),
+    )
+
+
+class CustomerAddress(Base):
+    __tablename__ = "customer_addresses"
+
+    store_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    address_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    customer_id: Mapped[int] = mapped_column(BigInteger)
+    recipient_name: Mapped[str] = mapped_column(String(100))
+    address_line1: Mapped[str] = mapped_column(String(255))
+    address_line2: Mapped[str] = mapped_column(String(255), default="")
+    city: Mapped[str] = mapped_column(String(100))
+    postal_code: Mapped[str] = mapped_column(String(20), default="")
+    region: Mapped[str] = mapped_column(String(100), default="")
+    country_code: Mapped[str] = mapped_column(String(2))
+    phone: Mapped[str] = mapped_column(String(50), default="")
+    default_shipping: Mapped[bool] = mapped_column(default=False)
+    default_billing: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["store_id", "customer_id"],
+            ["customers.store_id", "customers.customer_id"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_customer_addresses_customer", "store_id", "customer_id", "address_id"),
+        # At most one default shipping and one default billing address per customer.
+        Index(
+            "uq_customer_addresses_default_shipping",
+            "store_id",
+            "customer_id",
+            unique=True,
+            postgresql_where=text("default_shipping"),
+            sqlite_where=text("default_shipping"),
+        ),
+        Index(
+            "uq_customer_addresses_default_billing",
+            "store_id",
+            "customer_id",
+            unique=True,
+            postgresql_where=text("default_billing"),
+            sqlite_where=text("default_billing"),
+        ),
+    )

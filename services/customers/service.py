@@ -1,0 +1,494 @@
+"""The customers service layer: the rules for creating, changing, listing and
+authenticating customers and their addresses. Plain values in, models or domain
+errors out; no gRPC here, so it is testable without a server."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import email_validator
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.core.database import UnitOfWork, utc_now
+from services.core.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Violations,
+)
+from services.core.pagination import PageTokenCodec, resolve_page_size
+from services.core.passwords import PasswordHasher, password_problem
+from services.core.stores import check_store_id, next_store_number, require_active_store
+from services.customers import validation
+from services.customers.models import Customer, CustomerAddress
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+MAX_ADDRESSES_PER_CUSTOMER = 20
+
+CUSTOMER_COUNTER = "customer"
+ADDRESS_COUNTER = "customer_address"
+
+# What UpdateCustomer and UpdateCustomerAddress may change, in the API's field names.
+CUSTOMER_WRITABLE_FIELDS = (
+    "email",
+    "first_name",
+    "last_name",
+    "phone",
+    "marketing_consent",
+    "preferred_language",
+)
+ADDRESS_WRITABLE_FIELDS = (
+    "recipient_name",
+    "address_line1",
+    "address_line2",
+    "city",
+    "postal_code",
+    "region",
+    "country_code",
+    "phone",
+    "default_shipping",
+    "default_billing",
+)
+# country_code is required too: an empty one is not a valid code.
+_REQUIRED_ADDRESS_FIELDS = {"recipient_name", "address_line1", "city"}
+
+INVALID_CREDENTIALS = "invalid email or password"
+
+
+@dataclass(frozen=True)
+class NewCustomer:
+    email: str
+    password: str = ""
+    first_name: str = ""
+    last_name: str = ""
+    phone: str = ""
+    marketing_consent: bool = False
+    preferred_language: str = ""
+
+
+@dataclass(frozen=True)
+class CustomerPage:
+    customers: list[Customer]
+    next_page_token: str
+
+
+def customer_number(customer_id: int) -> str:
+    return f"C-{customer_id:06d}"
+
+
+def email_key(address: str) -> str:
+    return address.lower()
+
+
+class CustomerService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        passwords: PasswordHasher,
+        page_tokens: PageTokenCodec,
+    ) -> None:
+        self._sessions = sessions
+        self._passwords = passwords
+        self._page_tokens = page_tokens
+
+    # -- customers ---------------------------------------------------------------------
+
+    async def create_customer(self, store_id: int, new: NewCustomer) -> Customer:
+        problems = Violations()
+        check_store_id(store_id)
+        profile = {name: value for name, value in asdict(new).items() if name != "password"}
+        values = _customer_values(problems, profile.items())
+        if new.password and (problem := password_problem(new.password)):
+            problems.add("password", problem)
+        problems.raise_if_any()
+        hashed_password = await self._passwords.hash(new.password) if new.password else None
+
+        async with UnitOfWork(self._sessions) as uow:
+            await require_active_store(uow.session, store_id)
+            await _ensure_email_free(uow.session, store_id, values["email"])
+            customer_id = await next_store_number(uow.session, store_id, CUSTOMER_COUNTER)
+            now = utc_now()
+            customer = Customer(
+                store_id=store_id,
+                customer_id=customer_id,
+                customer_number=customer_number(customer_id),
+                hashed_password=hashed_password,
+                is_active=True,
+                created_at=now,
+                updated_at=now,
+                **values,
+            )
+            uow.session.add(customer)
+            await _flush_unless_email_taken(uow.session, values["email"])
+            await uow.commit()
+        return customer
+
+    async def get_customer(self, store_id: int, customer_id: int) -> Customer:
+        async with UnitOfWork(self._sessions) as uow:
+            await require_active_store(uow.session, store_id)
+            return await _load_customer(uow.session, store_id, customer_id)
+
+    async def update_customer(
+        self, store_id: int, customer_id: int, changes: dict[str, Any]
+    ) -> Customer:
+        problems = Violations(prefix="customer.")
+        values = _customer_values(problems, changes.items())
+        problems.raise_if_any()
+        async with UnitOfWork(self._sessions) as uow:
+            await require_active_store(uow.session, store_id)
+            customer = await _load_customer(uow.session, store_id, customer_id)
+            if "email" in values and email_key(values["email"]) != customer.email_key:
+                await _ensure_email_free(uow.session, store_id, values["email"])
+            for name, value in values.items():
+                setattr(customer, name, value)
+            customer.updated_at = utc_now()
+            await _flush_unless_email_taken(uow.session, values.get("email", ""))
+            await uow.commit()
+        return customer
+
+    async def list_customers(
+        self,
+        store_id: int,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        active: bool | None = None,
+        query: str = "",
+    ) -> CustomerPage:
+        check_store_id(store_id)
+        size = resolve_page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
+        needle = query.strip().lower()
+        if len(needle) > validation.QUERY_MAX:
+            raise InvalidArgument.of("query", f"must be at most {validation.QUERY_MAX} characters")
+        scope = {"list": "customers", "store_id": store_id, "active": active, "query": needle}
+        after_id = 0
+        if page_token:
+            (after_id,) = self._page_tokens.decode(page_token, scope)
+
+        statement = (
+            select(Customer)
+            .where(Customer.store_id == store_id, Customer.customer_id > after_id)
+            .order_by(Customer.customer_id)
+            .limit(size + 1)
+        )
+        if active is not None:
+            statement = statement.where(Customer.is_active.is_(active))
+        if needle:
+            statement = statement.where(_matches(needle))
+        async with UnitOfWork(self._sessions) as uow:
+            await require_active_store(uow.session, store_id)
+            customers = list(await uow.session.scalars(statement))
+
+        if len(customers) <= size:
+            return CustomerPage(customers, "")
+        customers = customers[:size]
+        return CustomerPage(customers, self._page_tokens.encode(scope, [customers[-1].customer_id]))
+
+    async def set_customer_status(self, store_id: int, customer_id: int, active: bool) -> Customer:
+        async with UnitOfWork(self._sessions) as uow:
+            await require_active_store(uow.session, store_id)
+            customer = await _load_customer(uow.session, store_id, customer_id)
+            if customer.is_active != active:
+                customer.is_active = active
+                customer.updated_at = utc_now()
+                await uow.commit()
+        return customer
+
+    async def authenticate(self, store_id: int, email: str, password: str) -> Customer:
+        check_store_id(store_id)
+        async with UnitOfWork(self._sessions) as uow:
+            await require_active_store(uow.session, store_id)
+            customer = await uow.session.scalar(
+                select(Customer).where(
+                    Customer.store_id == store_id, Customer.email_key == _login_key(email)
+                )
+            )
+        # The password is checked even when the account cannot sign in, so that every
+        # failure costs one bcrypt check and none reveals whether the email exists.
+        matches = await self._passwords.verify(
+            password, customer.hashed_password if customer else None
+        )
+        if customer is None or not matches or not customer.is_active:
+            raise Unauthenticated(INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
+        return customer
+
+    async def change_password(
+        self, store_id: int, customer_id: int, current_password: str, new_password: str
+    ) -> Customer:
+        if problem := password_problem(new_password):
+            raise InvalidArgument.of("new_password", problem)
+        async with UnitOfWork(self._sessions) as uow:
+            await require_active_store(uow.session, store_id)
+            customer = await _load_customer(uow.session, store_id, customer_id)
+        old_hash = customer.hashed_password
+        # bcrypt runs outside any transaction, so no connection waits on it.
+        if old_hash is None:
+            if current_password:
+                raise Unauthenticated(
+                    "the customer has no password yet; leave it empty", reason="WRONG_PASSWORD"
+                )
+        elif not await self._passwords.verify(current_password, old_hash):
+            raise Unauthenticated("current_password is wrong", reason="WRONG_PASSWORD")
+        new_hash = await self._passwords.hash(new_password)
+
+        unchanged = (
+            Customer.hashed_password.is_(None)
+            if old_hash is None
+            else Customer.hashed_password == old_hash
+        )
+        async with UnitOfWork(self._sessions) as uow:
+            changed = await uow.session.scalar(
+                update(Customer)
+                .where(
+                    Customer.store_id == store_id, Customer.customer_id == customer_id, unchanged
+                )
+                .values(hashed_password=new_hash, updated_at=utc_now())
+                .returning(Customer)
+            )
+            if changed is None:
+                raise Aborted(
+                    "the password was changed concurrently; try again",
+                    reason="CONCURRENT_PASSWORD_CHANGE",
+                )
+            await uow.commit()
+        return changed
+
+    # -- addresses ---------------------------------------------------------------------
+
+    async def create_address(
+        self, store_id: int, customer_id: int, fields: dict[str, Any]
+    ) -> CustomerAddress:
+        problems = Violations(prefix="address.")
+        values = _address_values(problems, ({"country_code": ""} | fields).items())
+        problems.raise_if_any()
+        async with UnitOfWork(self._sessions) as uow:
+            session = uow.session
+            await require_active_store(session, store_id)
+            # Locking the customer serialises address changes of one customer, which
+            # keeps the address limit and the single defaults exact.
+            await _load_customer(session, store_id, customer_id, for_update=True)
+            count = await session.scalar(
+                select(func.count()).where(
+                    CustomerAddress.store_id == store_id,
+                    CustomerAddress.customer_id == customer_id,
+                )
+            )
+            if count >= MAX_ADDRESSES_PER_CUSTOMER:
+                raise FailedPrecondition(
+                    f"a customer has at most {MAX_ADDRESSES_PER_CUSTOMER} addresses",
+                    reason="ADDRESS_LIMIT_REACHED",
+                    metadata={"limit": MAX_ADDRESSES_PER_CUSTOMER},
+                )
+            address_id = await next_store_number(session, store_id, ADDRESS_COUNTER)
+            await _clear_other_defaults(session, store_id, customer_id, address_id, values)
+            now = utc_now()
+            address = CustomerAddress(
+                store_id=store_id,
+                customer_id=customer_id,
+                address_id=address_id,
+                created_at=now,
+                updated_at=now,
+                **values,
+            )
+            session.add(address)
+            await session.flush()
+            await uow.commit()
+        return address
+
+    async def update_address(
+        self, store_id: int, customer_id: int, address_id: int, changes: dict[str, Any]
+    ) -> CustomerAddress:
+        problems = Violations(prefix="address.")
+        values = _address_values(problems, changes.items())
+        problems.raise_if_any()
+        async with UnitOfWork(self._sessions) as uow:
+            session = uow.session
+            await require_active_store(session, store_id)
+            await _load_customer(session, store_id, customer_id, for_update=True)
+            address = await _load_address(session, store_id, customer_id, address_id)
+            await _clear_other_defaults(session, store_id, customer_id, address_id, values)
+            for name, value in values.items():
+                setattr(address, name, value)
+            address.updated_at = utc_now()
+            await session.flush()
+            await uow.commit()
+        return address
+
+    async def delete_address(self, store_id: int, customer_id: int, address_id: int) -> None:
+        async with UnitOfWork(self._sessions) as uow:
+            await require_active_store(uow.session, store_id)
+            deleted = await uow.session.scalar(
+                delete(CustomerAddress)
+                .where(
+                    CustomerAddress.store_id == store_id,
+                    CustomerAddress.customer_id == customer_id,
+                    CustomerAddress.address_id == address_id,
+                )
+                .returning(CustomerAddress.address_id)
+            )
+            if deleted is None:
+                raise NotFound("address", str(address_id))
+            await uow.commit()
+
+    async def list_addresses(self, store_id: int, customer_id: int) -> list[CustomerAddress]:
+        async with UnitOfWork(self._sessions) as uow:
+            await require_active_store(uow.session, store_id)
+            await _load_customer(uow.session, store_id, customer_id)
+            return list(
+                await uow.session.scalars(
+                    select(CustomerAddress)
+                    .where(
+                        CustomerAddress.store_id == store_id,
+                        CustomerAddress.customer_id == customer_id,
+                    )
+                    .order_by(CustomerAddress.address_id)
+                )
+            )
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _customer_values(problems: Violations, items: Any) -> dict[str, Any]:
+    """Validated, normalized column values for the given API fields."""
+    values: dict[str, Any] = {}
+    for name, value in items:
+        if name == "email":
+            values["email"] = validation.email(problems, name, value)
+            values["email_key"] = email_key(values["email"])
+        elif name in ("first_name", "last_name"):
+            values[name] = validation.text(problems, name, value, max_length=validation.NAME_MAX)
+        elif name == "phone":
+            values[name] = validation.phone(problems, name, value)
+        elif name == "preferred_language":
+            values[name] = validation.language_tag(problems, name, value)
+        elif name == "marketing_consent":
+            values[name] = bool(value)
+        else:
+            raise ValueError(f"not a customer field: {name}")
+    return values
+
+
+def _address_values(problems: Violations, items: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, value in items:
+        required = name in _REQUIRED_ADDRESS_FIELDS
+        if name in ("recipient_name", "city", "region"):
+            values[name] = validation.text(
+                problems, name, value, max_length=validation.NAME_MAX, required=required
+            )
+        elif name in ("address_line1", "address_line2"):
+            values[name] = validation.text(
+                problems, name, value, max_length=validation.LINE_MAX, required=required
+            )
+        elif name == "postal_code":
+            values[name] = validation.text(
+                problems, name, value, max_length=validation.POSTAL_CODE_MAX
+            )
+        elif name == "country_code":
+            values[name] = validation.country_code(problems, name, value)
+        elif name == "phone":
+            values[name] = validation.phone(problems, name, value)
+        elif name in ("default_shipping", "default_billing"):
+            values[name] = bool(value)
+        else:
+            raise ValueError(f"not an address field: {name}")
+    return values
+
+
+def _login_key(email: str) -> str:
+    try:
+        return email_key(
+            email_validator.validate_email(email, check_deliverability=False).normalized
+        )
+    except email_validator.EmailNotValidError:
+        return email_key(email.strip())
+
+
+def _matches(needle: str) -> Any:
+    """Case-insensitive substring match on email, names, full name and phone."""
+    full_name = func.lower(Customer.first_name + " " + Customer.last_name)
+    return or_(
+        Customer.email_key.contains(needle, autoescape=True),
+        func.lower(Customer.first_name).contains(needle, autoescape=True),
+        func.lower(Customer.last_name).contains(needle, autoescape=True),
+        full_name.contains(needle, autoescape=True),
+        Customer.phone.contains(needle, autoescape=True),
+    )
+
+
+async def _load_customer(
+    session: AsyncSession, store_id: int, customer_id: int, *, for_update: bool = False
+) -> Customer:
+    if customer_id <= 0:
+        raise InvalidArgument.of("customer_id", "must be a positive customer id")
+    customer = await session.get(Customer, (store_id, customer_id), with_for_update=for_update)
+    if customer is None:
+        raise NotFound("customer", str(customer_id))
+    return customer
+
+
+async def _load_address(
+    session: AsyncSession, store_id: int, customer_id: int, address_id: int
+) -> CustomerAddress:
+    if address_id <= 0:
+        raise InvalidArgument.of("address_id", "must be a positive address id")
+    address = await session.get(CustomerAddress, (store_id, address_id))
+    if address is None or address.customer_id != customer_id:
+        raise NotFound("address", str(address_id))
+    return address
+
+
+async def _ensure_email_free(session: AsyncSession, store_id: int, email: str) -> None:
+    taken = await session.scalar(
+        select(Customer.customer_id).where(
+            Customer.store_id == store_id, Customer.email_key == email_key(email)
+        )
+    )
+    if taken is not None:
+        raise _email_taken(email)
+
+
+async def _flush_unless_email_taken(session: AsyncSession, email: str) -> None:
+    """Flushes; a concurrent request that took the same email meanwhile loses here,
+    on the unique key, with ALREADY_EXISTS instead of a half-written row."""
+    try:
+        await session.flush()
+    except IntegrityError as error:
+        if "email_key" in str(error.orig):
+            raise _email_taken(email) from None
+        raise
+
+
+def _email_taken(email: str) -> AlreadyExists:
+    return AlreadyExists(
+        "a customer with this email already exists in the store",
+        reason="EMAIL_TAKEN",
+        metadata={"field": "email"},
+    )
+
+
+async def _clear_other_defaults(
+    session: AsyncSession, store_id: int, customer_id: int, address_id: int, values: dict[str, Any]
+) -> None:
+    """A new default shipping (billing) address takes the flag from the old one."""
+    for flag in ("default_shipping", "default_billing"):
+        if values.get(flag):
+            column = getattr(CustomerAddress, flag)
+            await session.execute(
+                update(CustomerAddress)
+                .where(
+                    CustomerAddress.store_id == store_id,
+                    CustomerAddress.customer_id == customer_id,
+                    CustomerAddress.address_id != address_id,
+                    column.is_(True),
+                )
+                .values({flag: False})
+            )
