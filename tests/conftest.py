@@ -1,0 +1,135 @@
+"""Shared fixtures: a real database (SQLite file and a fresh PostgreSQL database, both
+built by the Alembic migrations), a real gRPC server on a loopback port, real stubs.
+
+Every test creates its own store, and every row is scoped to a store, so tests never
+see each other's data and need no cleanup between them.
+
+COMMERCE_TEST_BACKENDS=sqlite (or postgresql) limits the run to one database;
+COMMERCE_TEST_POSTGRES_URL points at another PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from commerce.customers.v1 import customer_service_pb2_grpc
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.core.database import UnitOfWork, create_engine, create_session_factory
+from services.core.settings import Settings
+from services.core.stores import create_store, set_store_active
+from services.migrations import upgrade
+from services.server import Application
+
+POSTGRES_URL = os.environ.get(
+    "COMMERCE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+BACKENDS = os.environ.get("COMMERCE_TEST_BACKENDS", "sqlite,postgresql").split(",")
+
+# The lowest bcrypt cost: tests check behaviour, not hashing speed.
+TEST_BCRYPT_ROUNDS = 4
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A migrated, empty database of each backend, for the whole session."""
+    if request.param == "sqlite":
+        path: Path = tmp_path_factory.mktemp("sqlite") / "commerce.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        upgrade(url)
+        yield url
+        return
+    name = f"commerce_test_{uuid.uuid4().hex[:12]}"
+    admin = _asyncpg_dsn(POSTGRES_URL)
+
+    async def admin_command(sql: str) -> None:
+        connection = await asyncpg.connect(admin)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin_command(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        asyncio.run(admin_command(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def backend(database_url: str) -> str:
+    return make_url(database_url).get_backend_name()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        bcrypt_rounds=TEST_BCRYPT_ROUNDS,
+        page_token_secret="test-page-token-secret",
+        listen_address="127.0.0.1:0",
+        db_pool_size=5,
+    )
+
+
+@pytest.fixture(scope="session")
+async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions for arranging and checking data directly in the database."""
+    engine = create_engine(settings.database_url, pool_size=2)
+    yield create_session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def server(settings: Settings) -> AsyncIterator[Application]:
+    app = Application(settings)
+    await app.start("127.0.0.1:0")
+    yield app
+    await app.stop(grace=1)
+
+
+@pytest.fixture(scope="session")
+async def channel(server: Application) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def customers(channel: grpc.aio.Channel) -> customer_service_pb2_grpc.CustomerServiceStub:
+    return customer_service_pb2_grpc.CustomerServiceStub(channel)
+
+
+async def new_store(sessions: async_sessionmaker[AsyncSession], *, active: bool = True) -> int:
+    async with UnitOfWork(sessions) as uow:
+        store = await create_store(uow.session, f"store {uuid.uuid4().hex[:8]}")
+        if not active:
+            await set_store_active(uow.session, store.id, False)
+        await uow.commit()
+    return store.id
+
+
+@pytest.fixture
+async def store_id(sessions: async_sessionmaker[AsyncSession]) -> int:
+    """A fresh, active store of this test's own."""
+    return await new_store(sessions)
+
+
+@pytest.fixture
+async def other_store_id(sessions: async_sessionmaker[AsyncSession]) -> int:
+    """A second store, to check that nothing crosses between stores."""
+    return await new_store(sessions)
