@@ -23,7 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings(**{key: value for key, value in _overrides(args).items() if value})
     except ValidationError as error:
         problem = error.errors()[0]
-        parser.error(f"bad setting {problem['loc'][0]}: {problem['msg']}")
+        message = problem["msg"].removeprefix("Value error, ")
+        parser.error(f"bad setting {problem['loc'][0]}: {message}")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

@@ -1,0 +1,103 @@
+"""The server around the modules: health, reflection, mounting, error mapping."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from commerce.customers.v1 import customer_service_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.core.grpc_errors import ErrorMappingInterceptor
+from services.core.settings import Settings
+from services.server import Application
+from tests.e2e.helpers import pb
+from tests.errors import rpc_error
+
+CUSTOMER_SERVICE = "commerce.customers.v1.CustomerService"
+
+
+async def test_health_reports_serving_overall_and_per_service(channel):
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", CUSTOMER_SERVICE):
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    await rpc_error(
+        stub.Check(health_pb2.HealthCheckRequest(service="commerce.nope.v1.Nothing")),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+async def listed_services(channel: grpc.aio.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    async for response in stub.ServerReflectionInfo(iter([request])):
+        return {service.name for service in response.list_services_response.service}
+    raise AssertionError("no reflection response")
+
+
+async def test_reflection_lists_exactly_the_mounted_services(channel):
+    assert await listed_services(channel) == {
+        CUSTOMER_SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+
+
+async def test_health_turns_not_serving_at_shutdown(settings):
+    app = Application(settings, ["customers"])
+    await app.start("127.0.0.1:0")
+    try:
+        await app.health.enter_graceful_shutdown()
+        response = await app.health.Check(
+            health_pb2.HealthCheckRequest(service=CUSTOMER_SERVICE), None
+        )
+        assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await app.stop(grace=0)
+
+
+def test_unknown_module_is_refused(settings):
+    with pytest.raises(ValueError, match="unknown module"):
+        Application(settings, ["customers", "warehouse"])
+
+
+async def test_lost_database_is_unavailable_not_unknown():
+    # Nothing listens on port 1: every database call fails to connect.
+    settings = Settings(database_url="postgresql://postgres@127.0.0.1:1/none", bcrypt_rounds=4)
+    app = Application(settings)
+    port = await app.start("127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = customer_service_pb2_grpc.CustomerServiceStub(channel)
+            failure = await rpc_error(
+                stub.GetCustomer(pb.GetCustomerRequest(store_id=1, customer_id=1)),
+                grpc.StatusCode.UNAVAILABLE,
+            )
+            assert "127.0.0.1" not in failure.message
+    finally:
+        await app.stop(grace=0)
+
+
+async def test_a_bug_is_internal_without_detail(caplog):
+    """Any exception that is not a domain error reaches the caller as INTERNAL with a
+    fixed message, never as UNKNOWN with the exception's text; the log has the trace."""
+
+    async def broken(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise RuntimeError("secret internals: password=hunter2")
+
+    handler = grpc.method_handlers_generic_handler(
+        "commerce.test.v1.Broken", {"Call": grpc.unary_unary_rpc_method_handler(broken)}
+    )
+    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+    server.add_generic_rpc_handlers([handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/commerce.test.v1.Broken/Call")(b"")
+            failure = await rpc_error(call, grpc.StatusCode.INTERNAL)
+        assert failure.message == "internal error"
+        assert "RuntimeError: secret internals" in caplog.text
+    finally:
+        await server.stop(0)

@@ -1,0 +1,112 @@
+"""The customers service layer on a real database, without gRPC."""
+
+from __future__ import annotations
+
+import bcrypt
+import pytest
+
+from services.core.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from services.core.pagination import PageTokenCodec
+from services.core.passwords import PasswordHasher
+from services.customers.service import CustomerService, NewCustomer
+
+PASSWORD = "correct horse battery"
+
+
+class CountingHasher(PasswordHasher):
+    """A real hasher that counts the bcrypt checks it runs."""
+
+    def __init__(self) -> None:
+        super().__init__(rounds=4, max_workers=2)
+        self.checks = 0
+
+    async def _run(self, function, *args):
+        if function is bcrypt.checkpw:
+            self.checks += 1
+        return await super()._run(function, *args)
+
+
+@pytest.fixture
+async def hasher():
+    hasher = CountingHasher()
+    yield hasher
+    hasher.close()
+
+
+@pytest.fixture
+def service(sessions, hasher) -> CustomerService:
+    return CustomerService(sessions, hasher, PageTokenCodec("secret"))
+
+
+async def test_create_then_get(service, store_id):
+    created = await service.create_customer(
+        store_id, NewCustomer(email="svc@example.com", first_name="Sv")
+    )
+    fetched = await service.get_customer(store_id, created.customer_id)
+    assert (fetched.email, fetched.first_name, fetched.customer_number) == (
+        "svc@example.com",
+        "Sv",
+        "C-000001",
+    )
+
+
+async def test_errors_are_domain_errors(service, store_id, other_store_id):
+    created = await service.create_customer(store_id, NewCustomer(email="dup@example.com"))
+    with pytest.raises(AlreadyExists):
+        await service.create_customer(store_id, NewCustomer(email="Dup@Example.com"))
+    with pytest.raises(NotFound):
+        await service.get_customer(other_store_id, created.customer_id)
+    with pytest.raises(InvalidArgument) as invalid:
+        await service.create_customer(store_id, NewCustomer(email="nope", password="1"))
+    assert {v.field for v in invalid.value.violations} == {"email", "password"}
+
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [
+        ("unknown@example.com", PASSWORD),  # no such customer
+        ("known@example.com", "wrong password"),  # wrong password
+        ("nopass@example.com", PASSWORD),  # customer without a password
+        ("known@example.com", "ü" * 40),  # longer than bcrypt can check
+    ],
+)
+async def test_every_failed_login_costs_one_bcrypt_check(
+    service, hasher, store_id, email, password
+):
+    await service.create_customer(
+        store_id, NewCustomer(email="known@example.com", password=PASSWORD)
+    )
+    await service.create_customer(store_id, NewCustomer(email="nopass@example.com"))
+    hasher.checks = 0
+    with pytest.raises(Unauthenticated):
+        await service.authenticate(store_id, email, password)
+    assert hasher.checks == 1
+
+
+async def test_inactive_customer_cannot_log_in_even_with_the_right_password(
+    service, hasher, store_id
+):
+    created = await service.create_customer(
+        store_id, NewCustomer(email="off@example.com", password=PASSWORD)
+    )
+    await service.set_customer_status(store_id, created.customer_id, active=False)
+    hasher.checks = 0
+    with pytest.raises(Unauthenticated):
+        await service.authenticate(store_id, "off@example.com", PASSWORD)
+    assert hasher.checks == 1
+
+
+async def test_list_uses_keyset_tokens(service, store_id):
+    for index in range(5):
+        await service.create_customer(store_id, NewCustomer(email=f"k{index}@example.com"))
+    first = await service.list_customers(store_id, page_size=2)
+    second = await service.list_customers(store_id, page_size=2, page_token=first.next_page_token)
+    last = await service.list_customers(store_id, page_size=2, page_token=second.next_page_token)
+    assert [c.customer_id for c in first.customers + second.customers + last.customers] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    assert last.next_page_token == ""

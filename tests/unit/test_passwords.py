@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.core.passwords import PasswordHasher, password_problem
+
+
+@pytest.fixture
+def hasher():
+    hasher = PasswordHasher(rounds=4, max_workers=2)
+    yield hasher
+    hasher.close()
+
+
+async def test_hash_and_verify(hasher):
+    hashed = await hasher.hash("correct horse")
+    assert hashed.startswith("$2b$04$")
+    assert await hasher.verify("correct horse", hashed) is True
+    assert await hasher.verify("wrong horse", hashed) is False
+
+
+async def test_verify_without_hash_or_with_overlong_input_is_false(hasher):
+    hashed = await hasher.hash("correct horse")
+    assert await hasher.verify("correct horse", None) is False
+    assert await hasher.verify("x" * 73, hashed) is False
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("1234567", "at least 8"),
+        ("é" * 37, "at most 72 bytes"),
+        ("12345678", None),
+        ("é" * 36, None),
+    ],
+)
+def test_password_rules(password, problem):
+    found = password_problem(password)
+    assert (found is None) if problem is None else (problem in found)
+
+
+async def test_hashing_leaves_the_event_loop_free():
+    """While a cost-13 hash (~0.5 s of CPU) runs, the loop keeps ticking. Were bcrypt run
+    on the loop, not one tick would happen before it finished."""
+    hasher = PasswordHasher(rounds=13, max_workers=1)
+    try:
+        hashing = asyncio.ensure_future(hasher.hash("correct horse"))
+        ticks = 0
+        while not hashing.done():
+            await asyncio.sleep(0.005)
+            ticks += 1
+        await hashing
+    finally:
+        hasher.close()
+    assert ticks >= 10
