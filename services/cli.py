@@ -6,21 +6,26 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.core.database import UnitOfWork, create_engine, create_session_factory
 from services.core.errors import DomainError
 from services.core.settings import Settings
 from services.core.stores import create_store, list_stores, set_store_active
 
+Command = Callable[[argparse.Namespace, Settings], int]
+StoreAction = Callable[[AsyncSession, argparse.Namespace], Awaitable[None]]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        settings = Settings(**{key: value for key, value in _overrides(args).items() if value})
+        settings = _settings(args)
     except ValidationError as error:
         problem = error.errors()[0]
         message = problem["msg"].removeprefix("Value error, ")
@@ -28,13 +33,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    command: Command = args.run
     try:
-        return args.run(args, settings)
+        return command(args, settings)
     except DomainError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Environment variables, overridden by the flags that were given."""
+    flags: dict[str, Any] = {
+        "database_url": args.database_url,
+        "listen_address": getattr(args, "listen", None),
+    }
+    return Settings(**{name: value for name, value in flags.items() if value is not None})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,15 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, object]:
-    return {
-        "database_url": args.database_url,
-        "listen_address": getattr(args, "listen", None),
-    }
-
-
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from services.server import serve  # imported late: `migrate` need not load grpc
+    from services.server import serve  # imported late: the other commands need no grpc
 
     modules = [name.strip() for name in args.services.split(",")] if args.services else None
     asyncio.run(serve(settings, modules, grace=args.grace))
@@ -95,9 +103,11 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _store_command(action):  # type: ignore[no-untyped-def]
+def _store_command(action: StoreAction) -> Command:
+    """Runs `action` in one committed transaction."""
+
     def run(args: argparse.Namespace, settings: Settings) -> int:
-        async def with_session() -> None:
+        async def in_transaction() -> None:
             engine = create_engine(settings.database_url, pool_size=1)
             try:
                 async with UnitOfWork(create_session_factory(engine)) as uow:
@@ -106,23 +116,23 @@ def _store_command(action):  # type: ignore[no-untyped-def]
             finally:
                 await engine.dispose()
 
-        asyncio.run(with_session())
+        asyncio.run(in_transaction())
         return 0
 
     return run
 
 
-async def _create_store(session, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+async def _create_store(session: AsyncSession, args: argparse.Namespace) -> None:
     store = await create_store(session, args.name)
     print(f"created store {store.id} ({store.name})")
 
 
-async def _list_stores(session, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+async def _list_stores(session: AsyncSession, args: argparse.Namespace) -> None:
     for store in await list_stores(session):
         print(f"{store.id}\t{'active' if store.is_active else 'inactive'}\t{store.name}")
 
 
-async def _set_active(session, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+async def _set_active(session: AsyncSession, args: argparse.Namespace) -> None:
     store = await set_store_active(session, args.store_id, args.active)
     print(f"store {store.id} is now {'active' if store.is_active else 'inactive'}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -47,7 +47,9 @@ _UNAVAILABLE_ERRORS = (
     OSError,
 )
 
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+# Generic only in the type stubs, hence the quotes.
+Behavior: TypeAlias = "Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 def domain_of(method: str) -> str:
@@ -98,13 +100,13 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     handling, which would answer UNKNOWN with the exception's text."""
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
@@ -113,7 +115,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler  # streaming services (reflection, health) handle their own errors
         wrapped = grpc.unary_unary_rpc_method_handler(
-            _map_errors(handler.unary_unary, domain_of(method)),
+            # grpc.aio calls the behaviours it registers with an aio context and awaits them.
+            _map_errors(cast(Behavior, handler.unary_unary), domain_of(method)),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -122,7 +125,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _map_errors(behavior: Behavior, domain: str) -> Behavior:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await behavior(request, context)
         except DomainError as error:

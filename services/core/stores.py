@@ -66,8 +66,7 @@ async def next_store_number(session: AsyncSession, store_id: int, counter: str) 
     transaction. The counter row stays locked until that transaction ends, so
     concurrent callers (in any process) get distinct numbers, and a rolled-back
     transaction gives its number back. Call it late to hold the lock briefly."""
-    dialect = session.bind.dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     statement = (
         insert(StoreCounter)
         .values(store_id=store_id, name=counter, value=1)

@@ -244,7 +244,7 @@ class CustomerService:
             else Customer.hashed_password == old_hash
         )
         async with UnitOfWork(self._sessions) as uow:
-            changed = await uow.session.scalar(
+            changed: Customer | None = await uow.session.scalar(
                 update(Customer)
                 .where(
                     Customer.store_id == store_id, Customer.customer_id == customer_id, unchanged
@@ -274,12 +274,14 @@ class CustomerService:
             # Locking the customer serialises address changes of one customer, which
             # keeps the address limit and the single defaults exact.
             await _load_customer(session, store_id, customer_id, for_update=True)
-            count = await session.scalar(
-                select(func.count()).where(
-                    CustomerAddress.store_id == store_id,
-                    CustomerAddress.customer_id == customer_id,
+            count = (
+                await session.execute(
+                    select(func.count()).where(
+                        CustomerAddress.store_id == store_id,
+                        CustomerAddress.customer_id == customer_id,
+                    )
                 )
-            )
+            ).scalar_one()
             if count >= MAX_ADDRESSES_PER_CUSTOMER:
                 raise FailedPrecondition(
                     f"a customer has at most {MAX_ADDRESSES_PER_CUSTOMER} addresses",

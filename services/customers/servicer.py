@@ -3,8 +3,11 @@ Rules live in the service layer; errors become statuses in services.core.grpc_er
 
 from __future__ import annotations
 
+from typing import Any, TypeAlias
+
 import grpc
-from commerce.customers.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
+from commerce.customers.v1 import customer_pb2, customer_service_pb2_grpc
+from commerce.customers.v1 import customer_service_pb2 as pb
 
 from services.core.errors import InvalidArgument
 from services.core.grpc_support import masked_changes, timestamp
@@ -17,10 +20,9 @@ from services.customers.service import (
     NewCustomer,
 )
 
-pb = customer_service_pb2
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
-_ACTIVE_BY_STATUS = {
+_ACTIVE_BY_STATUS: dict[int, bool] = {
     customer_pb2.CUSTOMER_STATUS_ACTIVE: True,
     customer_pb2.CUSTOMER_STATUS_INACTIVE: False,
 }
@@ -66,12 +68,19 @@ def address_to_proto(address: CustomerAddress) -> customer_pb2.CustomerAddress:
     )
 
 
-def _active_from_status(status: int, *, required: bool) -> bool | None:
-    if status in _ACTIVE_BY_STATUS:
-        return _ACTIVE_BY_STATUS[status]
-    if status == customer_pb2.CUSTOMER_STATUS_UNSPECIFIED and not required:
+def _active_filter(status: int) -> bool | None:
+    """ListCustomers' status filter: UNSPECIFIED means any status."""
+    if status == customer_pb2.CUSTOMER_STATUS_UNSPECIFIED:
         return None
-    raise InvalidArgument.of("status", "must be CUSTOMER_STATUS_ACTIVE or CUSTOMER_STATUS_INACTIVE")
+    return _active_from_status(status)
+
+
+def _active_from_status(status: int) -> bool:
+    if status not in _ACTIVE_BY_STATUS:
+        raise InvalidArgument.of(
+            "status", "must be CUSTOMER_STATUS_ACTIVE or CUSTOMER_STATUS_INACTIVE"
+        )
+    return _ACTIVE_BY_STATUS[status]
 
 
 class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
@@ -115,7 +124,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             request.store_id,
             page_size=request.page_size,
             page_token=request.page_token,
-            active=_active_from_status(request.status, required=False),
+            active=_active_filter(request.status),
             query=request.query,
         )
         return pb.ListCustomersResponse(
@@ -126,10 +135,8 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     async def SetCustomerStatus(
         self, request: pb.SetCustomerStatusRequest, context: Context
     ) -> pb.SetCustomerStatusResponse:
-        active = _active_from_status(request.status, required=True)
-        assert active is not None
         customer = await self._service.set_customer_status(
-            request.store_id, request.customer_id, active
+            request.store_id, request.customer_id, _active_from_status(request.status)
         )
         return pb.SetCustomerStatusResponse(customer=customer_to_proto(customer))
 
@@ -188,4 +195,4 @@ def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(
         CustomerServicer(service), server
     )
-    return [customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name]
+    return [pb.DESCRIPTOR.services_by_name["CustomerService"].full_name]

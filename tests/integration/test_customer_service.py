@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import bcrypt
 import pytest
 
-from services.core.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from services.core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from services.core.pagination import PageTokenCodec
 from services.core.passwords import PasswordHasher
 from services.customers.service import CustomerService, NewCustomer
@@ -110,3 +112,21 @@ async def test_list_uses_keyset_tokens(service, store_id):
         5,
     ]
     assert last.next_page_token == ""
+
+
+async def test_concurrent_password_changes_never_both_win(service, store_id):
+    """Two changes that both checked the same current password: the first to write
+    wins; the other is ABORTED rather than silently overwriting it."""
+    created = await service.create_customer(
+        store_id, NewCustomer(email="pw@example.com", password=PASSWORD)
+    )
+    results = await asyncio.gather(
+        service.change_password(store_id, created.customer_id, PASSWORD, "first new secret"),
+        service.change_password(store_id, created.customer_id, PASSWORD, "second new secret"),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(result, Aborted) for result in results) == 1
+    winner = "first new secret" if not isinstance(results[0], Exception) else "second new secret"
+    assert (
+        await service.authenticate(store_id, "pw@example.com", winner)
+    ).customer_id == created.customer_id
