@@ -114,19 +114,38 @@ async def test_list_uses_keyset_tokens(service, store_id):
     assert last.next_page_token == ""
 
 
-async def test_concurrent_password_changes_never_both_win(service, store_id):
+class BarrierHasher(CountingHasher):
+    """Holds every hash until `parties` callers are hashing, so that concurrent password
+    changes all read the old hash before any of them writes."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.barrier = asyncio.Barrier(parties)
+
+    async def hash(self, password: str) -> str:
+        await self.barrier.wait()
+        return await super().hash(password)
+
+
+async def test_concurrent_password_changes_never_both_win(sessions, service, store_id):
     """Two changes that both checked the same current password: the first to write
     wins; the other is ABORTED rather than silently overwriting it."""
     created = await service.create_customer(
         store_id, NewCustomer(email="pw@example.com", password=PASSWORD)
     )
-    results = await asyncio.gather(
-        service.change_password(store_id, created.customer_id, PASSWORD, "first new secret"),
-        service.change_password(store_id, created.customer_id, PASSWORD, "second new secret"),
-        return_exceptions=True,
-    )
-    assert sum(isinstance(result, Aborted) for result in results) == 1
-    winner = "first new secret" if not isinstance(results[0], Exception) else "second new secret"
-    assert (
-        await service.authenticate(store_id, "pw@example.com", winner)
-    ).customer_id == created.customer_id
+    hasher = BarrierHasher(parties=2)
+    racing = CustomerService(sessions, hasher, PageTokenCodec("secret"))
+    try:
+        results = await asyncio.gather(
+            racing.change_password(store_id, created.customer_id, PASSWORD, "first new secret"),
+            racing.change_password(store_id, created.customer_id, PASSWORD, "second new secret"),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(result, Aborted) for result in results) == 1
+        winner = (
+            "first new secret" if not isinstance(results[0], Exception) else "second new secret"
+        )
+        authenticated = await service.authenticate(store_id, "pw@example.com", winner)
+        assert authenticated.customer_id == created.customer_id
+    finally:
+        hasher.close()
