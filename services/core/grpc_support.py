@@ -39,7 +39,7 @@ def masked_changes(
             if path not in writable:
                 problems.add(
                     "update_mask",
-                    f"'{path}' cannot be updated; allowed: {', '.join(sorted(writable))}",
+                    f"{path[:64]!r} cannot be updated; allowed: {', '.join(sorted(writable))}",
                 )
         problems.raise_if_any()
     return {path: getattr(resource, path) for path in paths}

@@ -164,9 +164,9 @@ class CustomerService:
     ) -> CustomerPage:
         check_store_id(store_id)
         size = resolve_page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
-        needle = query.strip().lower()
-        if len(needle) > validation.QUERY_MAX:
-            raise InvalidArgument.of("query", f"must be at most {validation.QUERY_MAX} characters")
+        problems = Violations()
+        needle = validation.search_text(problems, "query", query)
+        problems.raise_if_any()
         scope = {"list": "customers", "store_id": store_id, "active": active, "query": needle}
         after_id = 0
         if page_token:
@@ -203,13 +203,14 @@ class CustomerService:
 
     async def authenticate(self, store_id: int, email: str, password: str) -> Customer:
         check_store_id(store_id)
+        key = _login_key(email)
         async with UnitOfWork(self._sessions) as uow:
             await require_active_store(uow.session, store_id)
-            customer = await uow.session.scalar(
-                select(Customer).where(
-                    Customer.store_id == store_id, Customer.email_key == _login_key(email)
+            customer = None
+            if key is not None:
+                customer = await uow.session.scalar(
+                    select(Customer).where(Customer.store_id == store_id, Customer.email_key == key)
                 )
-            )
         # The password is checked even when the account cannot sign in, so that every
         # failure costs one bcrypt check and none reveals whether the email exists.
         matches = await self._passwords.verify(
@@ -405,13 +406,13 @@ def _address_values(problems: Violations, items: Any) -> dict[str, Any]:
     return values
 
 
-def _login_key(email: str) -> str:
+def _login_key(email: str) -> str | None:
+    """The key a login's email would be stored under; None when no customer could have it."""
     try:
-        return email_key(
-            email_validator.validate_email(email, check_deliverability=False).normalized
-        )
+        valid = email_validator.validate_email(email.strip(), check_deliverability=False)
     except email_validator.EmailNotValidError:
-        return email_key(email.strip())
+        return None
+    return email_key(valid.normalized)
 
 
 def _matches(needle: str) -> Any:

@@ -46,9 +46,23 @@ def text(
         problems.add(field, "is required")
     elif len(value) > max_length:
         problems.add(field, f"must be at most {max_length} characters")
-    elif _CONTROL.search(value):
+    elif has_control_characters(value):
         problems.add(field, "must not contain control characters")
     return value
+
+
+def search_text(problems: Violations, field: str, value: str) -> str:
+    """A search needle: lower-cased, at most QUERY_MAX characters, no control characters."""
+    value = value.strip().lower()
+    if len(value) > QUERY_MAX:
+        problems.add(field, f"must be at most {QUERY_MAX} characters")
+    elif has_control_characters(value):
+        problems.add(field, "must not contain control characters")
+    return value
+
+
+def has_control_characters(value: str) -> bool:
+    return _CONTROL.search(value) is not None
 
 
 def phone(problems: Violations, field: str, value: str) -> str:
