@@ -13,12 +13,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.core.database import create_engine, create_session_factory
+from services.core.database import create_engine
 from services.core.grpc_errors import ErrorMappingInterceptor
 from services.core.modules import ModuleContext, MountFunction
 from services.core.pagination import PageTokenCodec
 from services.core.passwords import PasswordHasher
 from services.core.settings import Settings
+from services.core.tenancy import TenantDatabase
 from services.customers.servicer import mount as mount_customers
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ class Application:
         Returns the bound port, useful with port 0."""
         context = ModuleContext(
             settings=self.settings,
-            sessions=create_session_factory(self.engine),
+            database=TenantDatabase(
+                self.engine, store_cache_seconds=self.settings.store_cache_seconds
+            ),
             passwords=self.passwords,
             page_tokens=PageTokenCodec(self.settings.page_token_secret),
         )

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.core.database import UnitOfWork, create_engine, create_session_factory
 from services.core.settings import Settings
 from services.core.stores import create_store, set_store_active
+from services.core.tenancy import TenantDatabase
 from services.migrations import upgrade
 from services.server import Application
 
@@ -93,6 +94,14 @@ async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[Async
     engine = create_engine(settings.database_url, pool_size=2)
     yield create_session_factory(engine)
     await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def database(settings: Settings) -> AsyncIterator[TenantDatabase]:
+    """What service layers get, for tests that call them without gRPC."""
+    database = TenantDatabase(create_engine(settings.database_url, pool_size=5))
+    yield database
+    await database.engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.core.pagination import PageTokenCodec
 from services.core.passwords import PasswordHasher
 from services.core.settings import Settings
+from services.core.tenancy import TenantDatabase
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class ModuleContext:
     """Shared dependencies, created once per process."""
 
     settings: Settings
-    sessions: async_sessionmaker[AsyncSession]
+    database: TenantDatabase
     passwords: PasswordHasher
     page_tokens: PageTokenCodec
 

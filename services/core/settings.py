@@ -43,6 +43,11 @@ class Settings(BaseSettings):
             "not survive a restart. Set it when several processes serve one database."
         ),
     )
+    store_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a process trusts a store's active/inactive status (0: never).",
+    )
     log_level: str = Field(default="INFO", description="Python logging level.")
 
     @field_validator("database_url")

@@ -47,18 +47,18 @@ def check_store_id(store_id: int) -> None:
         raise InvalidArgument.of("store_id", "must be a positive store id")
 
 
-async def require_active_store(session: AsyncSession, store_id: int) -> None:
-    """Fails unless the store exists (NOT_FOUND) and is active (FAILED_PRECONDITION)."""
-    check_store_id(store_id)
+async def store_is_active(session: AsyncSession, store_id: int) -> bool:
+    """Whether the store is active; NOT_FOUND when there is no such store."""
     is_active = await session.scalar(select(Store.is_active).where(Store.id == store_id))
     if is_active is None:
         raise NotFound("store", str(store_id))
-    if not is_active:
-        raise FailedPrecondition(
-            f"store {store_id} is inactive",
-            reason="STORE_INACTIVE",
-            metadata={"store_id": store_id},
-        )
+    return is_active
+
+
+def store_inactive(store_id: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"store {store_id} is inactive", reason="STORE_INACTIVE", metadata={"store_id": store_id}
+    )
 
 
 async def next_store_number(session: AsyncSession, store_id: int, counter: str) -> int:

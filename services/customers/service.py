@@ -10,9 +10,9 @@ from typing import Any
 import email_validator
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.core.database import UnitOfWork, utc_now
+from services.core.database import utc_now
 from services.core.errors import (
     Aborted,
     AlreadyExists,
@@ -24,7 +24,8 @@ from services.core.errors import (
 )
 from services.core.pagination import PageTokenCodec, resolve_page_size
 from services.core.passwords import PasswordHasher, password_problem
-from services.core.stores import check_store_id, next_store_number, require_active_store
+from services.core.stores import check_store_id, next_store_number
+from services.core.tenancy import TenantDatabase
 from services.customers import validation
 from services.customers.models import Customer, CustomerAddress
 
@@ -90,11 +91,11 @@ def email_key(address: str) -> str:
 class CustomerService:
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        database: TenantDatabase,
         passwords: PasswordHasher,
         page_tokens: PageTokenCodec,
     ) -> None:
-        self._sessions = sessions
+        self._db = database
         self._passwords = passwords
         self._page_tokens = page_tokens
 
@@ -110,8 +111,7 @@ class CustomerService:
         problems.raise_if_any()
         hashed_password = await self._passwords.hash(new.password) if new.password else None
 
-        async with UnitOfWork(self._sessions) as uow:
-            await require_active_store(uow.session, store_id)
+        async with self._db.writing(store_id) as uow:
             await _ensure_email_free(uow.session, store_id, values["email"])
             customer_id = await next_store_number(uow.session, store_id, CUSTOMER_COUNTER)
             now = utc_now()
@@ -131,8 +131,7 @@ class CustomerService:
         return customer
 
     async def get_customer(self, store_id: int, customer_id: int) -> Customer:
-        async with UnitOfWork(self._sessions) as uow:
-            await require_active_store(uow.session, store_id)
+        async with self._db.reading(store_id) as uow:
             return await _load_customer(uow.session, store_id, customer_id)
 
     async def update_customer(
@@ -141,8 +140,7 @@ class CustomerService:
         problems = Violations(prefix="customer.")
         values = _customer_values(problems, changes.items())
         problems.raise_if_any()
-        async with UnitOfWork(self._sessions) as uow:
-            await require_active_store(uow.session, store_id)
+        async with self._db.writing(store_id) as uow:
             customer = await _load_customer(uow.session, store_id, customer_id)
             if "email" in values and email_key(values["email"]) != customer.email_key:
                 await _ensure_email_free(uow.session, store_id, values["email"])
@@ -182,8 +180,7 @@ class CustomerService:
             statement = statement.where(Customer.is_active.is_(active))
         if needle:
             statement = statement.where(_matches(needle))
-        async with UnitOfWork(self._sessions) as uow:
-            await require_active_store(uow.session, store_id)
+        async with self._db.reading(store_id) as uow:
             customers = list(await uow.session.scalars(statement))
 
         if len(customers) <= size:
@@ -192,8 +189,7 @@ class CustomerService:
         return CustomerPage(customers, self._page_tokens.encode(scope, [customers[-1].customer_id]))
 
     async def set_customer_status(self, store_id: int, customer_id: int, active: bool) -> Customer:
-        async with UnitOfWork(self._sessions) as uow:
-            await require_active_store(uow.session, store_id)
+        async with self._db.writing(store_id) as uow:
             customer = await _load_customer(uow.session, store_id, customer_id)
             if customer.is_active != active:
                 customer.is_active = active
@@ -202,10 +198,8 @@ class CustomerService:
         return customer
 
     async def authenticate(self, store_id: int, email: str, password: str) -> Customer:
-        check_store_id(store_id)
         key = _login_key(email)
-        async with UnitOfWork(self._sessions) as uow:
-            await require_active_store(uow.session, store_id)
+        async with self._db.reading(store_id) as uow:
             customer = None
             if key is not None:
                 customer = await uow.session.scalar(
@@ -225,8 +219,7 @@ class CustomerService:
     ) -> Customer:
         if problem := password_problem(new_password):
             raise InvalidArgument.of("new_password", problem)
-        async with UnitOfWork(self._sessions) as uow:
-            await require_active_store(uow.session, store_id)
+        async with self._db.reading(store_id) as uow:
             customer = await _load_customer(uow.session, store_id, customer_id)
         old_hash = customer.hashed_password
         # bcrypt runs outside any transaction, so no connection waits on it.
@@ -244,7 +237,7 @@ class CustomerService:
             if old_hash is None
             else Customer.hashed_password == old_hash
         )
-        async with UnitOfWork(self._sessions) as uow:
+        async with self._db.writing(store_id) as uow:
             changed: Customer | None = await uow.session.scalar(
                 update(Customer)
                 .where(
@@ -269,9 +262,8 @@ class CustomerService:
         problems = Violations(prefix="address.")
         values = _address_values(problems, ({"country_code": ""} | fields).items())
         problems.raise_if_any()
-        async with UnitOfWork(self._sessions) as uow:
+        async with self._db.writing(store_id) as uow:
             session = uow.session
-            await require_active_store(session, store_id)
             # Locking the customer serialises address changes of one customer, which
             # keeps the address limit and the single defaults exact.
             await _load_customer(session, store_id, customer_id, for_update=True)
@@ -311,9 +303,8 @@ class CustomerService:
         problems = Violations(prefix="address.")
         values = _address_values(problems, changes.items())
         problems.raise_if_any()
-        async with UnitOfWork(self._sessions) as uow:
+        async with self._db.writing(store_id) as uow:
             session = uow.session
-            await require_active_store(session, store_id)
             await _load_customer(session, store_id, customer_id, for_update=True)
             address = await _load_address(session, store_id, customer_id, address_id)
             await _clear_other_defaults(session, store_id, customer_id, address_id, values)
@@ -325,8 +316,7 @@ class CustomerService:
         return address
 
     async def delete_address(self, store_id: int, customer_id: int, address_id: int) -> None:
-        async with UnitOfWork(self._sessions) as uow:
-            await require_active_store(uow.session, store_id)
+        async with self._db.writing(store_id) as uow:
             deleted = await uow.session.scalar(
                 delete(CustomerAddress)
                 .where(
@@ -341,8 +331,7 @@ class CustomerService:
             await uow.commit()
 
     async def list_addresses(self, store_id: int, customer_id: int) -> list[CustomerAddress]:
-        async with UnitOfWork(self._sessions) as uow:
-            await require_active_store(uow.session, store_id)
+        async with self._db.reading(store_id) as uow:
             await _load_customer(uow.session, store_id, customer_id)
             return list(
                 await uow.session.scalars(

@@ -191,7 +191,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
 
 def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     """Adds CustomerService to `server`; returns its full name."""
-    service = CustomerService(context.sessions, context.passwords, context.page_tokens)
+    service = CustomerService(context.database, context.passwords, context.page_tokens)
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(
         CustomerServicer(service), server
     )

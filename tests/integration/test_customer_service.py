@@ -36,8 +36,8 @@ async def hasher():
 
 
 @pytest.fixture
-def service(sessions, hasher) -> CustomerService:
-    return CustomerService(sessions, hasher, PageTokenCodec("secret"))
+def service(database, hasher) -> CustomerService:
+    return CustomerService(database, hasher, PageTokenCodec("secret"))
 
 
 async def test_create_then_get(service, store_id):
@@ -127,14 +127,14 @@ class BarrierHasher(CountingHasher):
         return await super().hash(password)
 
 
-async def test_concurrent_password_changes_never_both_win(sessions, service, store_id):
+async def test_concurrent_password_changes_never_both_win(database, service, store_id):
     """Two changes that both checked the same current password: the first to write
     wins; the other is ABORTED rather than silently overwriting it."""
     created = await service.create_customer(
         store_id, NewCustomer(email="pw@example.com", password=PASSWORD)
     )
     hasher = BarrierHasher(parties=2)
-    racing = CustomerService(sessions, hasher, PageTokenCodec("secret"))
+    racing = CustomerService(database, hasher, PageTokenCodec("secret"))
     try:
         results = await asyncio.gather(
             racing.change_password(store_id, created.customer_id, PASSWORD, "first new secret"),

@@ -1,0 +1,80 @@
+"""Store-scoped units of work: every one starts by checking its store, so no module
+can forget to, and reads skip the transaction round trips they do not need."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Self
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from services.core.database import UnitOfWork, create_session_factory
+from services.core.stores import check_store_id, store_inactive, store_is_active
+
+
+class StoreStatusCache:
+    """Remembers, for `ttl` seconds, whether a store is active: the check runs on every
+    RPC and store status changes rarely. A store that does not exist is never
+    remembered, so a new store is usable at once; a deactivation takes effect within
+    `ttl` seconds in every process. A ttl of 0 checks the database every time."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._known: dict[int, tuple[bool, float]] = {}
+
+    async def require_active(self, session: AsyncSession, store_id: int) -> None:
+        check_store_id(store_id)
+        now = self._clock()
+        known = self._known.get(store_id)
+        if known is not None and known[1] > now:
+            active = known[0]
+        else:
+            active = await store_is_active(session, store_id)
+            if self._ttl > 0:
+                self._known[store_id] = (active, now + self._ttl)
+        if not active:
+            raise store_inactive(store_id)
+
+
+class StoreUnitOfWork(UnitOfWork):
+    """A unit of work for one store; entering it fails unless the store is active."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], stores: StoreStatusCache, store_id: int
+    ) -> None:
+        super().__init__(sessions)
+        self._stores = stores
+        self.store_id = store_id
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        try:
+            await self._stores.require_active(self.session, self.store_id)
+        except BaseException:
+            await self.session.close()
+            raise
+        return self
+
+
+class TenantDatabase:
+    """What a module's service layer gets instead of an engine."""
+
+    def __init__(self, engine: AsyncEngine, *, store_cache_seconds: float = 0.0) -> None:
+        self.engine = engine
+        self.stores = StoreStatusCache(store_cache_seconds)
+        self._sessions = create_session_factory(engine)
+        # Each statement commits on its own: no BEGIN and ROLLBACK round trips around
+        # reads that need no transaction.
+        self._read_sessions = create_session_factory(
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+
+    def writing(self, store_id: int) -> StoreUnitOfWork:
+        """A transaction in the store: rolled back unless committed."""
+        return StoreUnitOfWork(self._sessions, self.stores, store_id)
+
+    def reading(self, store_id: int) -> StoreUnitOfWork:
+        """Reads in the store, each statement on its own (no snapshot across them)."""
+        return StoreUnitOfWork(self._read_sessions, self.stores, store_id)
