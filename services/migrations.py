@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -19,4 +20,5 @@ def alembic_config(database_url: str) -> Config:
 def upgrade(database_url: str, revision: str = "heads") -> None:
     """Brings the database to `revision` (default: the newest of every module).
     Synchronous: Alembic's async env runs its own event loop."""
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # start-up chatter
     command.upgrade(alembic_config(database_url), revision)
