@@ -9,7 +9,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 import services.customers.models  # noqa: F401  (registers the customers tables)
-from services.core import stores  # noqa: F401  (registers the core tables)
+from services.core import idempotency, stores  # noqa: F401  (registers the core tables)
 from services.core.database import Base, create_engine
 from services.core.settings import Settings
 

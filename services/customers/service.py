@@ -4,8 +4,9 @@ errors out; no gRPC here, so it is testable without a server."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import email_validator
 from sqlalchemy import delete, func, or_, select, update
@@ -22,6 +23,7 @@ from services.core.errors import (
     Unauthenticated,
     Violations,
 )
+from services.core.idempotency import RequestKey, previous_resource_id, remember
 from services.core.pagination import PageTokenCodec, resolve_page_size
 from services.core.passwords import PasswordHasher, password_problem
 from services.core.stores import check_store_id, next_store_number
@@ -35,6 +37,12 @@ MAX_ADDRESSES_PER_CUSTOMER = 20
 
 CUSTOMER_COUNTER = "customer"
 ADDRESS_COUNTER = "customer_address"
+
+# Operation names of idempotency keys; stored, so never rename them.
+CREATE_CUSTOMER = "customers.CreateCustomer"
+CREATE_ADDRESS = "customers.CreateCustomerAddress"
+
+T = TypeVar("T")
 
 # What UpdateCustomer and UpdateCustomerAddress may change, in the API's field names.
 CUSTOMER_WRITABLE_FIELDS = (
@@ -101,7 +109,9 @@ class CustomerService:
 
     # -- customers ---------------------------------------------------------------------
 
-    async def create_customer(self, store_id: int, new: NewCustomer) -> Customer:
+    async def create_customer(
+        self, store_id: int, new: NewCustomer, *, request_id: str = ""
+    ) -> Customer:
         problems = Violations()
         check_store_id(store_id)
         profile = {name: value for name, value in asdict(new).items() if name != "password"}
@@ -109,25 +119,36 @@ class CustomerService:
         if new.password and (problem := password_problem(new.password)):
             problems.add("password", problem)
         problems.raise_if_any()
+        key = RequestKey.parse(CREATE_CUSTOMER, request_id, values)
+        if key and (previous := await self._created_before(store_id, key, _customer_loader)):
+            return previous
         hashed_password = await self._passwords.hash(new.password) if new.password else None
 
-        async with self._db.writing(store_id) as uow:
-            await _ensure_email_free(uow.session, store_id, values["email"])
-            customer_id = await next_store_number(uow.session, store_id, CUSTOMER_COUNTER)
-            now = utc_now()
-            customer = Customer(
-                store_id=store_id,
-                customer_id=customer_id,
-                customer_number=customer_number(customer_id),
-                hashed_password=hashed_password,
-                is_active=True,
-                created_at=now,
-                updated_at=now,
-                **values,
-            )
-            uow.session.add(customer)
-            await _flush_unless_email_taken(uow.session, values["email"])
-            await uow.commit()
+        try:
+            async with self._db.writing(store_id) as uow:
+                await _ensure_email_free(uow.session, store_id, values["email"])
+                customer_id = await next_store_number(uow.session, store_id, CUSTOMER_COUNTER)
+                now = utc_now()
+                customer = Customer(
+                    store_id=store_id,
+                    customer_id=customer_id,
+                    customer_number=customer_number(customer_id),
+                    hashed_password=hashed_password,
+                    is_active=True,
+                    created_at=now,
+                    updated_at=now,
+                    **values,
+                )
+                uow.session.add(customer)
+                if key:
+                    remember(uow.session, store_id, key, customer_id)
+                await _flush_unless_email_taken(uow.session, values["email"])
+                await uow.commit()
+        except (AlreadyExists, IntegrityError):
+            # A concurrent request with the same request_id won: answer what it answered.
+            if key and (previous := await self._created_before(store_id, key, _customer_loader)):
+                return previous
+            raise
         return customer
 
     async def get_customer(self, store_id: int, customer_id: int) -> Customer:
@@ -254,14 +275,36 @@ class CustomerService:
             await uow.commit()
         return changed
 
+    async def _created_before(
+        self, store_id: int, key: RequestKey, load: Callable[[AsyncSession, int, int], Awaitable[T]]
+    ) -> T | None:
+        """What an earlier request with the same request_id created, if any."""
+        async with self._db.reading(store_id) as uow:
+            resource_id = await previous_resource_id(uow.session, store_id, key)
+            return None if resource_id is None else await load(uow.session, store_id, resource_id)
+
     # -- addresses ---------------------------------------------------------------------
 
     async def create_address(
-        self, store_id: int, customer_id: int, fields: dict[str, Any]
+        self, store_id: int, customer_id: int, fields: dict[str, Any], *, request_id: str = ""
     ) -> CustomerAddress:
         problems = Violations(prefix="address.")
         values = _address_values(problems, ({"country_code": ""} | fields).items())
         problems.raise_if_any()
+        key = RequestKey.parse(CREATE_ADDRESS, request_id, {"customer_id": customer_id} | values)
+        if key and (previous := await self._created_before(store_id, key, _address_loader)):
+            return previous
+        try:
+            return await self._insert_address(store_id, customer_id, values, key)
+        except IntegrityError:
+            # A concurrent request with the same request_id won: answer what it answered.
+            if key and (previous := await self._created_before(store_id, key, _address_loader)):
+                return previous
+            raise
+
+    async def _insert_address(
+        self, store_id: int, customer_id: int, values: dict[str, Any], key: RequestKey | None
+    ) -> CustomerAddress:
         async with self._db.writing(store_id) as uow:
             session = uow.session
             # Locking the customer serialises address changes of one customer, which
@@ -293,6 +336,8 @@ class CustomerService:
                 **values,
             )
             session.add(address)
+            if key:
+                remember(session, store_id, key, address_id)
             await session.flush()
             await uow.commit()
         return address
@@ -425,6 +470,17 @@ async def _load_customer(
     if customer is None:
         raise NotFound("customer", str(customer_id))
     return customer
+
+
+async def _customer_loader(session: AsyncSession, store_id: int, customer_id: int) -> Customer:
+    return await _load_customer(session, store_id, customer_id)
+
+
+async def _address_loader(session: AsyncSession, store_id: int, address_id: int) -> CustomerAddress:
+    address = await session.get(CustomerAddress, (store_id, address_id))
+    if address is None:  # deleted since: the request's result is gone
+        raise NotFound("address", str(address_id))
+    return address
 
 
 async def _load_address(

@@ -99,7 +99,9 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             marketing_consent=request.marketing_consent,
             preferred_language=request.preferred_language,
         )
-        customer = await self._service.create_customer(request.store_id, new)
+        customer = await self._service.create_customer(
+            request.store_id, new, request_id=request.request_id
+        )
         return pb.CreateCustomerResponse(customer=customer_to_proto(customer))
 
     async def GetCustomer(
@@ -160,7 +162,9 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         self, request: pb.CreateCustomerAddressRequest, context: Context
     ) -> pb.CreateCustomerAddressResponse:
         fields = {name: getattr(request.address, name) for name in ADDRESS_WRITABLE_FIELDS}
-        address = await self._service.create_address(request.store_id, request.customer_id, fields)
+        address = await self._service.create_address(
+            request.store_id, request.customer_id, fields, request_id=request.request_id
+        )
         return pb.CreateCustomerAddressResponse(address=address_to_proto(address))
 
     async def UpdateCustomerAddress(

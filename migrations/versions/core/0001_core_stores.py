@@ -1,4 +1,4 @@
-"""core: stores and their counters
+"""core: stores, their counters and idempotency keys
 
 Revision ID: core_0001
 Revises:
@@ -45,8 +45,27 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("store_id", "name", name=op.f("pk_store_counters")),
     )
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("store_id", sa.BigInteger(), nullable=False),
+        sa.Column("operation", sa.String(length=100), nullable=False),
+        sa.Column("request_id", sa.String(length=36), nullable=False),
+        sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("resource_id", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["store_id"],
+            ["stores.id"],
+            name=op.f("fk_idempotency_keys_store_id_stores"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "store_id", "operation", "request_id", name=op.f("pk_idempotency_keys")
+        ),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("idempotency_keys")
     op.drop_table("store_counters")
     op.drop_table("stores")

@@ -34,6 +34,7 @@ class CreateCustomerRequest(_message.Message):
     PHONE_FIELD_NUMBER: _builtins.int
     MARKETING_CONSENT_FIELD_NUMBER: _builtins.int
     PREFERRED_LANGUAGE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The store the customer joins. Required."""
     email: _builtins.str
@@ -55,6 +56,11 @@ class CreateCustomerRequest(_message.Message):
     """Whether the customer agreed to receive marketing messages."""
     preferred_language: _builtins.str
     """Preferred language as a BCP 47 tag such as "en" or "pt-BR"; may be empty."""
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155), a UUID. A retry with the same
+    request_id returns the customer the first request created instead of
+    ALREADY_EXISTS. Reusing it for a different request is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -66,10 +72,11 @@ class CreateCustomerRequest(_message.Message):
         phone: _builtins.str = ...,
         marketing_consent: _builtins.bool = ...,
         preferred_language: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "first_name", b"first_name", "last_name", b"last_name", "marketing_consent", b"marketing_consent", "password", b"password", "phone", b"phone", "preferred_language", b"preferred_language", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "first_name", b"first_name", "last_name", b"last_name", "marketing_consent", b"marketing_consent", "password", b"password", "phone", b"phone", "preferred_language", b"preferred_language", "request_id", b"request_id", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -469,10 +476,16 @@ class CreateCustomerAddressRequest(_message.Message):
     STORE_ID_FIELD_NUMBER: _builtins.int
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The customer's store. Required."""
     customer_id: _builtins.int
     """The customer who gets the address. Required."""
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155), a UUID. A retry with the same
+    request_id returns the address the first request created instead of adding
+    a second one. Reusing it for a different request is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def address(self) -> _customer_pb2.CustomerAddress:
         """The new address; its output-only fields are ignored."""
@@ -483,10 +496,11 @@ class CreateCustomerAddressRequest(_message.Message):
         store_id: _builtins.int = ...,
         customer_id: _builtins.int = ...,
         address: _customer_pb2.CustomerAddress | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["address", b"address"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "customer_id", b"customer_id", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "customer_id", b"customer_id", "request_id", b"request_id", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,89 @@
+"""Idempotent creates (AIP-155): a create that carries a `request_id` is remembered
+with the id of what it created, in the same transaction. A retry with the same
+request_id gets the first result back instead of a duplicate or an error.
+
+The key is (store_id, operation, request_id). A fingerprint of the request guards
+against a request_id reused for a different request (INVALID_ARGUMENT). Secrets are
+never part of the fingerprint: a fast hash of a password would weaken it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, String, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.core.database import Base, UtcDateTime, utc_now
+from services.core.errors import InvalidArgument
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    store_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True
+    )
+    operation: Mapped[str] = mapped_column(String(100), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    operation: str
+    request_id: str
+    fingerprint: str
+
+    @classmethod
+    def parse(
+        cls, operation: str, request_id: str, request: Mapping[str, Any]
+    ) -> RequestKey | None:
+        """The key of a create request; None when it carries no request_id."""
+        if not request_id:
+            return None
+        try:
+            canonical = str(uuid.UUID(request_id))
+        except ValueError:
+            raise InvalidArgument.of(
+                "request_id", "must be a UUID such as 123e4567-e89b-42d3-a456-426614174000"
+            ) from None
+        body = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
+        return cls(operation, canonical, hashlib.sha256(body.encode()).hexdigest())
+
+
+async def previous_resource_id(session: AsyncSession, store_id: int, key: RequestKey) -> int | None:
+    """The id created by an earlier request with this key, if there was one."""
+    previous = await session.scalar(
+        select(IdempotencyKey).where(
+            IdempotencyKey.store_id == store_id,
+            IdempotencyKey.operation == key.operation,
+            IdempotencyKey.request_id == key.request_id,
+        )
+    )
+    if previous is None:
+        return None
+    if previous.fingerprint != key.fingerprint:
+        raise InvalidArgument.of("request_id", "was already used for a different request")
+    return previous.resource_id
+
+
+def remember(session: AsyncSession, store_id: int, key: RequestKey, resource_id: int) -> None:
+    """Records the key in the caller's transaction, so it commits with the resource."""
+    session.add(
+        IdempotencyKey(
+            store_id=store_id,
+            operation=key.operation,
+            request_id=key.request_id,
+            fingerprint=key.fingerprint,
+            resource_id=resource_id,
+        )
+    )
