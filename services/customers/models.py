@@ -42,6 +42,8 @@ class Customer(Base):
     # RFC 5646 asks for room for 35 characters; the seed's 10 cuts valid tags.
     preferred_language: Mapped[str] = mapped_column(String(35), default="")
     is_active: Mapped[bool] = mapped_column(default=True)
+    # Bumped by every change; the API shows it as the customer's etag (AIP-154).
+    revision: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 

@@ -96,6 +96,26 @@ def email_key(address: str) -> str:
     return address.lower()
 
 
+def customer_etag(customer: Customer) -> str:
+    """The customer's version as callers see it (AIP-154): opaque to them."""
+    return f"r{customer.revision}"
+
+
+def _check_etag(customer: Customer, etag: str) -> None:
+    if etag and etag != customer_etag(customer):
+        raise Aborted(
+            "the customer changed since this etag was read; read it again and retry",
+            reason="ETAG_MISMATCH",
+            metadata={"current_etag": customer_etag(customer)},
+        )
+
+
+def _touch(customer: Customer) -> None:
+    """Marks a change: a new update time and a new etag."""
+    customer.updated_at = utc_now()
+    customer.revision += 1
+
+
 class CustomerService:
     def __init__(
         self,
@@ -135,6 +155,7 @@ class CustomerService:
                     customer_number=customer_number(customer_id),
                     hashed_password=hashed_password,
                     is_active=True,
+                    revision=1,
                     created_at=now,
                     updated_at=now,
                     **values,
@@ -156,18 +177,20 @@ class CustomerService:
             return await _load_customer(uow.session, store_id, customer_id)
 
     async def update_customer(
-        self, store_id: int, customer_id: int, changes: dict[str, Any]
+        self, store_id: int, customer_id: int, changes: dict[str, Any], *, etag: str = ""
     ) -> Customer:
         problems = Violations(prefix="customer.")
         values = _customer_values(problems, changes.items())
         problems.raise_if_any()
         async with self._db.writing(store_id) as uow:
-            customer = await _load_customer(uow.session, store_id, customer_id)
+            # The row lock makes the etag check and the change one atomic step.
+            customer = await _load_customer(uow.session, store_id, customer_id, for_update=True)
+            _check_etag(customer, etag)
             if "email" in values and email_key(values["email"]) != customer.email_key:
                 await _ensure_email_free(uow.session, store_id, values["email"])
             for name, value in values.items():
                 setattr(customer, name, value)
-            customer.updated_at = utc_now()
+            _touch(customer)
             await _flush_unless_email_taken(uow.session, values.get("email", ""))
             await uow.commit()
         return customer
@@ -209,12 +232,15 @@ class CustomerService:
         customers = customers[:size]
         return CustomerPage(customers, self._page_tokens.encode(scope, [customers[-1].customer_id]))
 
-    async def set_customer_status(self, store_id: int, customer_id: int, active: bool) -> Customer:
+    async def set_customer_status(
+        self, store_id: int, customer_id: int, active: bool, *, etag: str = ""
+    ) -> Customer:
         async with self._db.writing(store_id) as uow:
-            customer = await _load_customer(uow.session, store_id, customer_id)
+            customer = await _load_customer(uow.session, store_id, customer_id, for_update=True)
+            _check_etag(customer, etag)
             if customer.is_active != active:
                 customer.is_active = active
-                customer.updated_at = utc_now()
+                _touch(customer)
                 await uow.commit()
         return customer
 
@@ -264,7 +290,11 @@ class CustomerService:
                 .where(
                     Customer.store_id == store_id, Customer.customer_id == customer_id, unchanged
                 )
-                .values(hashed_password=new_hash, updated_at=utc_now())
+                .values(
+                    hashed_password=new_hash,
+                    updated_at=utc_now(),
+                    revision=Customer.revision + 1,
+                )
                 .returning(Customer)
             )
             if changed is None:

@@ -18,6 +18,7 @@ from services.customers.service import (
     CUSTOMER_WRITABLE_FIELDS,
     CustomerService,
     NewCustomer,
+    customer_etag,
 )
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -45,6 +46,7 @@ def customer_to_proto(customer: Customer) -> customer_pb2.Customer:
         has_password=customer.hashed_password is not None,
         create_time=timestamp(customer.created_at),
         update_time=timestamp(customer.updated_at),
+        etag=customer_etag(customer),
     )
 
 
@@ -115,7 +117,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     ) -> pb.UpdateCustomerResponse:
         changes = masked_changes(request.update_mask, request.customer, CUSTOMER_WRITABLE_FIELDS)
         customer = await self._service.update_customer(
-            request.store_id, request.customer_id, changes
+            request.store_id, request.customer_id, changes, etag=request.customer.etag
         )
         return pb.UpdateCustomerResponse(customer=customer_to_proto(customer))
 
@@ -138,7 +140,10 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         self, request: pb.SetCustomerStatusRequest, context: Context
     ) -> pb.SetCustomerStatusResponse:
         customer = await self._service.set_customer_status(
-            request.store_id, request.customer_id, _active_from_status(request.status)
+            request.store_id,
+            request.customer_id,
+            _active_from_status(request.status),
+            etag=request.etag,
         )
         return pb.SetCustomerStatusResponse(customer=customer_to_proto(customer))
 

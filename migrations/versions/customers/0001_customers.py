@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("marketing_consent", sa.Boolean(), nullable=False),
         sa.Column("preferred_language", sa.String(length=35), nullable=False),
         sa.Column("is_active", sa.Boolean(), nullable=False),
+        sa.Column("revision", sa.Integer(), nullable=False),
         sa.Column("created_at", UtcDateTime(), nullable=False),
         sa.Column("updated_at", UtcDateTime(), nullable=False),
         sa.ForeignKeyConstraint(

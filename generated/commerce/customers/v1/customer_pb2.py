@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$commerce/customers/v1/customer.proto\x12\x15\x63ommerce.customers.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x02\n\x08\x43ustomer\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\x17\n\x0f\x63ustomer_number\x18\x03 \x01(\t\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12\x12\n\nfirst_name\x18\x05 \x01(\t\x12\x11\n\tlast_name\x18\x06 \x01(\t\x12\r\n\x05phone\x18\x07 \x01(\t\x12\x19\n\x11marketing_consent\x18\x08 \x01(\x08\x12\x1a\n\x12preferred_language\x18\t \x01(\t\x12\x35\n\x06status\x18\n \x01(\x0e\x32%.commerce.customers.v1.CustomerStatus\x12\x14\n\x0chas_password\x18\x0b \x01(\x08\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xff\x02\n\x0f\x43ustomerAddress\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\x12\n\naddress_id\x18\x03 \x01(\x03\x12\x16\n\x0erecipient_name\x18\x04 \x01(\t\x12\x15\n\raddress_line1\x18\x05 \x01(\t\x12\x15\n\raddress_line2\x18\x06 \x01(\t\x12\x0c\n\x04\x63ity\x18\x07 \x01(\t\x12\x13\n\x0bpostal_code\x18\x08 \x01(\t\x12\x0e\n\x06region\x18\t \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\n \x01(\t\x12\r\n\x05phone\x18\x0b \x01(\t\x12\x18\n\x10\x64\x65\x66\x61ult_shipping\x18\x0c \x01(\x08\x12\x17\n\x0f\x64\x65\x66\x61ult_billing\x18\r \x01(\x08\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp*k\n\x0e\x43ustomerStatus\x12\x1f\n\x1b\x43USTOMER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43USTOMER_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x43USTOMER_STATUS_INACTIVE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$commerce/customers/v1/customer.proto\x12\x15\x63ommerce.customers.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x03\n\x08\x43ustomer\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\x17\n\x0f\x63ustomer_number\x18\x03 \x01(\t\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12\x12\n\nfirst_name\x18\x05 \x01(\t\x12\x11\n\tlast_name\x18\x06 \x01(\t\x12\r\n\x05phone\x18\x07 \x01(\t\x12\x19\n\x11marketing_consent\x18\x08 \x01(\x08\x12\x1a\n\x12preferred_language\x18\t \x01(\t\x12\x35\n\x06status\x18\n \x01(\x0e\x32%.commerce.customers.v1.CustomerStatus\x12\x14\n\x0chas_password\x18\x0b \x01(\x08\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0e \x01(\t\"\xff\x02\n\x0f\x43ustomerAddress\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\x12\n\naddress_id\x18\x03 \x01(\x03\x12\x16\n\x0erecipient_name\x18\x04 \x01(\t\x12\x15\n\raddress_line1\x18\x05 \x01(\t\x12\x15\n\raddress_line2\x18\x06 \x01(\t\x12\x0c\n\x04\x63ity\x18\x07 \x01(\t\x12\x13\n\x0bpostal_code\x18\x08 \x01(\t\x12\x0e\n\x06region\x18\t \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\n \x01(\t\x12\r\n\x05phone\x18\x0b \x01(\t\x12\x18\n\x10\x64\x65\x66\x61ult_shipping\x18\x0c \x01(\x08\x12\x17\n\x0f\x64\x65\x66\x61ult_billing\x18\r \x01(\x08\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp*k\n\x0e\x43ustomerStatus\x12\x1f\n\x1b\x43USTOMER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43USTOMER_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x43USTOMER_STATUS_INACTIVE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'commerce.customers.v1.customer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CUSTOMERSTATUS']._serialized_start=858
-  _globals['_CUSTOMERSTATUS']._serialized_end=965
+  _globals['_CUSTOMERSTATUS']._serialized_start=872
+  _globals['_CUSTOMERSTATUS']._serialized_end=979
   _globals['_CUSTOMER']._serialized_start=97
-  _globals['_CUSTOMER']._serialized_end=470
-  _globals['_CUSTOMERADDRESS']._serialized_start=473
-  _globals['_CUSTOMERADDRESS']._serialized_end=856
+  _globals['_CUSTOMER']._serialized_end=484
+  _globals['_CUSTOMERADDRESS']._serialized_start=487
+  _globals['_CUSTOMERADDRESS']._serialized_end=870
 # @@protoc_insertion_point(module_scope)

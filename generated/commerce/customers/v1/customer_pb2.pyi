@@ -65,6 +65,7 @@ class Customer(_message.Message):
     HAS_PASSWORD_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The store the customer belongs to. Output only."""
     customer_id: _builtins.int
@@ -99,6 +100,12 @@ class Customer(_message.Message):
     """Whether the customer has a password and so can use AuthenticateCustomer.
     Output only.
     """
+    etag: _builtins.str
+    """An opaque version of the customer that changes with every change to it
+    (AIP-154). Send it back in UpdateCustomer or SetCustomerStatus to apply the
+    change only if nobody changed the customer since you read it (ABORTED
+    otherwise). Output only.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the customer was created. Output only."""
@@ -123,10 +130,11 @@ class Customer(_message.Message):
         has_password: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "customer_number", b"customer_number", "email", b"email", "first_name", b"first_name", "has_password", b"has_password", "last_name", b"last_name", "marketing_consent", b"marketing_consent", "phone", b"phone", "preferred_language", b"preferred_language", "status", b"status", "store_id", b"store_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "customer_number", b"customer_number", "email", b"email", "etag", b"etag", "first_name", b"first_name", "has_password", b"has_password", "last_name", b"last_name", "marketing_consent", b"marketing_consent", "phone", b"phone", "preferred_language", b"preferred_language", "status", b"status", "store_id", b"store_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -173,7 +173,8 @@ class UpdateCustomerRequest(_message.Message):
     @_builtins.property
     def customer(self) -> _customer_pb2.Customer:
         """The new values. Only the fields named in `update_mask` are read; the
-        output-only fields of the message are ignored.
+        output-only fields of the message are ignored, except `etag`: when set, the
+        update applies only if the customer still has that etag (ABORTED otherwise).
         """
 
     @_builtins.property
@@ -308,22 +309,28 @@ class SetCustomerStatusRequest(_message.Message):
     STORE_ID_FIELD_NUMBER: _builtins.int
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The customer's store. Required."""
     customer_id: _builtins.int
     """The customer to change. Required."""
     status: _customer_pb2.CustomerStatus.ValueType
     """The new status: ACTIVE or INACTIVE. Required."""
+    etag: _builtins.str
+    """Optional `Customer.etag` from an earlier read: the change applies only if
+    the customer still has it (ABORTED otherwise).
+    """
     def __init__(
         self,
         *,
         store_id: _builtins.int = ...,
         customer_id: _builtins.int = ...,
         status: _customer_pb2.CustomerStatus.ValueType = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "status", b"status", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "etag", b"etag", "status", b"status", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -130,7 +130,7 @@ class CustomerServiceServicer:
 
     def UpdateCustomer(self, request, context):
         """Changes the profile, preferences or email of a customer, limited to the
-        fields named in `update_mask`.
+        fields named in `update_mask`. ABORTED when `customer.etag` is set and stale.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,7 +145,7 @@ class CustomerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetCustomerStatus(self, request, context):
-        """Activates or deactivates a customer.
+        """Activates or deactivates a customer. ABORTED when `etag` is set and stale.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,7 +163,8 @@ class CustomerServiceServicer:
 
     def ChangeCustomerPassword(self, request, context):
         """Replaces a customer's password after checking the current one
-        (UNAUTHENTICATED when it is wrong).
+        (UNAUTHENTICATED when it is wrong; ABORTED when another change of the
+        password won a race with this one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

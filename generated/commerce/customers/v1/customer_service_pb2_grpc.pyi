@@ -51,14 +51,14 @@ class CustomerServiceStub:
     """Returns one customer."""
     UpdateCustomer: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.UpdateCustomerRequest, _customer_service_pb2.UpdateCustomerResponse]
     """Changes the profile, preferences or email of a customer, limited to the
-    fields named in `update_mask`.
+    fields named in `update_mask`. ABORTED when `customer.etag` is set and stale.
     """
     ListCustomers: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.ListCustomersRequest, _customer_service_pb2.ListCustomersResponse]
     """Lists the customers of a store in ascending `customer_id` order, one page
     at a time.
     """
     SetCustomerStatus: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.SetCustomerStatusRequest, _customer_service_pb2.SetCustomerStatusResponse]
-    """Activates or deactivates a customer."""
+    """Activates or deactivates a customer. ABORTED when `etag` is set and stale."""
     AuthenticateCustomer: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.AuthenticateCustomerRequest, _customer_service_pb2.AuthenticateCustomerResponse]
     """Checks an email and password and returns the customer they belong to.
     Every failure (unknown email, wrong password, no password set, inactive
@@ -67,7 +67,8 @@ class CustomerServiceStub:
     """
     ChangeCustomerPassword: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.ChangeCustomerPasswordRequest, _customer_service_pb2.ChangeCustomerPasswordResponse]
     """Replaces a customer's password after checking the current one
-    (UNAUTHENTICATED when it is wrong).
+    (UNAUTHENTICATED when it is wrong; ABORTED when another change of the
+    password won a race with this one).
     """
     CreateCustomerAddress: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.CreateCustomerAddressRequest, _customer_service_pb2.CreateCustomerAddressResponse]
     """Adds an address to a customer. A customer has at most 20 addresses
@@ -103,14 +104,14 @@ class CustomerServiceAsyncStub(CustomerServiceStub):
     """Returns one customer."""
     UpdateCustomer: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.UpdateCustomerRequest, _customer_service_pb2.UpdateCustomerResponse]  # type: ignore[assignment]
     """Changes the profile, preferences or email of a customer, limited to the
-    fields named in `update_mask`.
+    fields named in `update_mask`. ABORTED when `customer.etag` is set and stale.
     """
     ListCustomers: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.ListCustomersRequest, _customer_service_pb2.ListCustomersResponse]  # type: ignore[assignment]
     """Lists the customers of a store in ascending `customer_id` order, one page
     at a time.
     """
     SetCustomerStatus: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.SetCustomerStatusRequest, _customer_service_pb2.SetCustomerStatusResponse]  # type: ignore[assignment]
-    """Activates or deactivates a customer."""
+    """Activates or deactivates a customer. ABORTED when `etag` is set and stale."""
     AuthenticateCustomer: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.AuthenticateCustomerRequest, _customer_service_pb2.AuthenticateCustomerResponse]  # type: ignore[assignment]
     """Checks an email and password and returns the customer they belong to.
     Every failure (unknown email, wrong password, no password set, inactive
@@ -119,7 +120,8 @@ class CustomerServiceAsyncStub(CustomerServiceStub):
     """
     ChangeCustomerPassword: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.ChangeCustomerPasswordRequest, _customer_service_pb2.ChangeCustomerPasswordResponse]  # type: ignore[assignment]
     """Replaces a customer's password after checking the current one
-    (UNAUTHENTICATED when it is wrong).
+    (UNAUTHENTICATED when it is wrong; ABORTED when another change of the
+    password won a race with this one).
     """
     CreateCustomerAddress: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.CreateCustomerAddressRequest, _customer_service_pb2.CreateCustomerAddressResponse]  # type: ignore[assignment]
     """Adds an address to a customer. A customer has at most 20 addresses
@@ -170,7 +172,7 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_customer_service_pb2.UpdateCustomerResponse, _abc.Awaitable[_customer_service_pb2.UpdateCustomerResponse]]:
         """Changes the profile, preferences or email of a customer, limited to the
-        fields named in `update_mask`.
+        fields named in `update_mask`. ABORTED when `customer.etag` is set and stale.
         """
 
     @_abc_1.abstractmethod
@@ -189,7 +191,7 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customer_service_pb2.SetCustomerStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customer_service_pb2.SetCustomerStatusResponse, _abc.Awaitable[_customer_service_pb2.SetCustomerStatusResponse]]:
-        """Activates or deactivates a customer."""
+        """Activates or deactivates a customer. ABORTED when `etag` is set and stale."""
 
     @_abc_1.abstractmethod
     def AuthenticateCustomer(
@@ -210,7 +212,8 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_customer_service_pb2.ChangeCustomerPasswordResponse, _abc.Awaitable[_customer_service_pb2.ChangeCustomerPasswordResponse]]:
         """Replaces a customer's password after checking the current one
-        (UNAUTHENTICATED when it is wrong).
+        (UNAUTHENTICATED when it is wrong; ABORTED when another change of the
+        password won a race with this one).
         """
 
     @_abc_1.abstractmethod
