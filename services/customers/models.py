@@ -53,6 +53,10 @@ class Customer(Base):
     )
 
 
+# The per-customer "default" flags of addresses; each is on for at most one address.
+DEFAULT_ADDRESS_FLAGS = ("default_shipping", "default_billing")
+
+
 class CustomerAddress(Base):
     __tablename__ = "customer_addresses"
 
@@ -80,20 +84,15 @@ class CustomerAddress(Base):
         ),
         Index("ix_customer_addresses_customer", "store_id", "customer_id", "address_id"),
         # At most one default shipping and one default billing address per customer.
-        Index(
-            "uq_customer_addresses_default_shipping",
-            "store_id",
-            "customer_id",
-            unique=True,
-            postgresql_where=text("default_shipping"),
-            sqlite_where=text("default_shipping"),
-        ),
-        Index(
-            "uq_customer_addresses_default_billing",
-            "store_id",
-            "customer_id",
-            unique=True,
-            postgresql_where=text("default_billing"),
-            sqlite_where=text("default_billing"),
+        *(
+            Index(
+                f"uq_customer_addresses_{flag}",
+                "store_id",
+                "customer_id",
+                unique=True,
+                postgresql_where=text(flag),
+                sqlite_where=text(flag),
+            )
+            for flag in DEFAULT_ADDRESS_FLAGS
         ),
     )

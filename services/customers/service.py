@@ -29,7 +29,7 @@ from services.core.passwords import PasswordHasher, password_problem
 from services.core.stores import check_store_id, next_store_number
 from services.core.tenancy import TenantDatabase
 from services.customers import validation
-from services.customers.models import Customer, CustomerAddress
+from services.customers.models import DEFAULT_ADDRESS_FLAGS, Customer, CustomerAddress
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -557,7 +557,7 @@ async def _clear_other_defaults(
     session: AsyncSession, store_id: int, customer_id: int, address_id: int, values: dict[str, Any]
 ) -> None:
     """A new default shipping (billing) address takes the flag from the old one."""
-    for flag in ("default_shipping", "default_billing"):
+    for flag in DEFAULT_ADDRESS_FLAGS:
         if values.get(flag):
             column = getattr(CustomerAddress, flag)
             await session.execute(
