@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -14,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.core.database import UnitOfWork, create_engine, create_session_factory
 from services.core.errors import DomainError
-from services.core.settings import Settings
+from services.core.logs import configure_logging
+from services.core.settings import Settings, env_name
 from services.core.stores import create_store, list_stores, set_store_active
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -29,10 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as error:
         problem = error.errors()[0]
         message = problem["msg"].removeprefix("Value error, ")
-        parser.error(f"bad setting {problem['loc'][0]}: {message}")
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+        where = f" {problem['loc'][0]}" if problem["loc"] else ""
+        parser.error(f"bad setting{where}: {message}")
+    configure_logging(settings.log_level, settings.log_format)
     command: Command = args.run
     try:
         return command(args, settings)
@@ -43,13 +42,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# Settings that are never flags: a secret on the command line shows in `ps`.
+_ENVIRONMENT_ONLY = {"page_token_secret", "database_url"}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     """Environment variables, overridden by the flags that were given."""
-    flags: dict[str, Any] = {
-        "database_url": args.database_url,
-        "listen_address": getattr(args, "listen", None),
-    }
+    flags: dict[str, Any] = {"database_url": args.database_url}
+    flags |= {name: getattr(args, name, None) for name in Settings.model_fields}
     return Settings(**{name: value for name, value in flags.items() if value is not None})
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, documented by the setting itself."""
+    for name, field in Settings.model_fields.items():
+        if name in _ENVIRONMENT_ONLY:
+            continue
+        default = field.get_default(call_default_factory=True)
+        shown = f"default {default}" if default not in ("", None) else "default unset"
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            metavar=name.split("_")[-1].upper(),
+            help=f"{field.description} (env {env_name(name)}; {shown})",
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,14 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gRPC server")
-    serve.add_argument(
-        "--listen", help="host:port (env COMMERCE_LISTEN_ADDRESS; default 127.0.0.1:50051)"
+    serve = commands.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the gRPC server until SIGTERM or SIGINT. Every flag has an "
+        "environment variable; flags win.",
     )
-    serve.add_argument("--services", help="comma-separated modules to mount (default: all)")
-    serve.add_argument(
-        "--grace", type=float, default=10.0, help="seconds in-flight RPCs get at shutdown"
-    )
+    _add_settings_flags(serve)
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="apply the database migrations of every module")
@@ -88,10 +103,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from services.server import serve  # imported late: the other commands need no grpc
+    if settings.workers > 1:
+        # Before anything imports prometheus_client: the supervisor sets its mode.
+        from services.supervisor import supervise
 
-    modules = [name.strip() for name in args.services.split(",")] if args.services else None
-    asyncio.run(serve(settings, modules, grace=args.grace))
+        return supervise(settings)
+    from services.server import module_problem, serve  # late: other commands need no grpc
+
+    if problem := module_problem(settings.module_names):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings))
     return 0
 
 

@@ -1,20 +1,24 @@
-"""The composition root: one grpc.aio server hosting the chosen modules, with health
-and reflection. The only place that knows every module."""
+"""The composition root: one grpc.aio server hosting the chosen modules, with health,
+reflection, TLS and metrics. The only place that knows every module."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.database import create_engine
-from services.core.grpc_errors import ErrorMappingInterceptor
+from services.core.interceptor import RpcInterceptor
+from services.core.metrics import serve_metrics
 from services.core.modules import ModuleContext, MountFunction
 from services.core.pagination import PageTokenCodec
 from services.core.passwords import PasswordHasher
@@ -29,27 +33,44 @@ MODULES: dict[str, MountFunction] = {
     "customers": mount_customers,
 }
 
-DEFAULT_GRACE_SECONDS = 10.0
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def module_problem(names: Sequence[str] | None) -> str | None:
+    """Why these module names cannot be served, or None when they can."""
+    unknown = sorted(set(names or ()) - set(MODULES))
+    if not unknown:
+        return None
+    return f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}"
 
 
 class Application:
     """A configured server: `start()` binds and serves, `stop()` drains and closes."""
 
     def __init__(self, settings: Settings, module_names: Sequence[str] | None = None) -> None:
-        names = list(module_names or MODULES)
-        unknown = sorted(set(names) - set(MODULES))
-        if unknown:
-            raise ValueError(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
+        names = list(module_names or settings.module_names or MODULES)
+        if problem := module_problem(names):
+            raise ValueError(problem)
         self.settings = settings
         self.module_names = names
         self.engine: AsyncEngine = create_engine(
-            settings.database_url, pool_size=settings.db_pool_size
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            connect_timeout=settings.db_connect_timeout,
         )
         self.passwords = PasswordHasher(settings.bcrypt_rounds, settings.password_hash_workers)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+        self.server = grpc.aio.server(
+            interceptors=[RpcInterceptor()],
+            # Several worker processes may share the port (services.supervisor).
+            options=[("grpc.so_reuseport", 1)],
+        )
         self.port = 0
-        self._service_names: list[str] = []
+        self.service_names: list[str] = []
+        self._database_watch: asyncio.Task[None] | None = None
+        self._status: int = NOT_SERVING
 
     async def start(self, address: str | None = None) -> int:
         """Mounts the modules, binds `address` (default: the settings') and serves.
@@ -63,46 +84,93 @@ class Application:
             page_tokens=PageTokenCodec(self.settings.page_token_secret),
         )
         for name in self.module_names:
-            self._service_names += MODULES[name](self.server, context)
+            self.service_names += MODULES[name](self.server, context)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            [
-                *self._service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self.server,
+            [*self.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(address or self.settings.listen_address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address or self.settings.listen_address}")
+        address = address or self.settings.listen_address
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         await self.server.start()
-        for service in ["", *self._service_names]:
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        logger.info("serving %s on port %d", ", ".join(self.module_names), self.port)
+        await self._report(SERVING if await self.database_reachable() else NOT_SERVING)
+        self._database_watch = asyncio.create_task(self._watch_database())
+        logger.info(
+            "serving %s on port %d (%s)",
+            ", ".join(self.module_names),
+            self.port,
+            "TLS" if credentials else "plaintext",
+        )
         return self.port
 
-    async def stop(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
-        """Reports NOT_SERVING, lets in-flight RPCs finish within `grace` seconds, then
-        closes the database pool and the password threads."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Reports NOT_SERVING, lets in-flight RPCs finish within `grace` seconds (default:
+        the settings'), then closes the database pool and the password threads."""
+        if self._database_watch is not None:
+            self._database_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._database_watch
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         await self.engine.dispose()
         self.passwords.close()
 
+    async def database_reachable(self) -> bool:
+        try:
+            async with asyncio.timeout(self.settings.db_connect_timeout):
+                async with self.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+        except Exception as error:  # any failure means "not reachable now"
+            logger.debug("database probe failed: %r", error)
+            return False
+        return True
 
-async def serve(
-    settings: Settings,
-    module_names: Sequence[str] | None = None,
-    grace: float = DEFAULT_GRACE_SECONDS,
-) -> None:
+    async def _watch_database(self) -> None:
+        """Keeps health in step with the database: NOT_SERVING while it is out of reach,
+        SERVING again once it answers."""
+        while True:
+            await asyncio.sleep(self.settings.health_check_interval)
+            now = SERVING if await self.database_reachable() else NOT_SERVING
+            if now != self._status:
+                logger.warning(
+                    "database %s", "reachable again" if now == SERVING else "unreachable"
+                )
+                await self._report(now)
+
+    async def _report(self, status: int) -> None:
+        self._status = status
+        for service in ["", *self.service_names]:
+            await self.health.set(service, status)
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from the settings' files, mutual when a client CA is given; None: plaintext."""
+    if not settings.tls_cert_file:
+        return None
+    client_ca = (
+        Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    )
+    return grpc.ssl_server_credentials(
+        [(Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then stops gracefully."""
-    app = Application(settings, module_names)
+    app = Application(settings)
     await app.start()
+    if settings.metrics_address:
+        serve_metrics(settings.metrics_address)
+        logger.info("metrics on http://%s/metrics", settings.metrics_address)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
-    logger.info("shutting down (grace %.1fs)", grace)
-    await app.stop(grace)
+    logger.info("shutting down (grace %.1fs)", settings.grace_seconds)
+    await app.stop()

@@ -59,21 +59,33 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 10.0) -> AsyncEngine:
     """An engine for PostgreSQL (asyncpg) or the embedded SQLite default (aiosqlite).
 
     hide_parameters: a database error must never carry bound values (password hashes,
-    emails) into a log line."""
+    emails) into a log line. `connect_timeout` bounds both opening a connection and
+    waiting for a free one, so a lost database fails calls fast."""
     if not is_sqlite(url):
         return create_async_engine(
-            url, pool_size=pool_size, max_overflow=0, pool_recycle=3600, hide_parameters=True
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=connect_timeout,
+            pool_recycle=3600,
+            connect_args={"timeout": connect_timeout},
+            hide_parameters=True,
         )
     # SQLite allows one writer at a time, and two connections that both upgrade from a
     # read to a write lock fail at once instead of waiting. One shared connection
     # serialises every transaction, which is correct and fast enough for the embedded
     # default; PostgreSQL is the production database.
     engine = create_async_engine(
-        url, pool_size=1, max_overflow=0, connect_args={"timeout": 30}, hide_parameters=True
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=max(connect_timeout, 30),
+        connect_args={"timeout": 30},
+        hide_parameters=True,
     )
     event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
     return engine

@@ -1,13 +1,18 @@
-"""Process settings, read from environment variables (and overridden by CLI flags)."""
+"""Process settings: environment variables, overridden by `commerce serve` flags.
+
+Each field's description is its documentation: `commerce serve --help` shows it."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///commerce.db"
+ENV_PREFIX = "COMMERCE_"
 
 # Drivers the server runs on; a bare scheme is completed with its async driver.
 _ASYNC_DRIVERS = {
@@ -18,37 +23,70 @@ _ASYNC_DRIVERS = {
 
 
 class Settings(BaseSettings):
-    """Everything a server process needs to know; see README for each variable."""
+    """Everything a server process needs to know."""
 
-    model_config = SettingsConfigDict(env_prefix="COMMERCE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL,
         validation_alias=AliasChoices("COMMERCE_DATABASE_URL", "DATABASE_URL"),
-        description="SQLAlchemy URL; postgresql:// and sqlite:// get their async driver.",
+        description="database URL; postgresql:// and sqlite:// get their async driver "
+        "(env DATABASE_URL works too)",
     )
-    listen_address: str = Field(default="127.0.0.1:50051", description="host:port to serve on.")
-    db_pool_size: int = Field(default=10, ge=1, le=1000, description="Database connections.")
-    bcrypt_rounds: int = Field(default=12, ge=4, le=20, description="bcrypt cost factor.")
+    listen_address: str = Field(default="127.0.0.1:50051", description="host:port to serve on")
+    services: str = Field(
+        default="", description="comma-separated modules to mount, e.g. customers (empty: all)"
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="server processes sharing the port (SO_REUSEPORT), under one supervisor",
+    )
+    grace_seconds: float = Field(
+        default=10.0, ge=0, description="time in-flight RPCs get to finish at shutdown"
+    )
+    tls_cert_file: str = Field(default="", description="PEM certificate chain: serve TLS")
+    tls_key_file: str = Field(default="", description="PEM private key of --tls-cert-file")
+    tls_client_ca_file: str = Field(
+        default="",
+        description="PEM CA bundle: require client certificates it signed (mutual TLS)",
+    )
+    db_pool_size: int = Field(
+        default=10, ge=1, le=1000, description="database connections per process"
+    )
+    db_connect_timeout: float = Field(
+        default=5.0, gt=0, description="seconds to wait for a database connection"
+    )
+    health_check_interval: float = Field(
+        default=2.0, gt=0, description="seconds between database probes of the health service"
+    )
+    bcrypt_rounds: int = Field(default=12, ge=4, le=20, description="bcrypt cost factor")
     password_hash_workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
         le=256,
-        description="Threads hashing and checking passwords, off the event loop.",
+        description="threads hashing and checking passwords, off the event loop",
     )
     page_token_secret: str = Field(
         default="",
-        description=(
-            "Key that signs page tokens. Empty: a random key per process, so tokens do "
-            "not survive a restart. Set it when several processes serve one database."
-        ),
+        description="key that signs page tokens; empty: random per process, so tokens "
+        "die with it (environment only, never a flag)",
     )
     store_cache_seconds: float = Field(
         default=5.0,
         ge=0,
-        description="How long a process trusts a store's active/inactive status (0: never).",
+        description="how long a process trusts a store's active/inactive status (0: never)",
     )
-    log_level: str = Field(default="INFO", description="Python logging level.")
+    metrics_address: str = Field(
+        default="", description="host:port of the Prometheus /metrics endpoint (empty: off)"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="log level"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines as text or as one JSON object each"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -57,3 +95,41 @@ class Settings(BaseSettings):
         if not separator:
             raise ValueError("must look like postgresql://user@host/db or sqlite:///file.db")
         return f"{_ASYNC_DRIVERS.get(scheme, scheme)}://{rest}"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, level: str) -> str:
+        return level.upper()
+
+    @field_validator("listen_address", "metrics_address")
+    @classmethod
+    def _host_port(cls, address: str) -> str:
+        if address and not address.rpartition(":")[2].isdigit():
+            raise ValueError("must be host:port")
+        return address
+
+    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+    @classmethod
+    def _readable(cls, path: str) -> str:
+        if path and not Path(path).is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.workers > 1 and self.listen_address.endswith(":0"):
+            raise ValueError("several workers need a fixed port to share, not :0")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
+
+    @property
+    def module_names(self) -> list[str] | None:
+        names = [name.strip() for name in self.services.split(",") if name.strip()]
+        return names or None
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()

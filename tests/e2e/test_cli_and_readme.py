@@ -74,7 +74,7 @@ def running_server(sqlite_env, tmp_path) -> Iterator[tuple[subprocess.Popen[str]
     commerce("stores", "create", "--name", "Demo store", env=sqlite_env)
     log = (tmp_path / "server.log").open("w+")
     process = subprocess.Popen(
-        [*COMMERCE, "serve", "--listen", "127.0.0.1:0"],
+        [*COMMERCE, "serve", "--listen-address", "127.0.0.1:0"],
         env=sqlite_env,
         cwd=ROOT,
         stdout=log,

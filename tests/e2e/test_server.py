@@ -8,7 +8,7 @@ from commerce.customers.v1 import customer_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.core.grpc_errors import ErrorMappingInterceptor
+from services.core.interceptor import RpcInterceptor
 from services.core.settings import Settings
 from services.server import Application
 from tests.e2e.helpers import pb
@@ -89,7 +89,7 @@ async def test_a_bug_is_internal_without_detail(caplog):
     handler = grpc.method_handlers_generic_handler(
         "commerce.test.v1.Broken", {"Call": grpc.unary_unary_rpc_method_handler(broken)}
     )
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+    server = grpc.aio.server(interceptors=[RpcInterceptor()])
     server.add_generic_rpc_handlers([handler])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -1,0 +1,123 @@
+"""The one server interceptor: around every unary RPC it bounds the work by the
+caller's deadline, turns every failure into a status (services.core.grpc_errors),
+writes one log line and updates the Prometheus metrics. One wrapper, built once per
+method, so the per-call cost stays small."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, cast
+
+import grpc
+
+from services.core import metrics
+from services.core.errors import DomainError
+from services.core.grpc_errors import UNAVAILABLE_ERRORS, domain_of, plain_status, status_for
+
+logger = logging.getLogger(__name__)
+rpc_logger = logging.getLogger("commerce.rpc")
+
+# Generic only in the type stubs, hence the quotes.
+Behavior: TypeAlias = "Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._wrapped: dict[str, Handler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # streaming services (reflection, health) handle their own errors
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            # grpc.aio calls the behaviours it registers with an aio context and awaits them.
+            _guard(cast(Behavior, handler.unary_unary), method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._wrapped[method] = wrapped
+        return wrapped
+
+
+def _guard(behavior: Behavior, method: str) -> Behavior:
+    domain = domain_of(method)
+    service, _, name = method.lstrip("/").partition("/")
+    started = metrics.STARTED.labels("unary", service, name)
+    seconds = metrics.HANDLING_SECONDS.labels("unary", service, name)
+    in_flight = metrics.IN_FLIGHT.labels(service)
+    handled = {
+        code: metrics.HANDLED.labels("unary", service, name, code.name) for code in grpc.StatusCode
+    }
+
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        begin = time.perf_counter()
+        started.inc()
+        in_flight.inc()
+        code = grpc.StatusCode.OK
+        try:
+            # The caller stops waiting at its deadline; so does the work, database
+            # statements included (asyncpg cancels them on the server).
+            deadline = asyncio.timeout(context.time_remaining())
+            try:
+                async with deadline:
+                    return await behavior(request, context)
+            except DomainError as error:
+                status = status_for(error, domain)
+            except UNAVAILABLE_ERRORS as error:  # TimeoutError included
+                if deadline.expired():
+                    status = plain_status(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                else:
+                    logger.warning("database unavailable in %s: %s", method, type(error).__name__)
+                    status = plain_status(
+                        grpc.StatusCode.UNAVAILABLE, "service temporarily unavailable"
+                    )
+            except grpc.aio.AbortError:
+                raise  # a servicer aborted with its own status
+            except Exception:
+                logger.exception("unexpected error in %s", method)
+                status = plain_status(grpc.StatusCode.INTERNAL, "internal error")
+            code = status.code
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            elapsed = time.perf_counter() - begin
+            in_flight.dec()
+            seconds.observe(elapsed)
+            handled[code].inc()
+            _log(method, request, code, elapsed)
+
+    return guarded
+
+
+def _log(method: str, request: Any, code: grpc.StatusCode, elapsed: float) -> None:
+    if not rpc_logger.isEnabledFor(logging.INFO):
+        return
+    store_id = getattr(request, "store_id", None)
+    duration_ms = round(elapsed * 1000, 2)
+    rpc_logger.info(
+        "%s store_id=%s code=%s duration_ms=%s",
+        method,
+        store_id,
+        code.name,
+        duration_ms,
+        extra={
+            "grpc_method": method,
+            "store_id": store_id,
+            "grpc_code": code.name,
+            "duration_ms": duration_ms,
+        },
+    )
