@@ -60,6 +60,8 @@ def _guard(behavior: Behavior, method: str) -> Behavior:
     handled = {
         code: metrics.HANDLED.labels("unary", service, name, code.name) for code in grpc.StatusCode
     }
+    # Probes call health every few seconds: counted in the metrics, kept out of the log.
+    logged = not service.startswith("grpc.health.")
 
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         begin = time.perf_counter()
@@ -98,7 +100,8 @@ def _guard(behavior: Behavior, method: str) -> Behavior:
             in_flight.dec()
             seconds.observe(elapsed)
             handled[code].inc()
-            _log(method, request, code, elapsed)
+            if logged:
+                _log(method, request, code, elapsed)
 
     return guarded
 

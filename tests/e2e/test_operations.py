@@ -1,0 +1,251 @@
+"""`commerce serve` as an operator runs it: flags, mounting, logs, metrics, signals,
+workers and TLS. Each test starts the real entry point as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from commerce.customers.v1 import customer_service_pb2_grpc
+from grpc_health.v1 import health_pb2
+
+from services.core.settings import Settings, env_name
+from tests.e2e.helpers import PASSWORD, pb
+from tests.process import (
+    COMMERCE,
+    clean_environment,
+    commerce,
+    free_port,
+    health_status,
+    running_server,
+    wait_for,
+)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    """A migrated SQLite database with store 1."""
+    env = clean_environment(DATABASE_URL=f"sqlite:///{tmp_path / 'ops.db'}")
+    commerce("migrate", env=env)
+    commerce("stores", "create", "--name", "Ops", env=env)
+    return env
+
+
+def stub(target: str) -> customer_service_pb2_grpc.CustomerServiceStub:
+    return customer_service_pb2_grpc.CustomerServiceStub(grpc.insecure_channel(target))
+
+
+def test_help_documents_every_setting():
+    text = " ".join(commerce("serve", "--help", env=clean_environment()).stdout.split())
+    for name in Settings.model_fields:
+        if name in ("page_token_secret", "database_url"):
+            continue  # secrets never go on a command line
+        assert f"--{name.replace('_', '-')}" in text
+        assert env_name(name) in text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--workers", "0"], "bad setting workers"),
+        (["--log-format", "xml"], "bad setting log_format"),
+        (["--listen-address", "nowhere"], "bad setting listen_address: must be host:port"),
+        (["--tls-cert-file", "/no/such.pem", "--tls-key-file", "/no/such.key"], "no such file"),
+        (["--workers", "2", "--listen-address", "127.0.0.1:0"], "need a fixed port"),
+        (["--services", "customers,warehouse"], "unknown module(s) warehouse"),
+        (["--db-pool-size", "many"], "bad setting db_pool_size"),
+    ],
+)
+def test_a_bad_setting_is_a_one_line_error(flags, message):
+    result = commerce("serve", *flags, env=clean_environment(), check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2  # usage line + the error
+
+
+def test_settings_come_from_the_environment(tmp_path, sqlite_env):
+    env = sqlite_env | {"COMMERCE_LOG_FORMAT": "json"}
+    with running_server(tmp_path, env) as server:
+        stub(server.target).ListCustomers(pb.ListCustomersRequest(store_id=1), timeout=10)
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=30)
+    lines = server.output().splitlines()
+    assert any(json.loads(line).get("grpc_code") == "OK" for line in lines)
+
+
+def test_one_log_line_per_rpc_without_secrets(tmp_path, sqlite_env):
+    with running_server(tmp_path, sqlite_env, "--log-format", "json") as server:
+        customers = stub(server.target)
+        email = "secret.person@example.com"
+        customers.CreateCustomer(
+            pb.CreateCustomerRequest(store_id=1, email=email, password=PASSWORD), timeout=10
+        )
+        customers.AuthenticateCustomer(
+            pb.AuthenticateCustomerRequest(store_id=1, email=email, password=PASSWORD), timeout=10
+        )
+        with pytest.raises(grpc.RpcError):
+            customers.GetCustomer(pb.GetCustomerRequest(store_id=1, customer_id=404), timeout=10)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+    records = [json.loads(line) for line in server.output().splitlines()]
+    rpcs = [r for r in records if r["logger"] == "commerce.rpc"]
+    assert [(r["grpc_method"].rsplit("/", 1)[1], r["store_id"], r["grpc_code"]) for r in rpcs] == [
+        ("CreateCustomer", 1, "OK"),
+        ("AuthenticateCustomer", 1, "OK"),
+        ("GetCustomer", 1, "NOT_FOUND"),
+    ]
+    assert all(r["duration_ms"] >= 0 for r in rpcs)
+    everything = server.output()
+    assert PASSWORD not in everything
+    assert "secret.person" not in everything
+    assert "$2b$" not in everything
+
+
+def test_metrics_count_calls_by_method_and_code(tmp_path, sqlite_env):
+    metrics_port = free_port()
+    with running_server(
+        tmp_path, sqlite_env, "--metrics-address", f"127.0.0.1:{metrics_port}"
+    ) as server:
+        customers = stub(server.target)
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError):
+                customers.GetCustomer(
+                    pb.GetCustomerRequest(store_id=1, customer_id=404), timeout=10
+                )
+        customers.ListCustomers(pb.ListCustomersRequest(store_id=1), timeout=10)
+        scraped = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
+    assert (
+        _metric(
+            scraped, "grpc_server_handled_total", grpc_method="GetCustomer", grpc_code="NOT_FOUND"
+        )
+        == 3
+    )
+    assert (
+        _metric(scraped, "grpc_server_handled_total", grpc_method="ListCustomers", grpc_code="OK")
+        == 1
+    )
+    assert _metric(scraped, "grpc_server_handling_seconds_count", grpc_method="GetCustomer") == 3
+    assert (
+        _metric(
+            scraped, "grpc_server_in_flight", grpc_service="commerce.customers.v1.CustomerService"
+        )
+        == 0
+    )
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(key) == value for key, value in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} {labels}")
+
+
+def test_sigterm_lets_accepted_calls_finish(tmp_path, sqlite_env):
+    """A steady stream of slow calls (bcrypt cost 12); SIGTERM in the middle. Every
+    call sent well before the signal succeeds; the server exits 0."""
+    env = sqlite_env | {"COMMERCE_BCRYPT_ROUNDS": "12"}
+    with running_server(tmp_path, env, "--grace-seconds", "20") as server:
+        channel = grpc.insecure_channel(server.target)
+        customers = customer_service_pb2_grpc.CustomerServiceStub(channel)
+        customers.CreateCustomer(
+            pb.CreateCustomerRequest(store_id=1, email="s@example.com", password=PASSWORD)
+        )
+        login = pb.AuthenticateCustomerRequest(store_id=1, email="s@example.com", password=PASSWORD)
+        outcomes: list[tuple[float, float, bool]] = []
+        stop = threading.Event()
+
+        def caller() -> None:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    customers.AuthenticateCustomer(login, timeout=30)
+                    ok = True
+                except grpc.RpcError:
+                    ok = False
+                outcomes.append((sent, time.monotonic(), ok))
+
+        threads = [threading.Thread(target=caller) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        exit_code = server.process.wait(timeout=60)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        channel.close()
+    accepted = [(finished, ok) for sent, finished, ok in outcomes if sent < signalled - 0.1]
+    assert len(accepted) >= 4
+    failed = [finished for finished, ok in accepted if not ok]
+    assert failed == [], f"{len(failed)} of {len(accepted)} accepted calls failed"
+    # Some of them were still running when the signal came: the drain was real.
+    assert any(finished > signalled for finished, _ in accepted)
+    assert exit_code == 0
+
+
+def _listeners(port: int) -> set[int]:
+    """PIDs of the processes listening on `port`."""
+    out = subprocess.run(
+        ["ss", "-Hltnp", f"sport = :{port}"],  # noqa: S607 (iproute2's ss, from PATH)
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+
+
+def test_two_workers_share_one_port(tmp_path, sqlite_env):
+    with running_server(tmp_path, sqlite_env, "--workers", "2") as server:
+        wait_for(lambda: len(_listeners(server.port)) == 2)
+        workers = _listeners(server.port)
+        assert server.process.pid not in workers  # the parent only supervises
+        for _ in range(20):  # fresh connections, spread by the kernel over both
+            with grpc.insecure_channel(server.target) as channel:
+                customer_service_pb2_grpc.CustomerServiceStub(channel).ListCustomers(
+                    pb.ListCustomersRequest(store_id=1), timeout=10
+                )
+        # A worker that dies is replaced.
+        victim = min(workers)
+        subprocess.run(["kill", "-9", str(victim)], check=True)  # noqa: S607
+        wait_for(
+            lambda: len(_listeners(server.port)) == 2 and victim not in _listeners(server.port)
+        )
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0
+        assert _listeners(server.port) == set()
+
+
+def test_only_the_named_modules_are_mounted(tmp_path, sqlite_env):
+    grpcurl = Path(COMMERCE).parent / "grpcurl"
+    with running_server(tmp_path, sqlite_env, "--services", "customers") as server:
+        listed = subprocess.run(
+            [str(grpcurl), "-plaintext", server.target, "list"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert health_status(server.port, "commerce.customers.v1.CustomerService") == SERVING
+    assert sorted(listed) == [
+        "commerce.customers.v1.CustomerService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]
