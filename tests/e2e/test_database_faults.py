@@ -1,0 +1,188 @@
+"""The server against a private PostgreSQL cluster that the test stops and starts:
+health follows the database, calls fail fast while it is away and work again when
+it is back, without a restart. And a deadline cancels the statement it bounds.
+
+The cluster is created for this module (pg_createcluster) on its own port, never
+the shared one at 5432."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from commerce.customers.v1 import customer_pb2, customer_service_pb2_grpc
+from google.protobuf import field_mask_pb2
+from grpc_health.v1 import health_pb2
+
+from tests.e2e.helpers import pb
+from tests.process import (
+    clean_environment,
+    commerce,
+    free_port,
+    health_status,
+    running_server,
+    wait_for,
+)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+CUSTOMERS = "commerce.customers.v1.CustomerService"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("pg_createcluster") is None, reason="needs Debian's postgresql-common"
+)
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.version = sorted(Path("/etc/postgresql").iterdir())[-1].name
+        self.name = f"commerce_{secrets.token_hex(4)}"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(list(args), check=True, capture_output=True, timeout=120)
+
+    def create(self) -> None:
+        self._ctl(
+            "pg_createcluster",
+            self.version,
+            self.name,
+            "-p",
+            str(self.port),
+            "--start",
+            "--",
+            "--auth=trust",
+        )
+
+    def stop(self) -> None:
+        self._ctl("pg_ctlcluster", self.version, self.name, "stop", "-m", "immediate")
+
+    def start(self) -> None:
+        self._ctl("pg_ctlcluster", self.version, self.name, "start")
+
+    def drop(self) -> None:
+        self._ctl("pg_dropcluster", self.version, self.name, "--stop")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    cluster = Cluster()
+    cluster.create()
+    try:
+        env = clean_environment(DATABASE_URL=cluster.url)
+        commerce("migrate", env=env)
+        commerce("stores", "create", "--name", "Faults", env=env)
+        yield cluster
+    finally:
+        cluster.drop()
+
+
+def get_customer_code(target: str) -> grpc.StatusCode:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            customer_service_pb2_grpc.CustomerServiceStub(channel).GetCustomer(
+                pb.GetCustomerRequest(store_id=1, customer_id=424242), timeout=10
+            )
+        except grpc.RpcError as error:
+            return error.code()
+    return grpc.StatusCode.OK
+
+
+def test_health_and_calls_follow_the_database(tmp_path, cluster):
+    env = clean_environment(DATABASE_URL=cluster.url)
+    flags = (
+        "--health-check-interval",
+        "0.3",
+        "--db-connect-timeout",
+        "2",
+        "--store-cache-seconds",
+        "0",
+    )
+    with running_server(tmp_path, env, *flags) as server:
+        assert health_status(server.port) == SERVING
+        assert health_status(server.port, CUSTOMERS) == SERVING
+        assert get_customer_code(server.target) == grpc.StatusCode.NOT_FOUND
+
+        cluster.stop()
+        try:
+            wait_for(lambda: health_status(server.port, CUSTOMERS) == NOT_SERVING, timeout=20)
+            assert health_status(server.port) == NOT_SERVING
+            assert get_customer_code(server.target) == grpc.StatusCode.UNAVAILABLE
+        finally:
+            cluster.start()
+
+        wait_for(lambda: health_status(server.port, CUSTOMERS) == SERVING, timeout=30)
+        # The pool drops its dead connections; calls work again in the same process.
+        wait_for(lambda: get_customer_code(server.target) == grpc.StatusCode.NOT_FOUND, timeout=20)
+        assert server.process.poll() is None
+    assert "database unreachable" in server.output()
+    assert "database reachable again" in server.output()
+
+
+async def _waiting_on_locks(url: str) -> int:
+    connection = await asyncpg.connect(url)
+    try:
+        return await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+
+
+def test_a_deadline_cancels_the_statement_it_bounds(tmp_path, cluster):
+    """A row lock held by the test makes UpdateCustomer wait; the caller's deadline
+    passes; the server must cancel its statement (not leave it waiting) and roll
+    back, so that releasing the lock later changes nothing."""
+    env = clean_environment(DATABASE_URL=cluster.url)
+    with running_server(tmp_path, env) as server:
+        channel = grpc.insecure_channel(server.target)
+        customers = customer_service_pb2_grpc.CustomerServiceStub(channel)
+        created = customers.CreateCustomer(
+            pb.CreateCustomerRequest(
+                store_id=1, email=f"slow.{secrets.token_hex(3)}@example.com", first_name="Before"
+            )
+        ).customer
+
+        async def scenario() -> None:
+            holder = await asyncpg.connect(cluster.url)
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute(
+                "SELECT 1 FROM customers WHERE store_id = 1 AND customer_id = $1 FOR UPDATE",
+                created.customer_id,
+            )
+            try:
+                update = pb.UpdateCustomerRequest(
+                    store_id=1,
+                    customer_id=created.customer_id,
+                    customer=customer_pb2.Customer(first_name="After"),
+                    update_mask=field_mask_pb2.FieldMask(paths=["first_name"]),
+                )
+                with pytest.raises(grpc.RpcError) as raised:
+                    await asyncio.to_thread(customers.UpdateCustomer, update, timeout=1)
+                assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                # Nothing of the server's is still waiting on the lock.
+                for _ in range(100):  # up to 10 s for the cancellation to land
+                    if await _waiting_on_locks(cluster.url) == 0:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await _waiting_on_locks(cluster.url) == 0
+            finally:
+                await transaction.rollback()
+                await holder.close()
+
+        asyncio.run(scenario())
+        got = customers.GetCustomer(
+            pb.GetCustomerRequest(store_id=1, customer_id=created.customer_id), timeout=10
+        )
+        assert got.customer.first_name == "Before"
+        channel.close()
