@@ -249,3 +249,23 @@ def test_only_the_named_modules_are_mounted(tmp_path, sqlite_env):
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ]
+
+
+def test_health_command_probes_a_running_server(tmp_path, sqlite_env):
+    with running_server(tmp_path, sqlite_env) as server:
+        result = commerce("health", "--address", server.target, env=sqlite_env, check=False)
+        assert (result.returncode, result.stdout.strip()) == (0, "SERVING")
+        service = ("--service", "commerce.customers.v1.CustomerService")
+        named = commerce(
+            "health", "--address", server.target, *service, env=sqlite_env, check=False
+        )
+        assert named.returncode == 0
+        unknown = commerce(
+            "health", "--address", server.target, "--service", "nope", env=sqlite_env, check=False
+        )
+        assert unknown.returncode == 1
+    down = commerce(
+        "health", "--address", server.target, "--timeout", "1", env=sqlite_env, check=False
+    )
+    assert down.returncode == 1
+    assert "UNAVAILABLE" in down.stderr
