@@ -154,6 +154,8 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    # Alembic announces each of its plugins as it is imported; that is not news.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     from services.migrations import upgrade
 
     upgrade(settings.database_url)

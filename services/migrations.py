@@ -6,7 +6,6 @@ through COMMERCE_MIGRATIONS_DIR."""
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -41,5 +40,4 @@ def alembic_config(database_url: str) -> Config:
 def upgrade(database_url: str, revision: str = "heads") -> None:
     """Brings the database to `revision` (default: the newest of every module).
     Synchronous: Alembic's async env runs its own event loop."""
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # start-up chatter
     command.upgrade(alembic_config(database_url), revision)
