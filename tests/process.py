@@ -49,6 +49,14 @@ def commerce(
     )
 
 
+def migrated_sqlite_env(directory: Path, store_name: str) -> dict[str, str]:
+    """The environment of a fresh, migrated SQLite database holding store 1."""
+    env = clean_environment(DATABASE_URL=f"sqlite:///{directory / 'commerce.db'}")
+    commerce("migrate", env=env)
+    commerce("stores", "create", "--name", store_name, env=env)
+    return env
+
+
 def health_status(
     port: int, service: str = "", credentials: grpc.ChannelCredentials | None = None
 ) -> int | None:

@@ -3,45 +3,33 @@ line by line against a server started the way the README says."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from commerce.customers.v1 import customer_service_pb2
 
-ROOT = Path(__file__).resolve().parents[2]
-COMMERCE = [str(Path(sys.executable).parent / "commerce")]  # the installed entry point
-GRPCURL = Path(sys.executable).parent / "grpcurl"
+from tests.process import (
+    COMMERCE,
+    ROOT,
+    ServerProcess,
+    clean_environment,
+    commerce,
+    migrated_sqlite_env,
+    running_server,
+)
 
-
-def commerce(
-    *args: str, env: dict[str, str], check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COMMERCE, *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=check,
-    )
+GRPCURL = Path(COMMERCE).parent / "grpcurl"
 
 
 @pytest.fixture
 def sqlite_env(tmp_path: Path) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("COMMERCE_") and k != "DATABASE_URL"
-    }
-    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'cli.db'}"
-    env["COMMERCE_BCRYPT_ROUNDS"] = "4"
-    return env
+    """An empty SQLite database, not yet migrated."""
+    return clean_environment(DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}")
 
 
 def test_bad_setting_is_a_one_line_error(sqlite_env):
@@ -69,29 +57,10 @@ def test_store_administration(sqlite_env):
 
 
 @pytest.fixture
-def running_server(sqlite_env, tmp_path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    commerce("migrate", env=sqlite_env)
-    commerce("stores", "create", "--name", "Demo store", env=sqlite_env)
-    log = (tmp_path / "server.log").open("w+")
-    process = subprocess.Popen(
-        [*COMMERCE, "serve", "--listen-address", "127.0.0.1:0"],
-        env=sqlite_env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=log,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not (match := re.search(r"on port (\d+)", Path(log.name).read_text())):
-            assert process.poll() is None, Path(log.name).read_text()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
-        yield process, int(match.group(1))
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+def demo_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server on a fresh database with store 1, as the README sets one up."""
+    with running_server(tmp_path, migrated_sqlite_env(tmp_path, "Demo store")) as server:
+        yield server
 
 
 def readme_grpcurl_commands() -> list[list[str]]:
@@ -100,8 +69,8 @@ def readme_grpcurl_commands() -> list[list[str]]:
     return [shlex.split(line)[1:] for line in text.splitlines() if line.startswith("$G ")]
 
 
-def test_readme_grpcurl_session_works_by_copy_paste(running_server):
-    _, port = running_server
+def test_readme_grpcurl_session_works_by_copy_paste(demo_server):
+    port = demo_server.port
     commands = readme_grpcurl_commands()
     assert len(commands) >= 13
     for args in commands:
@@ -120,13 +89,11 @@ def test_readme_grpcurl_session_works_by_copy_paste(running_server):
         for a in commands
         if "CustomerService/" in " ".join(a)
     }
-    from commerce.customers.v1 import customer_service_pb2
-
     service = customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"]
     assert shown == {method.name for method in service.methods}
 
 
-def test_sigterm_stops_the_server_cleanly(running_server):
-    process, _ = running_server
+def test_sigterm_stops_the_server_cleanly(demo_server):
+    process = demo_server.process
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0

@@ -25,6 +25,7 @@ from tests.process import (
     commerce,
     free_port,
     health_status,
+    migrated_sqlite_env,
     running_server,
     wait_for,
 )
@@ -34,11 +35,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 @pytest.fixture
 def sqlite_env(tmp_path: Path) -> dict[str, str]:
-    """A migrated SQLite database with store 1."""
-    env = clean_environment(DATABASE_URL=f"sqlite:///{tmp_path / 'ops.db'}")
-    commerce("migrate", env=env)
-    commerce("stores", "create", "--name", "Ops", env=env)
-    return env
+    return migrated_sqlite_env(tmp_path, "Ops")
 
 
 def stub(target: str) -> customer_service_pb2_grpc.CustomerServiceStub:

@@ -10,15 +10,12 @@ from commerce.customers.v1 import customer_service_pb2_grpc
 
 from tests.certificates import Authority
 from tests.e2e.helpers import pb
-from tests.process import clean_environment, commerce, running_server
+from tests.process import migrated_sqlite_env, running_server
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    env = clean_environment(DATABASE_URL=f"sqlite:///{tmp_path / 'tls.db'}")
-    commerce("migrate", env=env)
-    commerce("stores", "create", "--name", "TLS", env=env)
-    return env
+    return migrated_sqlite_env(tmp_path, "TLS")
 
 
 def list_customers(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.StatusCode:
