@@ -8,8 +8,10 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import services.customers.models  # noqa: F401  (registers the customers tables)
-from services.core import idempotency, stores  # noqa: F401  (registers the core tables)
+# Importing the models registers each module's tables in Base.metadata.
+import services.customers.models
+import services.orders.models  # noqa: F401
+from services.core import idempotency, stores  # noqa: F401
 from services.core.database import Base, create_engine
 from services.core.settings import Settings
 

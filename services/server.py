@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.core.customer_metrics import CustomerMetricsRegistry
 from services.core.database import create_engine
 from services.core.interceptor import RpcInterceptor
 from services.core.metrics import serve_metrics
@@ -25,12 +26,14 @@ from services.core.passwords import PasswordHasher
 from services.core.settings import Settings
 from services.core.tenancy import TenantDatabase
 from services.customers.servicer import mount as mount_customers
+from services.orders.servicer import mount as mount_orders
 
 logger = logging.getLogger(__name__)
 
 # Every module the process can host, by the name `serve --services` takes.
 MODULES: dict[str, MountFunction] = {
     "customers": mount_customers,
+    "orders": mount_orders,
 }
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -60,6 +63,7 @@ class Application:
             pool_size=settings.db_pool_size,
             connect_timeout=settings.db_connect_timeout,
         )
+        self.customer_metrics = CustomerMetricsRegistry()
         self.passwords = PasswordHasher(settings.bcrypt_rounds, settings.password_hash_workers)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
@@ -82,6 +86,7 @@ class Application:
             ),
             passwords=self.passwords,
             page_tokens=PageTokenCodec(self.settings.page_token_secret),
+            customer_metrics=self.customer_metrics,
         )
         for name in self.module_names:
             self.service_names += MODULES[name](self.server, context)

@@ -19,6 +19,7 @@ import asyncpg
 import grpc
 import pytest
 from commerce.customers.v1 import customer_service_pb2_grpc
+from commerce.orders.v1 import customer_order_service_pb2_grpc, order_service_pb2_grpc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -121,6 +122,18 @@ async def channel(server: Application) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture
 def customers(channel: grpc.aio.Channel) -> customer_service_pb2_grpc.CustomerServiceStub:
     return customer_service_pb2_grpc.CustomerServiceStub(channel)
+
+
+@pytest.fixture
+def orders(channel: grpc.aio.Channel) -> order_service_pb2_grpc.OrderServiceStub:
+    return order_service_pb2_grpc.OrderServiceStub(channel)
+
+
+@pytest.fixture
+def customer_orders(
+    channel: grpc.aio.Channel,
+) -> customer_order_service_pb2_grpc.CustomerOrderServiceStub:
+    return customer_order_service_pb2_grpc.CustomerOrderServiceStub(channel)
 
 
 async def new_store(sessions: async_sessionmaker[AsyncSession], *, active: bool = True) -> int:

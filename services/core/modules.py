@@ -7,6 +7,7 @@ from typing import Protocol
 
 import grpc
 
+from services.core.customer_metrics import CustomerMetricsRegistry
 from services.core.pagination import PageTokenCodec
 from services.core.passwords import PasswordHasher
 from services.core.settings import Settings
@@ -21,6 +22,8 @@ class ModuleContext:
     database: TenantDatabase
     passwords: PasswordHasher
     page_tokens: PageTokenCodec
+    # Modules register their customer metrics providers here while mounting.
+    customer_metrics: CustomerMetricsRegistry
 
 
 class MountFunction(Protocol):

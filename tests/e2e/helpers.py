@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from commerce.customers.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
+from commerce.orders.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
 
 pb = customer_service_pb2
 PASSWORD = "correct horse battery"
@@ -20,3 +21,28 @@ async def create_customer(
     fields.setdefault("email", unique_email())
     response = await stub.CreateCustomer(pb.CreateCustomerRequest(store_id=store_id, **fields))
     return response.customer
+
+
+def line(sku: str = "SKU-1", quantity: int = 1, unit_price_minor: int = 1000, **fields: object):
+    return order_pb2.OrderLineItem(
+        sku=sku,
+        name=str(fields.pop("name", f"Product {sku}")),
+        quantity=quantity,
+        unit_price_minor=unit_price_minor,
+        **fields,
+    )
+
+
+async def create_order(
+    stub: order_service_pb2_grpc.OrderServiceStub,
+    store_id: int,
+    customer_id: int = 0,
+    **fields: object,
+) -> order_pb2.Order:
+    """Places an order (by default: one line of 10.00 EUR)."""
+    fields.setdefault("line_items", [line()])
+    fields.setdefault("currency_code", "EUR")
+    response = await stub.CreateOrder(
+        order_service_pb2.CreateOrderRequest(store_id=store_id, customer_id=customer_id, **fields)
+    )
+    return response.order

@@ -5,16 +5,18 @@ from __future__ import annotations
 import grpc
 import pytest
 from commerce.customers.v1 import customer_service_pb2_grpc
+from commerce.orders.v1 import order_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.core.interceptor import RpcInterceptor
 from services.core.settings import Settings
 from services.server import Application
-from tests.e2e.helpers import pb
+from tests.e2e.helpers import create_customer, create_order, pb
 from tests.errors import rpc_error
 
 CUSTOMER_SERVICE = "commerce.customers.v1.CustomerService"
+ORDER_SERVICES = ("commerce.orders.v1.OrderService", "commerce.orders.v1.CustomerOrderService")
 
 
 async def test_health_reports_serving_overall_and_per_service(channel):
@@ -39,9 +41,57 @@ async def listed_services(channel: grpc.aio.Channel) -> set[str]:
 async def test_reflection_lists_exactly_the_mounted_services(channel):
     assert await listed_services(channel) == {
         CUSTOMER_SERVICE,
+        *ORDER_SERVICES,
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
+
+
+@pytest.mark.parametrize(
+    ("modules", "services"),
+    [
+        (["customers"], {CUSTOMER_SERVICE}),
+        (["orders"], set(ORDER_SERVICES)),
+        (["orders", "customers"], {CUSTOMER_SERVICE, *ORDER_SERVICES}),
+    ],
+)
+async def test_each_module_mounts_on_its_own(settings, customers, store_id, modules, services):
+    """Orders works without the customers servicer (it needs customers' tables, not its
+    RPCs), customers works without orders, and each server lists and serves exactly
+    what it mounted."""
+    customer = await create_customer(customers, store_id)  # through the full server
+    app = Application(settings, modules)
+    port = await app.start("127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await listed_services(channel) == {
+                *services,
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1alpha.ServerReflection",
+            }
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in services:
+                response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+            customer_call = customer_service_pb2_grpc.CustomerServiceStub(channel).GetCustomer(
+                pb.GetCustomerRequest(store_id=store_id, customer_id=customer.customer_id)
+            )
+            order_call = create_order(
+                order_service_pb2_grpc.OrderServiceStub(channel), store_id, customer.customer_id
+            )
+            if CUSTOMER_SERVICE in services:
+                assert (await customer_call).customer == customer
+            else:
+                await rpc_error(customer_call, grpc.StatusCode.UNIMPLEMENTED)
+            if "commerce.orders.v1.OrderService" in services:
+                assert (await order_call).customer == customer
+            else:
+                await rpc_error(order_call, grpc.StatusCode.UNIMPLEMENTED)
+        # Orders contributes the customer metrics only when it is mounted.
+        assert list(app.customer_metrics.sources) == (["orders"] if "orders" in modules else [])
+    finally:
+        await app.stop(grace=0)
 
 
 async def test_health_turns_not_serving_at_shutdown(settings):

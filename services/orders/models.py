@@ -1,0 +1,116 @@
+"""Orders and their line items. The orders module owns the link to customers: the
+foreign key (store_id, customer_id) -> customers lives here, and customers has no
+idea it exists.
+
+Every key includes `store_id`, so no order can reference another store's customer,
+even through a bug."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from services.core.database import Base, UtcDateTime, utc_now
+from services.customers.models import Customer
+
+
+class OrderStatus(StrEnum):
+    """Stored as these strings; never rename one."""
+
+    PENDING = "pending"
+    PAID = "paid"
+    SHIPPED = "shipped"
+    DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+
+
+_STATUS_VALUES = ", ".join(f"'{status.value}'" for status in OrderStatus)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    store_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("stores.id"), primary_key=True)
+    # Allocated from the store's counter in placing order, so ids are per store.
+    order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    order_number: Mapped[str] = mapped_column(String(50))
+    # NULL for a guest order; with a NULL member the composite foreign key is not
+    # checked, as SQL specifies (MATCH SIMPLE).
+    customer_id: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(20))
+    currency_code: Mapped[str] = mapped_column(String(3))
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    contact_email: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+    # Loaded only when a query asks for it (async sessions cannot load lazily).
+    customer: Mapped[Customer | None] = relationship(
+        Customer,
+        primaryjoin="and_(Order.store_id == Customer.store_id, "
+        "Order.customer_id == Customer.customer_id)",
+        foreign_keys="[Order.store_id, Order.customer_id]",
+        viewonly=True,
+        lazy="raise",
+    )
+    line_items: Mapped[list[OrderLineItem]] = relationship(
+        order_by="OrderLineItem.line_number", lazy="raise", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["store_id", "customer_id"], ["customers.store_id", "customers.customer_id"]
+        ),
+        UniqueConstraint("store_id", "order_number"),
+        CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_known"),
+        CheckConstraint("total_minor >= 0", name="total_not_negative"),
+        # Every listing is newest first with the keyset (created_at, order_id), and each
+        # filter has an index that starts with it, so a page is one index range scan
+        # however deep it is.
+        Index("ix_orders_created", "store_id", "created_at", "order_id"),
+        Index("ix_orders_status", "store_id", "status", "created_at", "order_id"),
+        # A customer's history, and on PostgreSQL also their statistics: the included
+        # columns let the statistics aggregate read the index alone (index-only scan)
+        # instead of visiting one table page per order.
+        Index(
+            "ix_orders_customer",
+            "store_id",
+            "customer_id",
+            "created_at",
+            "order_id",
+            postgresql_include=["status", "currency_code", "total_minor"],
+        ),
+    )
+
+
+class OrderLineItem(Base):
+    __tablename__ = "order_line_items"
+
+    store_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    line_number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sku: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price_minor: Mapped[int] = mapped_column(BigInteger)
+    line_total_minor: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["store_id", "order_id"], ["orders.store_id", "orders.order_id"], ondelete="CASCADE"
+        ),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        CheckConstraint("unit_price_minor >= 0", name="unit_price_not_negative"),
+    )

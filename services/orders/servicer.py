@@ -1,0 +1,237 @@
+"""gRPC face of the orders module: OrderService and CustomerOrderService. They
+translate protobuf to plain values and back; rules live in the service layer, errors
+become statuses in services.core.grpc_errors.
+
+Orders show their customer with the customers package's own message, converted by
+the customers servicer's function: one definition of what a customer looks like."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import grpc
+from commerce.orders.v1 import customer_order_service_pb2 as customer_orders_pb
+from commerce.orders.v1 import (
+    customer_order_service_pb2_grpc,
+    order_pb2,
+    order_service_pb2_grpc,
+)
+from commerce.orders.v1 import order_service_pb2 as orders_pb
+from google.protobuf import timestamp_pb2
+
+from services.core.errors import InvalidArgument
+from services.core.grpc_support import timestamp
+from services.core.modules import ModuleContext
+from services.customers.servicer import customer_to_proto
+from services.orders.customer_orders import CustomerOrderService
+from services.orders.models import Order, OrderLineItem, OrderStatus
+from services.orders.service import NewLineItem, NewOrder, OrderFilter, OrderService
+from services.orders.statistics import CustomerOrderStats, OrderMetricsProvider
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+_PROTO_STATUS: dict[OrderStatus, order_pb2.OrderStatus.ValueType] = {
+    status: order_pb2.OrderStatus.Value(f"ORDER_STATUS_{status.name}") for status in OrderStatus
+}
+_STATUS_FROM_PROTO = {value: status for status, value in _PROTO_STATUS.items()}
+
+
+def order_to_proto(order: Order) -> order_pb2.Order:
+    return order_pb2.Order(
+        store_id=order.store_id,
+        order_id=order.order_id,
+        order_number=order.order_number,
+        customer_id=order.customer_id or 0,
+        customer=customer_to_proto(order.customer) if order.customer is not None else None,
+        status=_PROTO_STATUS[OrderStatus(order.status)],
+        currency_code=order.currency_code,
+        line_items=[_line_to_proto(line) for line in order.line_items],
+        total_minor=order.total_minor,
+        contact_email=order.contact_email,
+        create_time=timestamp(order.created_at),
+        update_time=timestamp(order.updated_at),
+    )
+
+
+def _line_to_proto(line: OrderLineItem) -> order_pb2.OrderLineItem:
+    return order_pb2.OrderLineItem(
+        line_number=line.line_number,
+        sku=line.sku,
+        name=line.name,
+        quantity=line.quantity,
+        unit_price_minor=line.unit_price_minor,
+        line_total_minor=line.line_total_minor,
+    )
+
+
+def stats_to_proto(stats: CustomerOrderStats) -> order_pb2.CustomerOrderStats:
+    return order_pb2.CustomerOrderStats(
+        store_id=stats.store_id,
+        customer_id=stats.customer_id,
+        total_orders=stats.total_orders,
+        total_spent=[
+            order_pb2.Money(
+                currency_code=totals.currency_code, amount_minor=totals.total_spent_minor
+            )
+            for totals in stats.currencies
+        ],
+        avg_order_value=[
+            order_pb2.Money(
+                currency_code=totals.currency_code, amount_minor=totals.avg_order_value_minor
+            )
+            for totals in stats.currencies
+        ],
+        first_order_time=timestamp(stats.first_order_time) if stats.first_order_time else None,
+        last_order_time=timestamp(stats.last_order_time) if stats.last_order_time else None,
+    )
+
+
+def _status_filter(status: int) -> OrderStatus | None:
+    """A status filter: UNSPECIFIED means any status."""
+    if status == order_pb2.ORDER_STATUS_UNSPECIFIED:
+        return None
+    return _status(status)
+
+
+def _status(status: int) -> OrderStatus:
+    if status not in _STATUS_FROM_PROTO:
+        names = ", ".join(order_pb2.OrderStatus.Name(value) for value in _STATUS_FROM_PROTO)
+        raise InvalidArgument.of("status", f"must be one of {names}")
+    return _STATUS_FROM_PROTO[status]  # type: ignore[index]
+
+
+def _time(field: str, request: Any) -> datetime | None:
+    """The request's Timestamp field as an aware datetime; None when unset."""
+    if not request.HasField(field):
+        return None
+    value: timestamp_pb2.Timestamp = getattr(request, field)
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument.of(field, "is not a valid timestamp") from None
+
+
+class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
+    def __init__(self, service: OrderService) -> None:
+        self._service = service
+
+    async def CreateOrder(
+        self, request: orders_pb.CreateOrderRequest, context: Context
+    ) -> orders_pb.CreateOrderResponse:
+        new = NewOrder(
+            line_items=[
+                NewLineItem(
+                    sku=line.sku,
+                    name=line.name,
+                    quantity=line.quantity,
+                    unit_price_minor=line.unit_price_minor,
+                )
+                for line in request.line_items
+            ],
+            currency_code=request.currency_code,
+            customer_id=request.customer_id,
+            contact_email=request.contact_email,
+        )
+        order = await self._service.create_order(
+            request.store_id, new, request_id=request.request_id
+        )
+        return orders_pb.CreateOrderResponse(order=order_to_proto(order))
+
+    async def GetOrder(
+        self, request: orders_pb.GetOrderRequest, context: Context
+    ) -> orders_pb.GetOrderResponse:
+        order = await self._service.get_order(request.store_id, request.order_id)
+        return orders_pb.GetOrderResponse(order=order_to_proto(order))
+
+    async def ListOrders(
+        self, request: orders_pb.ListOrdersRequest, context: Context
+    ) -> orders_pb.ListOrdersResponse:
+        filter = OrderFilter(
+            status=_status_filter(request.status),
+            customer_id=request.customer_id,
+            created_from=_time("create_time_start", request),
+            created_before=_time("create_time_end", request),
+        )
+        page = await self._service.list_orders(
+            request.store_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            filter=filter,
+        )
+        return orders_pb.ListOrdersResponse(
+            orders=[order_to_proto(order) for order in page.orders],
+            next_page_token=page.next_page_token,
+        )
+
+    async def UpdateOrderStatus(
+        self, request: orders_pb.UpdateOrderStatusRequest, context: Context
+    ) -> orders_pb.UpdateOrderStatusResponse:
+        order = await self._service.update_status(
+            request.store_id, request.order_id, _status(request.status)
+        )
+        return orders_pb.UpdateOrderStatusResponse(order=order_to_proto(order))
+
+
+class CustomerOrderServicer(customer_order_service_pb2_grpc.CustomerOrderServiceServicer):
+    def __init__(self, service: CustomerOrderService) -> None:
+        self._service = service
+
+    async def ListCustomerOrders(
+        self, request: customer_orders_pb.ListCustomerOrdersRequest, context: Context
+    ) -> customer_orders_pb.ListCustomerOrdersResponse:
+        page = await self._service.list_orders(
+            request.store_id,
+            request.customer_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return customer_orders_pb.ListCustomerOrdersResponse(
+            orders=[order_to_proto(order) for order in page.orders],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetRecentCustomerOrders(
+        self, request: customer_orders_pb.GetRecentCustomerOrdersRequest, context: Context
+    ) -> customer_orders_pb.GetRecentCustomerOrdersResponse:
+        orders = await self._service.recent_orders(
+            request.store_id, request.customer_id, request.limit
+        )
+        return customer_orders_pb.GetRecentCustomerOrdersResponse(
+            orders=[order_to_proto(order) for order in orders]
+        )
+
+    async def GetCustomerOrderCount(
+        self, request: customer_orders_pb.GetCustomerOrderCountRequest, context: Context
+    ) -> customer_orders_pb.GetCustomerOrderCountResponse:
+        count = await self._service.order_count(
+            request.store_id, request.customer_id, _status_filter(request.status)
+        )
+        return customer_orders_pb.GetCustomerOrderCountResponse(order_count=count)
+
+    async def GetCustomerOrderStats(
+        self, request: customer_orders_pb.GetCustomerOrderStatsRequest, context: Context
+    ) -> customer_orders_pb.GetCustomerOrderStatsResponse:
+        stats = await self._service.order_stats(request.store_id, request.customer_id)
+        return customer_orders_pb.GetCustomerOrderStatsResponse(stats=stats_to_proto(stats))
+
+
+def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
+    """Adds OrderService and CustomerOrderService to `server`, and registers the
+    orders module's customer metrics; returns the services' full names. Needs the
+    customers tables, not the customers servicer."""
+    statistics = OrderMetricsProvider(context.database)
+    context.customer_metrics.register(statistics)
+    order_service_pb2_grpc.add_OrderServiceServicer_to_server(
+        OrderServicer(OrderService(context.database, context.page_tokens)), server
+    )
+    customer_order_service_pb2_grpc.add_CustomerOrderServiceServicer_to_server(
+        CustomerOrderServicer(
+            CustomerOrderService(context.database, context.page_tokens, statistics)
+        ),
+        server,
+    )
+    return [
+        orders_pb.DESCRIPTOR.services_by_name["OrderService"].full_name,
+        customer_orders_pb.DESCRIPTOR.services_by_name["CustomerOrderService"].full_name,
+    ]
