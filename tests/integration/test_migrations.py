@@ -38,7 +38,14 @@ async def test_database_is_at_every_module_head(database_url):
         await engine.dispose()
     applied = {revision.revision for revision in script.iterate_revisions(tuple(current), "base")}
     assert applied == {revision.revision for revision in script.walk_revisions()}
-    assert {"stores", "store_counters", "customers", "customer_addresses"} <= tables
+    assert {
+        "stores",
+        "store_counters",
+        "customers",
+        "customer_addresses",
+        "orders",
+        "order_line_items",
+    } <= tables
 
 
 def test_each_module_has_its_own_branch(database_url):
@@ -46,7 +53,8 @@ def test_each_module_has_its_own_branch(database_url):
     roots = {
         label: revision for revision in script.walk_revisions() for label in revision.branch_labels
     }
-    assert {"core", "customers"} <= set(roots)
-    # customers builds on the core's stores table, never the other way around.
+    assert {"core", "customers", "orders"} <= set(roots)
+    # customers builds on the core's stores table, orders on customers; never the reverse.
     assert "core_0001" in roots["customers"].dependencies
+    assert "customers_0001" in roots["orders"].dependencies
     assert not roots["core"].dependencies

@@ -1,0 +1,39 @@
+"""The protos' dependencies flow one way: orders imports customers, never the reverse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from commerce.customers.v1 import customer_pb2, customer_service_pb2
+from commerce.orders.v1 import customer_order_service_pb2, order_pb2, order_service_pb2
+
+PROTOS = Path(__file__).resolve().parents[2] / "protos"
+
+
+def imported_files(descriptor) -> set[str]:
+    """Every .proto file a file descriptor imports, directly or not."""
+    seen: set[str] = set()
+    pending = list(descriptor.dependencies)
+    while pending:
+        dependency = pending.pop()
+        if dependency.name not in seen:
+            seen.add(dependency.name)
+            pending += dependency.dependencies
+    return seen
+
+
+def test_customers_protos_import_nothing_of_orders():
+    for path in (PROTOS / "commerce/customers").rglob("*.proto"):
+        assert "commerce/orders" not in path.read_text(), path
+    for module in (customer_pb2, customer_service_pb2):
+        assert not any(
+            name.startswith("commerce/orders/") for name in imported_files(module.DESCRIPTOR)
+        )
+
+
+def test_orders_protos_build_on_the_customers_messages():
+    assert "commerce/customers/v1/customer.proto" in imported_files(order_pb2.DESCRIPTOR)
+    customer_field = order_pb2.Order.DESCRIPTOR.fields_by_name["customer"]
+    assert customer_field.message_type.full_name == "commerce.customers.v1.Customer"
+    for module in (order_service_pb2, customer_order_service_pb2):
+        assert module.DESCRIPTOR.package == "commerce.orders.v1"
