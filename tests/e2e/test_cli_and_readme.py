@@ -3,6 +3,7 @@ line by line against a server started the way the README says."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from commerce.customers.v1 import customer_service_pb2
+from commerce.orders.v1 import customer_order_service_pb2, order_service_pb2
 
 from tests.process import (
     COMMERCE,
@@ -73,6 +75,7 @@ def test_readme_grpcurl_session_works_by_copy_paste(demo_server):
     port = demo_server.port
     commands = readme_grpcurl_commands()
     assert len(commands) >= 13
+    outputs = {}
     for args in commands:
         args = [arg.replace("localhost:50051", f"127.0.0.1:{port}") for arg in args]
         result = subprocess.run(
@@ -83,14 +86,23 @@ def test_readme_grpcurl_session_works_by_copy_paste(demo_server):
             check=False,
         )
         assert result.returncode == 0, f"grpcurl {shlex.join(args)}\n{result.stdout}{result.stderr}"
-    # Every RPC of CustomerService is shown in the README.
+        outputs[args[-1]] = result.stdout
+    # Every RPC of every service is shown in the README.
     shown = {
-        re.search(r"CustomerService/(\w+)", " ".join(a)).group(1)
-        for a in commands
-        if "CustomerService/" in " ".join(a)
+        match.groups()
+        for args in commands
+        if (match := re.search(r"(commerce\.\w+\.v1\.\w+)/(\w+)", " ".join(args)))
     }
-    service = customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"]
-    assert shown == {method.name for method in service.methods}
+    services = [
+        customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"],
+        order_service_pb2.DESCRIPTOR.services_by_name["OrderService"],
+        customer_order_service_pb2.DESCRIPTOR.services_by_name["CustomerOrderService"],
+    ]
+    assert shown == {(s.full_name, method.name) for s in services for method in s.methods}
+    # The statistics the README prints are the ones the session produces.
+    stats = json.loads(outputs["commerce.orders.v1.CustomerOrderService/GetCustomerOrderStats"])
+    assert stats["stats"]["total_orders"] == "1"
+    assert stats["stats"]["total_spent"] == [{"currency_code": "EUR", "amount_minor": "5098"}]
 
 
 def test_sigterm_stops_the_server_cleanly(demo_server):
