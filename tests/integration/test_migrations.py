@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import configparser
+from pathlib import Path
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -58,3 +61,16 @@ def test_each_module_has_its_own_branch(database_url):
     assert "core_0001" in roots["customers"].dependencies
     assert "customers_0001" in roots["orders"].dependencies
     assert not roots["core"].dependencies
+
+
+def test_alembic_ini_knows_every_module_folder():
+    """`alembic` run by hand reads alembic.ini: it must see every module's branch."""
+    root = Path(__file__).resolve().parents[2]
+    parser = configparser.ConfigParser()
+    parser.read(root / "alembic.ini")
+    listed = {
+        Path(entry.replace("%(here)s", str(root)))
+        for entry in parser.get("alembic", "version_locations", raw=True).split()
+    }
+    folders = {path for path in (root / "migrations/versions").iterdir() if path.is_dir()}
+    assert listed == {path for path in folders if not path.name.startswith("__")}
