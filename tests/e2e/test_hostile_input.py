@@ -5,9 +5,11 @@ from __future__ import annotations
 import grpc
 import pytest
 from commerce.customers.v1 import customer_pb2
-from google.protobuf import field_mask_pb2
+from commerce.orders.v1 import customer_order_service_pb2 as customer_orders_pb
+from commerce.orders.v1 import order_service_pb2 as orders_pb
+from google.protobuf import field_mask_pb2, timestamp_pb2
 
-from tests.e2e.helpers import PASSWORD, create_customer, pb, unique_email
+from tests.e2e.helpers import PASSWORD, create_customer, create_order, line, pb, unique_email
 
 HOSTILE = [
     "nul\x00byte",
@@ -122,6 +124,73 @@ async def test_extreme_ids(customers, store_id, number):
             pb.DeleteCustomerAddressRequest(store_id=store_id, customer_id=1, address_id=number)
         ),
         customers.ListCustomers(pb.ListCustomersRequest(store_id=store_id, page_size=-(2**31))),
+    ):
+        assert await status_of(call) in {
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        }
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+async def test_hostile_strings_in_every_order_field(orders, customer_orders, store_id, text):
+    known = await create_order(orders, store_id)
+    calls = {
+        "create": create_order(
+            orders,
+            store_id,
+            currency_code=text,
+            contact_email=text,
+            request_id=text,
+            line_items=[line(sku=text, name=text)],
+        ),
+        "create-lines-only": create_order(orders, store_id, line_items=[line(sku=text, name=text)]),
+        "list-token": orders.ListOrders(
+            orders_pb.ListOrdersRequest(store_id=store_id, page_token=text)
+        ),
+        "history-token": customer_orders.ListCustomerOrders(
+            customer_orders_pb.ListCustomerOrdersRequest(
+                store_id=store_id, customer_id=1, page_token=text
+            )
+        ),
+    }
+    statuses = {name: await status_of(call) for name, call in calls.items()}
+    assert {name: code for name, code in statuses.items() if code not in DOCUMENTED} == {}
+    got = await orders.GetOrder(orders_pb.GetOrderRequest(store_id=store_id, order_id=1))
+    assert got.order == known
+
+
+@pytest.mark.parametrize("number", [2**63 - 1, -(2**63)])
+async def test_extreme_numbers_in_orders(orders, customer_orders, store_id, number):
+    int32 = max(min(number, 2**31 - 1), -(2**31))
+    for call in (
+        orders.GetOrder(orders_pb.GetOrderRequest(store_id=store_id, order_id=number)),
+        orders.UpdateOrderStatus(
+            orders_pb.UpdateOrderStatusRequest(store_id=store_id, order_id=number, status=int32)
+        ),
+        create_order(orders, store_id, customer_id=number),
+        create_order(orders, store_id, line_items=[line(quantity=int32, unit_price_minor=number)]),
+        create_order(orders, store_id, line_items=[line(quantity=2, unit_price_minor=2**62)] * 3),
+        orders.ListOrders(
+            orders_pb.ListOrdersRequest(
+                store_id=store_id,
+                customer_id=number,
+                status=int32,
+                create_time_start=timestamp_pb2.Timestamp(seconds=number, nanos=int32),
+            )
+        ),
+        orders.ListOrders(
+            orders_pb.ListOrdersRequest(
+                store_id=store_id, create_time_end=timestamp_pb2.Timestamp(nanos=int32)
+            )
+        ),
+        customer_orders.GetRecentCustomerOrders(
+            customer_orders_pb.GetRecentCustomerOrdersRequest(
+                store_id=store_id, customer_id=number, limit=int32
+            )
+        ),
+        customer_orders.GetCustomerOrderStats(
+            customer_orders_pb.GetCustomerOrderStatsRequest(store_id=number, customer_id=number)
+        ),
     ):
         assert await status_of(call) in {
             grpc.StatusCode.NOT_FOUND,
