@@ -7,7 +7,8 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# The process id tells the workers of `serve --workers N` apart.
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s"
 
 
 def configure_logging(level: str, log_format: str) -> None:
@@ -15,8 +16,13 @@ def configure_logging(level: str, log_format: str) -> None:
     if log_format == "json":
         handler.setFormatter(
             JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                "%(asctime)s %(levelname)s %(process)d %(name)s %(message)s",
+                rename_fields={
+                    "asctime": "time",
+                    "levelname": "level",
+                    "process": "pid",
+                    "name": "logger",
+                },
             )
         )
     else:
