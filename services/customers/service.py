@@ -13,6 +13,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.core.customer_metrics import CustomerMetric, CustomerMetricsRegistry
 from services.core.database import utc_now
 from services.core.errors import (
     Aborted,
@@ -122,10 +123,13 @@ class CustomerService:
         database: TenantDatabase,
         passwords: PasswordHasher,
         page_tokens: PageTokenCodec,
+        metrics: CustomerMetricsRegistry | None = None,
     ) -> None:
         self._db = database
         self._passwords = passwords
         self._page_tokens = page_tokens
+        # Filled by the modules that contribute customer metrics, never by this one.
+        self._metrics = metrics or CustomerMetricsRegistry()
 
     # -- customers ---------------------------------------------------------------------
 
@@ -304,6 +308,13 @@ class CustomerService:
                 )
             await uow.commit()
         return changed
+
+    async def customer_metrics(
+        self, store_id: int, customer_id: int
+    ) -> dict[str, list[CustomerMetric]]:
+        """What the registered providers know about the customer, by source."""
+        await self.get_customer(store_id, customer_id)
+        return await self._metrics.collect(store_id, customer_id)
 
     async def _created_before(
         self, store_id: int, key: RequestKey, load: Callable[[AsyncSession, int, int], Awaitable[T]]

@@ -3,12 +3,14 @@ Rules live in the service layer; errors become statuses in services.core.grpc_er
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import grpc
 from commerce.customers.v1 import customer_pb2, customer_service_pb2_grpc
 from commerce.customers.v1 import customer_service_pb2 as pb
 
+from services.core.customer_metrics import CustomerMetric
 from services.core.errors import InvalidArgument
 from services.core.grpc_support import masked_changes, timestamp
 from services.core.modules import ModuleContext
@@ -197,10 +199,35 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             addresses=[address_to_proto(address) for address in addresses]
         )
 
+    async def GetCustomerMetrics(
+        self, request: pb.GetCustomerMetricsRequest, context: Context
+    ) -> pb.GetCustomerMetricsResponse:
+        by_source = await self._service.customer_metrics(request.store_id, request.customer_id)
+        return pb.GetCustomerMetricsResponse(
+            metrics=[
+                metric_to_proto(source, metric)
+                for source, metrics in by_source.items()
+                for metric in metrics
+            ]
+        )
+
+
+def metric_to_proto(source: str, metric: CustomerMetric) -> customer_pb2.CustomerMetric:
+    message = customer_pb2.CustomerMetric(
+        source=source, name=metric.name, label=metric.label, currency_code=metric.currency_code
+    )
+    if isinstance(metric.value, datetime):
+        message.time_value.CopyFrom(timestamp(metric.value))
+    elif metric.value is not None:
+        message.int_value = metric.value
+    return message
+
 
 def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     """Adds CustomerService to `server`; returns its full name."""
-    service = CustomerService(context.database, context.passwords, context.page_tokens)
+    service = CustomerService(
+        context.database, context.passwords, context.page_tokens, context.customer_metrics
+    )
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(
         CustomerServicer(service), server
     )

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from services.core.database import utc_now
 from services.orders.models import Order
 from tests.e2e.helpers import create_customer, create_order
+from tests.e2e.helpers import pb as customers_pb
 from tests.errors import rpc_error
 
 Code = grpc.StatusCode
@@ -49,6 +50,9 @@ async def test_every_order_rpc_of_store_b_misses_store_a(
         ),
         customer_orders.GetCustomerOrderStats(
             customer_orders_pb.GetCustomerOrderStatsRequest(store_id=b, customer_id=cid)
+        ),
+        customers.GetCustomerMetrics(
+            customers_pb.GetCustomerMetricsRequest(store_id=b, customer_id=cid)
         ),
     ]:
         await rpc_error(call, Code.NOT_FOUND)

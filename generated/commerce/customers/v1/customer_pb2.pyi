@@ -225,3 +225,55 @@ class CustomerAddress(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CustomerAddress: _TypeAlias = CustomerAddress  # noqa: Y015
+
+@_typing.final
+class CustomerMetric(_message.Message):
+    """One figure about a customer, computed by another module (see
+    CustomerService.GetCustomerMetrics).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    INT_VALUE_FIELD_NUMBER: _builtins.int
+    TIME_VALUE_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """The module that computed it, such as "orders"."""
+    name: _builtins.str
+    """A stable snake_case name, such as "total_orders". Unique within its source,
+    except that an amount of money appears once per currency.
+    """
+    label: _builtins.str
+    """A label for people, such as "Total orders"."""
+    int_value: _builtins.int
+    """A count or an amount. With `currency_code` set, an amount in that
+    currency's minor unit (1999 with "EUR" is 19.99 EUR).
+    """
+    currency_code: _builtins.str
+    """ISO 4217 code when `int_value` is an amount of money; empty otherwise."""
+    @_builtins.property
+    def time_value(self) -> _timestamp_pb2.Timestamp:
+        """A point in time."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        name: _builtins.str = ...,
+        label: _builtins.str = ...,
+        int_value: _builtins.int = ...,
+        time_value: _timestamp_pb2.Timestamp | None = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["int_value", b"int_value", "time_value", b"time_value", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "int_value", b"int_value", "label", b"label", "name", b"name", "source", b"source", "time_value", b"time_value", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["int_value", "time_value"]  # noqa: Y015
+    _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
+
+Global___CustomerMetric: _TypeAlias = CustomerMetric  # noqa: Y015

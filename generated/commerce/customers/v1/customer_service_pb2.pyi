@@ -704,3 +704,55 @@ class ListCustomerAddressesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCustomerAddressesResponse: _TypeAlias = ListCustomerAddressesResponse  # noqa: Y015
+
+@_typing.final
+class GetCustomerMetricsRequest(_message.Message):
+    """The request of GetCustomerMetrics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.int
+    """The customer's store. Required."""
+    customer_id: _builtins.int
+    """The customer. Required."""
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.int = ...,
+        customer_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCustomerMetricsRequest: _TypeAlias = GetCustomerMetricsRequest  # noqa: Y015
+
+@_typing.final
+class GetCustomerMetricsResponse(_message.Message):
+    """The response of GetCustomerMetrics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRICS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[_customer_pb2.CustomerMetric]:
+        """The metrics, grouped by source in the order the modules were mounted, each
+        source's in the order it gives them.
+        """
+
+    def __init__(
+        self,
+        *,
+        metrics: _abc.Iterable[_customer_pb2.CustomerMetric] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCustomerMetricsResponse: _TypeAlias = GetCustomerMetricsResponse  # noqa: Y015

@@ -98,6 +98,11 @@ class CustomerServiceStub:
                 request_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.ListCustomerAddressesRequest.SerializeToString,
                 response_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.ListCustomerAddressesResponse.FromString,
                 _registered_method=True)
+        self.GetCustomerMetrics = channel.unary_unary(
+                '/commerce.customers.v1.CustomerService/GetCustomerMetrics',
+                request_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerMetricsRequest.SerializeToString,
+                response_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class CustomerServiceServicer:
@@ -199,6 +204,18 @@ class CustomerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCustomerMetrics(self, request, context):
+        """Returns figures about a customer contributed by the other modules this
+        server hosts (with orders mounted: total_orders, total_spent, ...). The
+        customers module computes none of them and knows none of those modules:
+        each registers a metrics provider when it is mounted, so the metrics
+        returned depend on what the server mounts. Without such modules the list
+        is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CustomerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +273,11 @@ def add_CustomerServiceServicer_to_server(servicer, server):
                     servicer.ListCustomerAddresses,
                     request_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.ListCustomerAddressesRequest.FromString,
                     response_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.ListCustomerAddressesResponse.SerializeToString,
+            ),
+            'GetCustomerMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCustomerMetrics,
+                    request_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerMetricsRequest.FromString,
+                    response_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -564,6 +586,33 @@ class CustomerService:
             '/commerce.customers.v1.CustomerService/ListCustomerAddresses',
             commerce_dot_customers_dot_v1_dot_customer__service__pb2.ListCustomerAddressesRequest.SerializeToString,
             commerce_dot_customers_dot_v1_dot_customer__service__pb2.ListCustomerAddressesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCustomerMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/commerce.customers.v1.CustomerService/GetCustomerMetrics',
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerMetricsRequest.SerializeToString,
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

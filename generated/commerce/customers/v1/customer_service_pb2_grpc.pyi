@@ -80,6 +80,14 @@ class CustomerServiceStub:
     """Deletes an address."""
     ListCustomerAddresses: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.ListCustomerAddressesRequest, _customer_service_pb2.ListCustomerAddressesResponse]
     """Lists all addresses of a customer (at most 20), oldest first."""
+    GetCustomerMetrics: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.GetCustomerMetricsRequest, _customer_service_pb2.GetCustomerMetricsResponse]
+    """Returns figures about a customer contributed by the other modules this
+    server hosts (with orders mounted: total_orders, total_spent, ...). The
+    customers module computes none of them and knows none of those modules:
+    each registers a metrics provider when it is mounted, so the metrics
+    returned depend on what the server mounts. Without such modules the list
+    is empty.
+    """
 
 @_typing.type_check_only
 class CustomerServiceAsyncStub(CustomerServiceStub):
@@ -133,6 +141,14 @@ class CustomerServiceAsyncStub(CustomerServiceStub):
     """Deletes an address."""
     ListCustomerAddresses: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.ListCustomerAddressesRequest, _customer_service_pb2.ListCustomerAddressesResponse]  # type: ignore[assignment]
     """Lists all addresses of a customer (at most 20), oldest first."""
+    GetCustomerMetrics: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.GetCustomerMetricsRequest, _customer_service_pb2.GetCustomerMetricsResponse]  # type: ignore[assignment]
+    """Returns figures about a customer contributed by the other modules this
+    server hosts (with orders mounted: total_orders, total_spent, ...). The
+    customers module computes none of them and knows none of those modules:
+    each registers a metrics provider when it is mounted, so the metrics
+    returned depend on what the server mounts. Without such modules the list
+    is empty.
+    """
 
 class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stores, reads and authenticates the customers of a store.
@@ -249,5 +265,19 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_customer_service_pb2.ListCustomerAddressesResponse, _abc.Awaitable[_customer_service_pb2.ListCustomerAddressesResponse]]:
         """Lists all addresses of a customer (at most 20), oldest first."""
+
+    @_abc_1.abstractmethod
+    def GetCustomerMetrics(
+        self,
+        request: _customer_service_pb2.GetCustomerMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.GetCustomerMetricsResponse, _abc.Awaitable[_customer_service_pb2.GetCustomerMetricsResponse]]:
+        """Returns figures about a customer contributed by the other modules this
+        server hosts (with orders mounted: total_orders, total_spent, ...). The
+        customers module computes none of them and knows none of those modules:
+        each registers a metrics provider when it is mounted, so the metrics
+        returned depend on what the server mounts. Without such modules the list
+        is empty.
+        """
 
 def add_CustomerServiceServicer_to_server(servicer: CustomerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

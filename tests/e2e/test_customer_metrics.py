@@ -1,0 +1,76 @@
+"""CustomerService.GetCustomerMetrics: the customers module serves what other modules
+registered about a customer, without knowing those modules."""
+
+from __future__ import annotations
+
+import grpc
+from commerce.customers.v1 import customer_service_pb2_grpc
+
+from services.server import Application
+from tests.e2e.helpers import create_customer, create_order, line, pb
+from tests.errors import rpc_error
+
+
+def plain(metrics) -> list[tuple]:
+    return [
+        (m.source, m.name, m.WhichOneof("value"), m.int_value, m.currency_code) for m in metrics
+    ]
+
+
+async def test_metrics_come_from_the_mounted_orders_module(customers, orders, store_id):
+    ann = await create_customer(customers, store_id)
+    request = pb.GetCustomerMetricsRequest(store_id=store_id, customer_id=ann.customer_id)
+
+    before = (await customers.GetCustomerMetrics(request)).metrics
+    assert plain(before) == [
+        ("orders", "total_orders", "int_value", 0, ""),
+        ("orders", "first_order_time", None, 0, ""),
+        ("orders", "last_order_time", None, 0, ""),
+    ]
+
+    first = await create_order(
+        orders, store_id, ann.customer_id, line_items=[line(unit_price_minor=300)]
+    )
+    last = await create_order(
+        orders, store_id, ann.customer_id, line_items=[line(unit_price_minor=500)]
+    )
+    metrics = (await customers.GetCustomerMetrics(request)).metrics
+    assert plain(metrics) == [
+        ("orders", "total_orders", "int_value", 2, ""),
+        ("orders", "total_spent", "int_value", 800, "EUR"),
+        ("orders", "avg_order_value", "int_value", 400, "EUR"),
+        ("orders", "first_order_time", "time_value", 0, ""),
+        ("orders", "last_order_time", "time_value", 0, ""),
+    ]
+    assert metrics[3].time_value == first.create_time
+    assert metrics[4].time_value == last.create_time
+    assert metrics[0].label == "Total orders"
+
+    failure = await rpc_error(
+        customers.GetCustomerMetrics(
+            pb.GetCustomerMetricsRequest(store_id=store_id, customer_id=404)
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert failure.resource_info.resource_type == "customer"
+
+
+async def test_without_orders_mounted_there_are_no_metrics(settings, customers, store_id):
+    ann = await create_customer(customers, store_id)
+    app = Application(settings, ["customers"])
+    port = await app.start("127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = customer_service_pb2_grpc.CustomerServiceStub(channel)
+            response = await stub.GetCustomerMetrics(
+                pb.GetCustomerMetricsRequest(store_id=store_id, customer_id=ann.customer_id)
+            )
+            assert list(response.metrics) == []
+            await rpc_error(
+                stub.GetCustomerMetrics(
+                    pb.GetCustomerMetricsRequest(store_id=store_id, customer_id=404)
+                ),
+                grpc.StatusCode.NOT_FOUND,
+            )
+    finally:
+        await app.stop(grace=0)
