@@ -45,6 +45,19 @@ UNAVAILABLE_ERRORS = (
 )
 
 
+# PostgreSQL's query_canceled and lock_not_available: the statement and lock timeouts
+# a transaction takes from the caller's deadline (services.core.tenancy).
+_DEADLINE_SQLSTATES = {"57014", "55P03"}
+
+
+def is_deadline_timeout(error: BaseException) -> bool:
+    """Whether PostgreSQL stopped a statement at the timeout set from the deadline."""
+    return (
+        isinstance(error, sa_exc.DBAPIError)
+        and getattr(error.orig, "pgcode", None) in _DEADLINE_SQLSTATES
+    )
+
+
 def domain_of(method: str) -> str:
     """'/commerce.customers.v1.CustomerService/GetCustomer' -> 'commerce.customers.v1'."""
     service = method.lstrip("/").split("/", 1)[0]

@@ -13,9 +13,15 @@ from typing import Any, TypeAlias, cast
 
 import grpc
 
-from services.core import metrics
+from services.core import deadlines, metrics
 from services.core.errors import DomainError
-from services.core.grpc_errors import UNAVAILABLE_ERRORS, domain_of, plain_status, status_for
+from services.core.grpc_errors import (
+    UNAVAILABLE_ERRORS,
+    domain_of,
+    is_deadline_timeout,
+    plain_status,
+    status_for,
+)
 
 logger = logging.getLogger(__name__)
 rpc_logger = logging.getLogger("commerce.rpc")
@@ -70,26 +76,20 @@ def _guard(behavior: Behavior, method: str) -> Behavior:
         code = grpc.StatusCode.OK
         try:
             # The caller stops waiting at its deadline; so does the work, database
-            # statements included (asyncpg cancels them on the server).
-            deadline = asyncio.timeout(context.time_remaining())
+            # statements included (asyncpg cancels them; PostgreSQL transactions also
+            # carry the deadline as their statement timeout, services.core.tenancy).
+            time_remaining = context.time_remaining()
+            deadline = asyncio.timeout(time_remaining)
             try:
-                async with deadline:
-                    return await behavior(request, context)
+                with deadlines.bounded_by(time_remaining):
+                    async with deadline:
+                        return await behavior(request, context)
             except DomainError as error:
                 status = status_for(error, domain)
-            except UNAVAILABLE_ERRORS as error:  # TimeoutError included
-                if deadline.expired():
-                    status = plain_status(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-                else:
-                    logger.warning("database unavailable in %s: %s", method, type(error).__name__)
-                    status = plain_status(
-                        grpc.StatusCode.UNAVAILABLE, "service temporarily unavailable"
-                    )
             except grpc.aio.AbortError:
                 raise  # a servicer aborted with its own status
-            except Exception:
-                logger.exception("unexpected error in %s", method)
-                status = plain_status(grpc.StatusCode.INTERNAL, "internal error")
+            except Exception as error:
+                status = _failure_status(error, method, deadline_passed=deadline.expired())
             code = status.code
             await context.abort(status.code, status.details, status.trailing_metadata)
         except asyncio.CancelledError:
@@ -104,6 +104,17 @@ def _guard(behavior: Behavior, method: str) -> Behavior:
                 _log(method, request, code, elapsed)
 
     return guarded
+
+
+def _failure_status(error: Exception, method: str, *, deadline_passed: bool) -> grpc.Status:
+    """The status of a failure that is not a domain error."""
+    if is_deadline_timeout(error) or (deadline_passed and isinstance(error, UNAVAILABLE_ERRORS)):
+        return plain_status(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+    if isinstance(error, UNAVAILABLE_ERRORS):
+        logger.warning("database unavailable in %s: %s", method, type(error).__name__)
+        return plain_status(grpc.StatusCode.UNAVAILABLE, "service temporarily unavailable")
+    logger.exception("unexpected error in %s", method)
+    return plain_status(grpc.StatusCode.INTERNAL, "internal error")
 
 
 def _log(method: str, request: Any, code: grpc.StatusCode, elapsed: float) -> None:

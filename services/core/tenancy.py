@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Self
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.core import deadlines
 from services.core.database import UnitOfWork, create_session_factory
 from services.core.stores import check_store_id, store_inactive, store_is_active
 
@@ -38,19 +40,40 @@ class StoreStatusCache:
             raise store_inactive(store_id)
 
 
+# How long after the caller's deadline PostgreSQL stops a statement of a transaction on
+# its own. The client-side cancel normally ends it first, at the deadline; this is the
+# backstop for when that cancel request is lost.
+DEADLINE_GRACE_MS = 100
+
+_BOUND_TRANSACTION = text(
+    "SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)"
+)
+
+
 class StoreUnitOfWork(UnitOfWork):
-    """A unit of work for one store; entering it fails unless the store is active."""
+    """A unit of work for one store; entering it fails unless the store is active.
+
+    A transaction on PostgreSQL under a caller's deadline also gets that deadline as
+    its statement and lock timeout, so nothing of it outlives the call for long."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], stores: StoreStatusCache, store_id: int
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        stores: StoreStatusCache,
+        store_id: int,
+        *,
+        transaction: bool,
     ) -> None:
         super().__init__(sessions)
         self._stores = stores
+        self._transaction = transaction
         self.store_id = store_id
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         try:
+            if self._transaction:
+                await _bound_by_deadline(self.session)
             await self._stores.require_active(self.session, self.store_id)
         except BaseException:
             await self.session.close()
@@ -73,8 +96,18 @@ class TenantDatabase:
 
     def writing(self, store_id: int) -> StoreUnitOfWork:
         """A transaction in the store: rolled back unless committed."""
-        return StoreUnitOfWork(self._sessions, self.stores, store_id)
+        return StoreUnitOfWork(self._sessions, self.stores, store_id, transaction=True)
 
     def reading(self, store_id: int) -> StoreUnitOfWork:
         """Reads in the store, each statement on its own (no snapshot across them)."""
-        return StoreUnitOfWork(self._read_sessions, self.stores, store_id)
+        return StoreUnitOfWork(self._read_sessions, self.stores, store_id, transaction=False)
+
+
+async def _bound_by_deadline(session: AsyncSession) -> None:
+    """Makes PostgreSQL end the transaction's statements shortly after the deadline
+    (SET LOCAL: the settings end with the transaction)."""
+    left = deadlines.remaining()
+    if left is None or session.get_bind().dialect.name != "postgresql":
+        return
+    milliseconds = max(1, int(left * 1000)) + DEADLINE_GRACE_MS
+    await session.execute(_BOUND_TRANSACTION, {"ms": str(milliseconds)})

@@ -138,11 +138,6 @@ async def _waiting_on_locks(url: str) -> int:
         await connection.close()
 
 
-@pytest.mark.skip(
-    reason="known bug, issue 4 left open: under load, about one run in five leaves the "
-    "server's statement waiting on the lock after the deadline (the asyncpg cancel does not "
-    "land); the fix planned is a PostgreSQL statement_timeout set from the deadline"
-)
 def test_a_deadline_cancels_the_statement_it_bounds(tmp_path, cluster):
     """A row lock held by the test makes UpdateCustomer wait; the caller's deadline
     passes; the server must cancel its statement (not leave it waiting) and roll

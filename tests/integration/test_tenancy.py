@@ -5,11 +5,15 @@ from __future__ import annotations
 import secrets
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
+from services.core import deadlines
 from services.core.database import UnitOfWork
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.core.grpc_errors import is_deadline_timeout
 from services.core.stores import Store, set_store_active
-from services.core.tenancy import StoreStatusCache
+from services.core.tenancy import DEADLINE_GRACE_MS, StoreStatusCache
 from tests.conftest import new_store
 
 
@@ -80,3 +84,32 @@ async def test_an_unknown_store_is_never_remembered(sessions):
         await uow.commit()
     async with sessions() as session:
         await cache.require_active(session, store_id)
+
+
+async def test_a_transaction_under_a_deadline_carries_it_to_postgresql(database, backend, store_id):
+    if backend != "postgresql":
+        pytest.skip("statement and lock timeouts are PostgreSQL settings")
+
+    async def timeouts(unit_of_work) -> tuple[str, str]:
+        async with unit_of_work as uow:
+            statement = await uow.session.scalar(text("SHOW statement_timeout"))
+            lock = await uow.session.scalar(text("SHOW lock_timeout"))
+            return statement, lock
+
+    with deadlines.bounded_by(2.5):
+        statement, lock = await timeouts(database.writing(store_id))
+        # Reads run outside transactions, where a SET LOCAL would not hold.
+        assert await timeouts(database.reading(store_id)) == ("0", "0")
+    assert statement == lock
+    assert 2_400 <= int(statement.removesuffix("ms")) <= 2_500 + DEADLINE_GRACE_MS
+    # Without a deadline, and after the transaction, nothing is left set.
+    assert await timeouts(database.writing(store_id)) == ("0", "0")
+
+
+async def test_postgresql_stops_a_statement_at_the_deadline(database, backend, store_id):
+    if backend != "postgresql":
+        pytest.skip("statement and lock timeouts are PostgreSQL settings")
+    with deadlines.bounded_by(0.2), pytest.raises(DBAPIError) as raised:
+        async with database.writing(store_id) as uow:
+            await uow.session.execute(text("SELECT pg_sleep(5)"))
+    assert is_deadline_timeout(raised.value)
