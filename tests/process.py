@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -131,3 +132,14 @@ def running_server(
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+def listeners(port: int) -> set[int]:
+    """PIDs of the processes listening on `port`."""
+    out = subprocess.run(
+        ["ss", "-Hltnp", f"sport = :{port}"],  # noqa: S607 (iproute2's ss, from PATH)
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}

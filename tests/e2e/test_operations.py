@@ -25,6 +25,7 @@ from tests.process import (
     commerce,
     free_port,
     health_status,
+    listeners,
     migrated_sqlite_env,
     running_server,
     wait_for,
@@ -199,21 +200,10 @@ def test_sigterm_lets_accepted_calls_finish(tmp_path, sqlite_env):
     assert exit_code == 0
 
 
-def _listeners(port: int) -> set[int]:
-    """PIDs of the processes listening on `port`."""
-    out = subprocess.run(
-        ["ss", "-Hltnp", f"sport = :{port}"],  # noqa: S607 (iproute2's ss, from PATH)
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
-
-
 def test_two_workers_share_one_port(tmp_path, sqlite_env):
     with running_server(tmp_path, sqlite_env, "--workers", "2") as server:
-        wait_for(lambda: len(_listeners(server.port)) == 2)
-        workers = _listeners(server.port)
+        wait_for(lambda: len(listeners(server.port)) == 2)
+        workers = listeners(server.port)
         assert server.process.pid not in workers  # the parent only supervises
         for _ in range(20):  # fresh connections, spread by the kernel over both
             with grpc.insecure_channel(server.target) as channel:
@@ -223,12 +213,10 @@ def test_two_workers_share_one_port(tmp_path, sqlite_env):
         # A worker that dies is replaced.
         victim = min(workers)
         subprocess.run(["kill", "-9", str(victim)], check=True)  # noqa: S607
-        wait_for(
-            lambda: len(_listeners(server.port)) == 2 and victim not in _listeners(server.port)
-        )
+        wait_for(lambda: len(listeners(server.port)) == 2 and victim not in listeners(server.port))
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0
-        assert _listeners(server.port) == set()
+        assert listeners(server.port) == set()
 
 
 def test_only_the_named_modules_are_mounted(tmp_path, sqlite_env):

@@ -10,7 +10,7 @@ import grpc
 from commerce.orders.v1 import order_service_pb2_grpc
 
 from tests.e2e.helpers import create_order
-from tests.process import clean_environment, running_server
+from tests.process import clean_environment, listeners, running_server, wait_for
 
 CONNECTIONS = 16
 ORDERS_PER_CONNECTION = 15
@@ -19,6 +19,7 @@ ORDERS_PER_CONNECTION = 15
 async def test_two_workers_hand_out_distinct_order_numbers(tmp_path, database_url, store_id):
     env = clean_environment(DATABASE_URL=database_url)
     with running_server(tmp_path, env, "--workers", "2", "--services", "orders") as server:
+        wait_for(lambda: len(listeners(server.port)) == 2)
         # Each channel its own connection (no shared subchannel pool), which the kernel
         # spreads over both workers.
         own_connection = [("grpc.use_local_subchannel_pool", 1)]
