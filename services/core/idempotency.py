@@ -11,17 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, ForeignKey, String, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.core.database import Base, UtcDateTime, utc_now
 from services.core.errors import InvalidArgument
+from services.core.tenancy import TenantDatabase
+
+T = TypeVar("T")
 
 
 class IdempotencyKey(Base):
@@ -87,3 +91,42 @@ def remember(session: AsyncSession, store_id: int, key: RequestKey, resource_id:
             resource_id=resource_id,
         )
     )
+
+
+async def create_once(
+    database: TenantDatabase,
+    store_id: int,
+    key: RequestKey | None,
+    *,
+    create: Callable[[], Awaitable[T]],
+    load: Callable[[AsyncSession, int, int], Awaitable[T]],
+    lost_race: tuple[type[Exception], ...] = (IntegrityError,),
+) -> T:
+    """Runs `create` (which must `remember` the key in its transaction), unless a
+    request with the same key did already: then returns what that one created, read
+    with `load(session, store_id, resource_id)`.
+
+    When `create` fails with one of `lost_race` because a concurrent request with the
+    same key committed first (the key's primary key, or the unique value the other
+    request took), the caller gets that request's result too."""
+    if key is None:
+        return await create()
+    if (previous := await _created_before(database, store_id, key, load)) is not None:
+        return previous
+    try:
+        return await create()
+    except lost_race:
+        if (previous := await _created_before(database, store_id, key, load)) is not None:
+            return previous
+        raise
+
+
+async def _created_before(
+    database: TenantDatabase,
+    store_id: int,
+    key: RequestKey,
+    load: Callable[[AsyncSession, int, int], Awaitable[T]],
+) -> T | None:
+    async with database.reading(store_id) as uow:
+        resource_id = await previous_resource_id(uow.session, store_id, key)
+        return None if resource_id is None else await load(uow.session, store_id, resource_id)

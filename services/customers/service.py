@@ -4,9 +4,8 @@ errors out; no gRPC here, so it is testable without a server."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import email_validator
 from sqlalchemy import delete, func, or_, select, update
@@ -24,7 +23,7 @@ from services.core.errors import (
     Unauthenticated,
     Violations,
 )
-from services.core.idempotency import RequestKey, previous_resource_id, remember
+from services.core.idempotency import RequestKey, create_once, remember
 from services.core.pagination import PageTokenCodec, resolve_page_size
 from services.core.passwords import PasswordHasher, password_problem
 from services.core.stores import check_store_id, next_store_number
@@ -42,8 +41,6 @@ ADDRESS_COUNTER = "customer_address"
 # Operation names of idempotency keys; stored, so never rename them.
 CREATE_CUSTOMER = "customers.CreateCustomer"
 CREATE_ADDRESS = "customers.CreateCustomerAddress"
-
-T = TypeVar("T")
 
 # What UpdateCustomer and UpdateCustomerAddress may change, in the API's field names.
 CUSTOMER_WRITABLE_FIELDS = (
@@ -144,36 +141,41 @@ class CustomerService:
             problems.add("password", problem)
         problems.raise_if_any()
         key = RequestKey.parse(CREATE_CUSTOMER, request_id, values)
-        if key and (previous := await self._created_before(store_id, key, _customer_loader)):
-            return previous
-        hashed_password = await self._passwords.hash(new.password) if new.password else None
+        return await create_once(
+            self._db,
+            store_id,
+            key,
+            create=lambda: self._insert_customer(store_id, values, new.password, key),
+            load=_customer_loader,
+            # A concurrent request with the same request_id took the email first.
+            lost_race=(AlreadyExists, IntegrityError),
+        )
 
-        try:
-            async with self._db.writing(store_id) as uow:
-                await _ensure_email_free(uow.session, store_id, values["email"])
-                customer_id = await next_store_number(uow.session, store_id, CUSTOMER_COUNTER)
-                now = utc_now()
-                customer = Customer(
-                    store_id=store_id,
-                    customer_id=customer_id,
-                    customer_number=customer_number(customer_id),
-                    hashed_password=hashed_password,
-                    is_active=True,
-                    revision=1,
-                    created_at=now,
-                    updated_at=now,
-                    **values,
-                )
-                uow.session.add(customer)
-                if key:
-                    remember(uow.session, store_id, key, customer_id)
-                await _flush_unless_email_taken(uow.session, values["email"])
-                await uow.commit()
-        except (AlreadyExists, IntegrityError):
-            # A concurrent request with the same request_id won: answer what it answered.
-            if key and (previous := await self._created_before(store_id, key, _customer_loader)):
-                return previous
-            raise
+    async def _insert_customer(
+        self, store_id: int, values: dict[str, Any], password: str, key: RequestKey | None
+    ) -> Customer:
+        # bcrypt runs before the transaction, so no connection waits on it.
+        hashed_password = await self._passwords.hash(password) if password else None
+        async with self._db.writing(store_id) as uow:
+            await _ensure_email_free(uow.session, store_id, values["email"])
+            customer_id = await next_store_number(uow.session, store_id, CUSTOMER_COUNTER)
+            now = utc_now()
+            customer = Customer(
+                store_id=store_id,
+                customer_id=customer_id,
+                customer_number=customer_number(customer_id),
+                hashed_password=hashed_password,
+                is_active=True,
+                revision=1,
+                created_at=now,
+                updated_at=now,
+                **values,
+            )
+            uow.session.add(customer)
+            if key:
+                remember(uow.session, store_id, key, customer_id)
+            await _flush_unless_email_taken(uow.session, values["email"])
+            await uow.commit()
         return customer
 
     async def get_customer(self, store_id: int, customer_id: int) -> Customer:
@@ -316,14 +318,6 @@ class CustomerService:
         await self.get_customer(store_id, customer_id)
         return await self._metrics.collect(store_id, customer_id)
 
-    async def _created_before(
-        self, store_id: int, key: RequestKey, load: Callable[[AsyncSession, int, int], Awaitable[T]]
-    ) -> T | None:
-        """What an earlier request with the same request_id created, if any."""
-        async with self._db.reading(store_id) as uow:
-            resource_id = await previous_resource_id(uow.session, store_id, key)
-            return None if resource_id is None else await load(uow.session, store_id, resource_id)
-
     # -- addresses ---------------------------------------------------------------------
 
     async def create_address(
@@ -333,15 +327,13 @@ class CustomerService:
         values = _address_values(problems, ({"country_code": ""} | fields).items())
         problems.raise_if_any()
         key = RequestKey.parse(CREATE_ADDRESS, request_id, {"customer_id": customer_id} | values)
-        if key and (previous := await self._created_before(store_id, key, _address_loader)):
-            return previous
-        try:
-            return await self._insert_address(store_id, customer_id, values, key)
-        except IntegrityError:
-            # A concurrent request with the same request_id won: answer what it answered.
-            if key and (previous := await self._created_before(store_id, key, _address_loader)):
-                return previous
-            raise
+        return await create_once(
+            self._db,
+            store_id,
+            key,
+            create=lambda: self._insert_address(store_id, customer_id, values, key),
+            load=_address_loader,
+        )
 
     async def _insert_address(
         self, store_id: int, customer_id: int, values: dict[str, Any], key: RequestKey | None

@@ -11,14 +11,13 @@ from typing import Any
 
 from iso4217 import Currency
 from sqlalchemy import BigInteger, ColumnElement, Select, bindparam, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from services.core.database import UtcDateTime, utc_now
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
-from services.core.idempotency import RequestKey, previous_resource_id, remember
+from services.core.idempotency import RequestKey, create_once, remember
 from services.core.pagination import PageTokenCodec, resolve_page_size
 from services.core.stores import check_store_id, next_store_number
 from services.core.tenancy import TenantDatabase
@@ -97,15 +96,13 @@ class OrderService:
         check_store_id(store_id)
         values = _validated_order(new)
         key = RequestKey.parse(CREATE_ORDER, request_id, values)
-        if key and (previous := await self._created_before(store_id, key)):
-            return previous
-        try:
-            return await self._insert_order(store_id, values, key)
-        except IntegrityError:
-            # A concurrent request with the same request_id won: answer what it answered.
-            if key and (previous := await self._created_before(store_id, key)):
-                return previous
-            raise
+        return await create_once(
+            self._db,
+            store_id,
+            key,
+            create=lambda: self._insert_order(store_id, values, key),
+            load=load_order,
+        )
 
     async def _insert_order(
         self, store_id: int, values: dict[str, Any], key: RequestKey | None
@@ -148,14 +145,6 @@ class OrderService:
             await uow.commit()
         set_committed_value(order, "customer", customer)
         return order
-
-    async def _created_before(self, store_id: int, key: RequestKey) -> Order | None:
-        """The order an earlier request with the same request_id created, if any."""
-        async with self._db.reading(store_id) as uow:
-            order_id = await previous_resource_id(uow.session, store_id, key)
-            if order_id is None:
-                return None
-            return await load_order(uow.session, store_id, order_id)
 
     async def get_order(self, store_id: int, order_id: int) -> Order:
         _check_order_id(order_id)
