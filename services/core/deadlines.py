@@ -30,8 +30,3 @@ def remaining() -> float | None:
     without one."""
     deadline = _deadline.get()
     return None if deadline is None else deadline - time.monotonic()
-
-
-def expired() -> bool:
-    left = remaining()
-    return left is not None and left <= 0
