@@ -19,6 +19,7 @@ from commerce.orders.v1 import (
 )
 from commerce.orders.v1 import order_service_pb2 as orders_pb
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
 from services.core.errors import InvalidArgument
 from services.core.grpc_support import timestamp
@@ -34,7 +35,9 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 _PROTO_STATUS: dict[OrderStatus, order_pb2.OrderStatus.ValueType] = {
     status: order_pb2.OrderStatus.Value(f"ORDER_STATUS_{status.name}") for status in OrderStatus
 }
-_STATUS_FROM_PROTO = {value: status for status, value in _PROTO_STATUS.items()}
+_STATUS_FROM_PROTO: dict[int, OrderStatus] = {
+    value: status for status, value in _PROTO_STATUS.items()
+}
 
 
 def order_to_proto(order: Order) -> order_pb2.Order:
@@ -98,10 +101,10 @@ def _status(status: int) -> OrderStatus:
     if status not in _STATUS_FROM_PROTO:
         names = ", ".join(order_pb2.OrderStatus.Name(value) for value in _STATUS_FROM_PROTO)
         raise InvalidArgument.of("status", f"must be one of {names}")
-    return _STATUS_FROM_PROTO[status]  # type: ignore[index]
+    return _STATUS_FROM_PROTO[status]
 
 
-def _time(field: str, request: Any) -> datetime | None:
+def _time(field: str, request: Message) -> datetime | None:
     """The request's Timestamp field as an aware datetime; None when unset."""
     if not request.HasField(field):
         return None
