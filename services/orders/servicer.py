@@ -99,7 +99,7 @@ def _status_filter(status: int) -> OrderStatus | None:
 
 def _status(status: int) -> OrderStatus:
     if status not in _STATUS_FROM_PROTO:
-        names = ", ".join(order_pb2.OrderStatus.Name(value) for value in _STATUS_FROM_PROTO)
+        names = ", ".join(f"ORDER_STATUS_{known.name}" for known in OrderStatus)
         raise InvalidArgument.of("status", f"must be one of {names}")
     return _STATUS_FROM_PROTO[status]
 
