@@ -109,5 +109,6 @@ async def _bound_by_deadline(session: AsyncSession) -> None:
     left = deadlines.remaining()
     if left is None or session.get_bind().dialect.name != "postgresql":
         return
-    milliseconds = max(1, int(left * 1000)) + DEADLINE_GRACE_MS
+    # PostgreSQL takes at most 2**31 - 1 ms (about 24 days); 0 would mean "no limit".
+    milliseconds = min(max(1, int(left * 1000)) + DEADLINE_GRACE_MS, 2**31 - 1)
     await session.execute(_BOUND_TRANSACTION, {"ms": str(milliseconds)})

@@ -102,6 +102,9 @@ async def test_a_transaction_under_a_deadline_carries_it_to_postgresql(database,
         assert await timeouts(database.reading(store_id)) == ("0", "0")
     assert statement == lock
     assert 2_400 <= int(statement.removesuffix("ms")) <= 2_500 + DEADLINE_GRACE_MS
+    # A deadline weeks away is as far as PostgreSQL can count, not an error.
+    with deadlines.bounded_by(60 * 24 * 3600):
+        assert await timeouts(database.writing(store_id)) == ("2147483647ms",) * 2
     # Without a deadline, and after the transaction, nothing is left set.
     assert await timeouts(database.writing(store_id)) == ("0", "0")
 
