@@ -219,21 +219,48 @@ def test_two_workers_share_one_port(tmp_path, sqlite_env):
         assert listeners(server.port) == set()
 
 
+def grpcurl(*args: str) -> str:
+    """The output of the installed grpcurl binary, in plaintext."""
+    return subprocess.run(
+        [str(Path(COMMERCE).parent / "grpcurl"), "-plaintext", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def test_only_the_named_modules_are_mounted(tmp_path, sqlite_env):
-    grpcurl = Path(COMMERCE).parent / "grpcurl"
     with running_server(tmp_path, sqlite_env, "--services", "customers") as server:
-        listed = subprocess.run(
-            [str(grpcurl), "-plaintext", server.target, "list"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
+        listed = grpcurl(server.target, "list").split()
         assert health_status(server.port, "commerce.customers.v1.CustomerService") == SERVING
     assert sorted(listed) == [
         "commerce.customers.v1.CustomerService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ]
+
+
+def test_orders_alone_describes_the_customers_messages_it_embeds(tmp_path, sqlite_env):
+    """Reflection serves the customers protos that orders imports even when the
+    customers service is not mounted, so grpcurl can describe and decode orders."""
+    with running_server(tmp_path, sqlite_env, "--services", "orders") as server:
+        listed = grpcurl(server.target, "list").split()
+        order = grpcurl(server.target, "describe", "commerce.orders.v1.Order")
+        customer = grpcurl(server.target, "describe", "commerce.customers.v1.Customer")
+        placed = json.loads(
+            grpcurl(
+                "-d",
+                '{"store_id": 1, "currency_code": "EUR", "line_items": '
+                '[{"sku": "A-1", "name": "A", "quantity": 2, "unit_price_minor": 150}]}',
+                server.target,
+                "commerce.orders.v1.OrderService/CreateOrder",
+            )
+        )
+    assert "commerce.customers.v1.CustomerService" not in listed
+    assert "commerce.orders.v1.OrderService" in listed
+    assert ".commerce.customers.v1.Customer customer = 5;" in order
+    assert "string email = 4;" in customer
+    assert placed["order"]["total_minor"] == "300"
 
 
 def test_health_command_probes_a_running_server(tmp_path, sqlite_env):
