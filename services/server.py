@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -17,7 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.customer_metrics import CustomerMetricsRegistry
-from services.core.database import create_engine
+from services.core.database import UnitOfWork, create_engine, create_session_factory, utc_now
+from services.core.idempotency import forget_expired
 from services.core.interceptor import RpcInterceptor
 from services.core.metrics import serve_metrics
 from services.core.modules import ModuleContext, MountFunction
@@ -35,6 +37,10 @@ MODULES: dict[str, MountFunction] = {
     "customers": mount_customers,
     "orders": mount_orders,
 }
+
+# Expired request_ids go in batches of PURGE_BATCH, every PURGE_INTERVAL seconds.
+PURGE_BATCH = 1000
+PURGE_INTERVAL = 600.0
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -64,6 +70,7 @@ class Application:
             connect_timeout=settings.db_connect_timeout,
         )
         self.customer_metrics = CustomerMetricsRegistry()
+        self._sessions = create_session_factory(self.engine)
         self.passwords = PasswordHasher(settings.bcrypt_rounds, settings.password_hash_workers)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
@@ -73,7 +80,7 @@ class Application:
         )
         self.port = 0
         self.service_names: list[str] = []
-        self._database_watch: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._status: int = NOT_SERVING
 
     async def start(self, address: str | None = None) -> int:
@@ -102,7 +109,10 @@ class Application:
             self.port = self.server.add_secure_port(address, credentials)
         await self.server.start()
         await self._report(SERVING if await self.database_reachable() else NOT_SERVING)
-        self._database_watch = asyncio.create_task(self._watch_database())
+        self._background = [
+            asyncio.create_task(self._watch_database()),
+            asyncio.create_task(self._forget_expired_request_ids()),
+        ]
         logger.info(
             "serving %s on port %d (%s)",
             ", ".join(self.module_names),
@@ -114,10 +124,10 @@ class Application:
     async def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING, lets in-flight RPCs finish within `grace` seconds (default:
         the settings'), then closes the database pool and the password threads."""
-        if self._database_watch is not None:
-            self._database_watch.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._database_watch
+                await task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         await self.engine.dispose()
@@ -144,6 +154,29 @@ class Application:
                     "database %s", "reachable again" if now == SERVING else "unreachable"
                 )
                 await self._report(now)
+
+    async def forget_expired_request_ids(self) -> int:
+        """Deletes the request_ids older than the retention; returns how many."""
+        before = utc_now() - timedelta(hours=self.settings.request_id_retention_hours)
+        forgotten = 0
+        while True:
+            async with UnitOfWork(self._sessions) as uow:
+                deleted = await forget_expired(uow.session, before, batch=PURGE_BATCH)
+                await uow.commit()
+            forgotten += deleted
+            if deleted < PURGE_BATCH:
+                return forgotten
+
+    async def _forget_expired_request_ids(self) -> None:
+        """Keeps the idempotency keys from growing without bound: at start, then every
+        PURGE_INTERVAL seconds. Every worker does it; the deletes are idempotent."""
+        while True:
+            try:
+                if forgotten := await self.forget_expired_request_ids():
+                    logger.info("forgot %d expired request_ids", forgotten)
+            except Exception as error:  # the database may be out of reach; try again later
+                logger.warning("could not forget expired request_ids: %r", error)
+            await asyncio.sleep(PURGE_INTERVAL)
 
     async def _report(self, status: int) -> None:
         self._status = status

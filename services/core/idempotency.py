@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, ForeignKey, String, select
+from sqlalchemy import BigInteger, ForeignKey, Index, String, delete, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -39,6 +39,9 @@ class IdempotencyKey(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+    # Expired keys are found by age across every store (forget_expired).
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
 
 @dataclass(frozen=True)
@@ -130,3 +133,16 @@ async def _created_before(
     async with database.reading(store_id) as uow:
         resource_id = await previous_resource_id(uow.session, store_id, key)
         return None if resource_id is None else await load(uow.session, store_id, resource_id)
+
+
+async def forget_expired(session: AsyncSession, before: datetime, *, batch: int = 1000) -> int:
+    """Deletes up to `batch` keys created before `before`, in the caller's transaction;
+    returns how many. Small batches keep each transaction, and its locks, short."""
+    key = tuple_(IdempotencyKey.store_id, IdempotencyKey.operation, IdempotencyKey.request_id)
+    expired = (
+        select(IdempotencyKey.store_id, IdempotencyKey.operation, IdempotencyKey.request_id)
+        .where(IdempotencyKey.created_at < before)
+        .limit(batch)
+    )
+    result = await session.execute(delete(IdempotencyKey).where(key.in_(expired)))
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         ge=0,
         description="how long a process trusts a store's active/inactive status (0: never)",
     )
+    request_id_retention_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description="how long a create's request_id is remembered: a retry within it "
+        "returns the first result, a retry after it creates anew",
+    )
     metrics_address: str = Field(
         default="", description="host:port of the Prometheus /metrics endpoint (empty: off)"
     )

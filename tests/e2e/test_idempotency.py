@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import grpc
 from commerce.customers.v1 import customer_pb2
+from commerce.orders.v1 import order_service_pb2
+from sqlalchemy import func, select, update
 
-from tests.e2e.helpers import pb, unique_email
+from services.core.database import utc_now
+from services.core.idempotency import IdempotencyKey
+from services.server import Application
+from tests.e2e.helpers import line, pb, unique_email
 from tests.e2e.test_customers import count_customers
 from tests.errors import rpc_error
 
@@ -85,3 +91,58 @@ async def test_a_retried_address_create_adds_one_address(customers, store_id):
         pb.ListCustomerAddressesRequest(store_id=store_id, customer_id=customer.customer_id)
     )
     assert len(listed.addresses) == 1
+
+
+async def age_request_ids(sessions, store_id: int, hours: float) -> None:
+    """Makes the store's remembered request_ids `hours` old."""
+    async with sessions() as session:
+        await session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.store_id == store_id)
+            .values(created_at=utc_now() - timedelta(hours=hours))
+        )
+        await session.commit()
+
+
+async def remembered(sessions, store_id: int) -> int:
+    async with sessions() as session:
+        return await session.scalar(
+            select(func.count())
+            .select_from(IdempotencyKey)
+            .where(IdempotencyKey.store_id == store_id)
+        )
+
+
+async def test_request_ids_are_forgotten_after_the_retention(
+    settings, server, customers, orders, store_id, sessions
+):
+    """A server forgets request_ids older than the retention (at start and then
+    periodically), so the table stays bounded; a retry after that creates anew."""
+    order_request = order_service_pb2.CreateOrderRequest(
+        store_id=store_id,
+        currency_code="EUR",
+        request_id=str(uuid.uuid4()),
+        line_items=[line()],
+    )
+    first = (await orders.CreateOrder(order_request)).order
+    kept = (await orders.CreateOrder(order_request)).order
+    assert kept.order_id == first.order_id
+    await customers.CreateCustomer(create(store_id, unique_email(), str(uuid.uuid4())))
+    assert await remembered(sessions, store_id) == 2
+
+    await age_request_ids(sessions, store_id, settings.request_id_retention_hours + 1)
+    # Another server starting on the database forgets them at once.
+    app = Application(settings.model_copy(update={"request_id_retention_hours": 1}))
+    await app.start("127.0.0.1:0")
+    try:
+        for _ in range(200):  # up to 10 s for the purge the start began
+            if not await remembered(sessions, store_id):
+                break
+            await asyncio.sleep(0.05)
+        assert await remembered(sessions, store_id) == 0
+        assert await app.forget_expired_request_ids() == 0  # nothing left to forget
+    finally:
+        await app.stop(grace=0)
+
+    again = (await orders.CreateOrder(order_request)).order
+    assert again.order_id != first.order_id

@@ -60,6 +60,8 @@ class CreateCustomerRequest(_message.Message):
     """Optional idempotency key (AIP-155), a UUID. A retry with the same
     request_id returns the customer the first request created instead of
     ALREADY_EXISTS. Reusing it for a different request is INVALID_ARGUMENT.
+    The server remembers a request_id for 7 days by default (its
+    request_id retention); a retry after that is a new request.
     """
     def __init__(
         self,
@@ -492,6 +494,8 @@ class CreateCustomerAddressRequest(_message.Message):
     """Optional idempotency key (AIP-155), a UUID. A retry with the same
     request_id returns the address the first request created instead of adding
     a second one. Reusing it for a different request is INVALID_ARGUMENT.
+    The server remembers a request_id for 7 days by default (its
+    request_id retention); a retry after that is a new request.
     """
     @_builtins.property
     def address(self) -> _customer_pb2.CustomerAddress:

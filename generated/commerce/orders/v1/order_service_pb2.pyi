@@ -46,6 +46,8 @@ class CreateOrderRequest(_message.Message):
     """Optional idempotency key (AIP-155), a UUID. A retry with the same
     request_id returns the order the first request created and never places a
     second one. Reusing it for a different request is INVALID_ARGUMENT.
+    The server remembers a request_id for 7 days by default (its
+    request_id retention); a retry after that is a new request.
     """
     @_builtins.property
     def line_items(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.OrderLineItem]:
