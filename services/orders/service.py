@@ -157,28 +157,28 @@ class OrderService:
         *,
         page_size: int = 0,
         page_token: str = "",
-        filter: OrderFilter = OrderFilter(),
+        filters: OrderFilter = OrderFilter(),
     ) -> OrderPage:
         check_store_id(store_id)
-        if filter.customer_id < 0:
+        if filters.customer_id < 0:
             raise InvalidArgument.of("customer_id", "must be a positive customer id, or 0")
         if (
-            filter.created_from is not None
-            and filter.created_before is not None
-            and filter.created_before <= filter.created_from
+            filters.created_from is not None
+            and filters.created_before is not None
+            and filters.created_before <= filters.created_from
         ):
             raise InvalidArgument.of("create_time_end", "must be later than create_time_start")
         conditions = [Order.store_id == store_id]
-        if filter.status is not None:
-            conditions.append(Order.status == filter.status.value)
-        if filter.customer_id:
-            conditions.append(Order.customer_id == filter.customer_id)
-        if filter.created_from is not None:
-            conditions.append(Order.created_at >= filter.created_from)
-        if filter.created_before is not None:
-            conditions.append(Order.created_at < filter.created_before)
+        if filters.status is not None:
+            conditions.append(Order.status == filters.status.value)
+        if filters.customer_id:
+            conditions.append(Order.customer_id == filters.customer_id)
+        if filters.created_from is not None:
+            conditions.append(Order.created_at >= filters.created_from)
+        if filters.created_before is not None:
+            conditions.append(Order.created_at < filters.created_before)
         scope = {"list": "orders", "store_id": store_id} | {
-            name: str(value) for name, value in asdict(filter).items()
+            name: str(value) for name, value in asdict(filters).items()
         }
         async with self._db.reading(store_id) as uow:
             return await newest_first_page(

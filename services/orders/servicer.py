@@ -150,7 +150,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
     async def ListOrders(
         self, request: orders_pb.ListOrdersRequest, context: Context
     ) -> orders_pb.ListOrdersResponse:
-        filter = OrderFilter(
+        filters = OrderFilter(
             status=_status_filter(request.status),
             customer_id=request.customer_id,
             created_from=_time("create_time_start", request),
@@ -160,7 +160,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
             request.store_id,
             page_size=request.page_size,
             page_token=request.page_token,
-            filter=filter,
+            filters=filters,
         )
         return orders_pb.ListOrdersResponse(
             orders=[order_to_proto(order) for order in page.orders],

@@ -50,7 +50,7 @@ async def test_orders_without_grpc(customer_service, order_service, store_id):
     assert raised.value.metadata == {"current_status": "PAID", "requested_status": "DELIVERED"}
 
     page = await order_service.list_orders(
-        store_id, filter=OrderFilter(status=OrderStatus.PAID, customer_id=customer.customer_id)
+        store_id, filters=OrderFilter(status=OrderStatus.PAID, customer_id=customer.customer_id)
     )
     assert [listed.order_id for listed in page.orders] == [order.order_id]
     with pytest.raises(NotFound):
