@@ -5,7 +5,7 @@ errors out; no gRPC here, so it is testable without a server."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import email_validator
 from sqlalchemy import delete, func, or_, select, update
@@ -146,7 +146,7 @@ class CustomerService:
             store_id,
             key,
             create=lambda: self._insert_customer(store_id, values, new.password, key),
-            load=_customer_loader,
+            load=load_customer,
             # A concurrent request with the same request_id took the email first.
             lost_race=(AlreadyExists, IntegrityError),
         )
@@ -180,7 +180,7 @@ class CustomerService:
 
     async def get_customer(self, store_id: int, customer_id: int) -> Customer:
         async with self._db.reading(store_id) as uow:
-            return await _load_customer(uow.session, store_id, customer_id)
+            return await load_customer(uow.session, store_id, customer_id)
 
     async def update_customer(
         self, store_id: int, customer_id: int, changes: dict[str, Any], *, etag: str = ""
@@ -190,7 +190,7 @@ class CustomerService:
         problems.raise_if_any()
         async with self._db.writing(store_id) as uow:
             # The row lock makes the etag check and the change one atomic step.
-            customer = await _load_customer(uow.session, store_id, customer_id, for_update=True)
+            customer = await load_customer(uow.session, store_id, customer_id, lock="update")
             _check_etag(customer, etag)
             if "email" in values and email_key(values["email"]) != customer.email_key:
                 await _ensure_email_free(uow.session, store_id, values["email"])
@@ -242,7 +242,7 @@ class CustomerService:
         self, store_id: int, customer_id: int, active: bool, *, etag: str = ""
     ) -> Customer:
         async with self._db.writing(store_id) as uow:
-            customer = await _load_customer(uow.session, store_id, customer_id, for_update=True)
+            customer = await load_customer(uow.session, store_id, customer_id, lock="update")
             _check_etag(customer, etag)
             if customer.is_active != active:
                 customer.is_active = active
@@ -273,7 +273,7 @@ class CustomerService:
         if problem := password_problem(new_password):
             raise InvalidArgument.of("new_password", problem)
         async with self._db.reading(store_id) as uow:
-            customer = await _load_customer(uow.session, store_id, customer_id)
+            customer = await load_customer(uow.session, store_id, customer_id)
         old_hash = customer.hashed_password
         # bcrypt runs outside any transaction, so no connection waits on it.
         if old_hash is None:
@@ -342,7 +342,7 @@ class CustomerService:
             session = uow.session
             # Locking the customer serialises address changes of one customer, which
             # keeps the address limit and the single defaults exact.
-            await _load_customer(session, store_id, customer_id, for_update=True)
+            await load_customer(session, store_id, customer_id, lock="update")
             count = (
                 await session.execute(
                     select(func.count()).where(
@@ -383,7 +383,7 @@ class CustomerService:
         problems.raise_if_any()
         async with self._db.writing(store_id) as uow:
             session = uow.session
-            await _load_customer(session, store_id, customer_id, for_update=True)
+            await load_customer(session, store_id, customer_id, lock="update")
             address = await _load_address(session, store_id, customer_id, address_id)
             await _clear_other_defaults(session, store_id, customer_id, address_id, values)
             for name, value in values.items():
@@ -410,7 +410,7 @@ class CustomerService:
 
     async def list_addresses(self, store_id: int, customer_id: int) -> list[CustomerAddress]:
         async with self._db.reading(store_id) as uow:
-            await _load_customer(uow.session, store_id, customer_id)
+            await load_customer(uow.session, store_id, customer_id)
             return list(
                 await uow.session.scalars(
                     select(CustomerAddress)
@@ -494,19 +494,32 @@ def _matches(needle: str) -> Any:
     )
 
 
-async def _load_customer(
-    session: AsyncSession, store_id: int, customer_id: int, *, for_update: bool = False
-) -> Customer:
+# load_customer's locks as SQLAlchemy spells them: FOR UPDATE, FOR SHARE.
+_ROW_LOCKS: dict[str, Any] = {"update": True, "share": {"read": True}}
+
+
+def check_customer_id(customer_id: int) -> None:
     if customer_id <= 0:
         raise InvalidArgument.of("customer_id", "must be a positive customer id")
-    customer = await session.get(Customer, (store_id, customer_id), with_for_update=for_update)
+
+
+async def load_customer(
+    session: AsyncSession,
+    store_id: int,
+    customer_id: int,
+    *,
+    lock: Literal["update", "share"] | None = None,
+) -> Customer:
+    """The store's customer, or NOT_FOUND. A lock holds the row to the end of the
+    transaction: "update" to change it, "share" to keep it as it is while a row that
+    references it is written (another module's, such as an order)."""
+    check_customer_id(customer_id)
+    customer = await session.get(
+        Customer, (store_id, customer_id), with_for_update=_ROW_LOCKS[lock] if lock else None
+    )
     if customer is None:
         raise NotFound("customer", str(customer_id))
     return customer
-
-
-async def _customer_loader(session: AsyncSession, store_id: int, customer_id: int) -> Customer:
-    return await _load_customer(session, store_id, customer_id)
 
 
 async def _address_loader(session: AsyncSession, store_id: int, address_id: int) -> CustomerAddress:

@@ -9,8 +9,9 @@ from sqlalchemy import func, select
 from services.core.errors import InvalidArgument
 from services.core.pagination import PageTokenCodec, resolve_page_size
 from services.core.tenancy import TenantDatabase
+from services.customers.service import load_customer
 from services.orders.models import Order, OrderStatus
-from services.orders.service import OrderPage, newest_first_page, require_customer
+from services.orders.service import OrderPage, newest_first_page
 from services.orders.statistics import CustomerOrderStats, OrderMetricsProvider
 
 DEFAULT_RECENT_LIMIT = 5
@@ -34,7 +35,7 @@ class CustomerOrderService:
         """The customer's orders, newest first, one page at a time."""
         scope = {"list": "customer_orders", "store_id": store_id, "customer_id": customer_id}
         async with self._db.reading(store_id) as uow:
-            customer = await require_customer(uow.session, store_id, customer_id)
+            customer = await load_customer(uow.session, store_id, customer_id)
             return await newest_first_page(
                 uow.session,
                 self._page_tokens,
@@ -63,7 +64,7 @@ class CustomerOrderService:
         if status is not None:
             statement = statement.where(Order.status == status.value)
         async with self._db.reading(store_id) as uow:
-            await require_customer(uow.session, store_id, customer_id)
+            await load_customer(uow.session, store_id, customer_id)
             return (await uow.session.execute(statement)).scalar_one()
 
     async def order_stats(self, store_id: int, customer_id: int) -> CustomerOrderStats:

@@ -23,6 +23,7 @@ from services.core.stores import check_store_id, next_store_number
 from services.core.tenancy import TenantDatabase
 from services.customers import validation
 from services.customers.models import Customer
+from services.customers.service import load_customer
 from services.orders.models import Order, OrderLineItem, OrderStatus
 
 DEFAULT_PAGE_SIZE = 50
@@ -277,26 +278,11 @@ async def newest_first_page(
     return OrderPage(orders, token)
 
 
-async def require_customer(
-    session: AsyncSession, store_id: int, customer_id: int, *, lock: bool = False
-) -> Customer:
-    """The store's customer, or NOT_FOUND. `lock` holds a share lock to the end of the
-    transaction, so the customer cannot be deactivated meanwhile."""
-    if customer_id <= 0:
-        raise InvalidArgument.of("customer_id", "must be a positive customer id")
-    customer = await session.get(
-        Customer, (store_id, customer_id), with_for_update={"read": True} if lock else None
-    )
-    if customer is None:
-        raise NotFound("customer", str(customer_id))
-    return customer
-
-
 # -- helpers -----------------------------------------------------------------------------
 
 
 async def _orderable_customer(session: AsyncSession, store_id: int, customer_id: int) -> Customer:
-    customer = await require_customer(session, store_id, customer_id, lock=True)
+    customer = await load_customer(session, store_id, customer_id, lock="share")
     if not customer.is_active:
         raise FailedPrecondition(
             f"customer {customer_id} is inactive and cannot place orders",

@@ -10,9 +10,10 @@ from sqlalchemy import and_, func, select
 
 from services.core.customer_metrics import CustomerMetric
 from services.core.database import UtcDateTime
-from services.core.errors import InvalidArgument, NotFound
+from services.core.errors import NotFound
 from services.core.tenancy import TenantDatabase
 from services.customers.models import Customer
+from services.customers.service import check_customer_id
 from services.orders.models import Order, OrderStatus
 
 
@@ -54,8 +55,7 @@ class OrderMetricsProvider:
         self._db = database
 
     async def customer_order_stats(self, store_id: int, customer_id: int) -> CustomerOrderStats:
-        if customer_id <= 0:
-            raise InvalidArgument.of("customer_id", "must be a positive customer id")
+        check_customer_id(customer_id)
         # One round trip: the customer LEFT JOIN its counted orders, grouped by
         # currency. No row: no such customer. One row with a NULL currency: a customer
         # without orders. On PostgreSQL the aggregate reads ix_orders_customer alone
