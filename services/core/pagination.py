@@ -12,11 +12,14 @@ import hashlib
 import hmac
 import json
 import secrets
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from services.core.errors import InvalidArgument
 
 _MAC_BYTES = 16
+
+T = TypeVar("T")
 
 
 class PageTokenCodec:
@@ -41,6 +44,16 @@ class PageTokenCodec:
         if digest != _query_digest(query):
             raise _invalid("belongs to another store or other filters")
         return list(position)
+
+    def cut(
+        self, rows: list[T], size: int, query: dict[str, Any], position: Callable[[T], list[Any]]
+    ) -> tuple[list[T], str]:
+        """A page from `rows` fetched with LIMIT size + 1: its first `size` rows and the
+        token of the next page, made from `position(last row)`; "" when none follows."""
+        if len(rows) <= size:
+            return rows, ""
+        page = rows[:size]
+        return page, self.encode(query, position(page[-1]))
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_BYTES]

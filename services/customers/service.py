@@ -233,10 +233,8 @@ class CustomerService:
         async with self._db.reading(store_id) as uow:
             customers = list(await uow.session.scalars(statement))
 
-        if len(customers) <= size:
-            return CustomerPage(customers, "")
-        customers = customers[:size]
-        return CustomerPage(customers, self._page_tokens.encode(scope, [customers[-1].customer_id]))
+        page, token = self._page_tokens.cut(customers, size, scope, lambda last: [last.customer_id])
+        return CustomerPage(page, token)
 
     async def set_customer_status(
         self, store_id: int, customer_id: int, active: bool, *, etag: str = ""

@@ -270,12 +270,10 @@ async def newest_first_page(
     if customer is not None:
         for order in orders:
             set_committed_value(order, "customer", customer)
-    if len(orders) <= size:
-        return OrderPage(orders, "")
-    orders = orders[:size]
-    last = orders[-1]
-    token = page_tokens.encode(scope, [last.created_at.isoformat(), last.order_id])
-    return OrderPage(orders, token)
+    page, token = page_tokens.cut(
+        orders, size, scope, lambda last: [last.created_at.isoformat(), last.order_id]
+    )
+    return OrderPage(page, token)
 
 
 # -- helpers -----------------------------------------------------------------------------
