@@ -62,3 +62,17 @@ def test_negative_page_size_is_invalid():
     with pytest.raises(InvalidArgument) as raised:
         resolve_page_size(-1, default=50, maximum=500)
     assert raised.value.violations[0].field == "page_size"
+
+
+@pytest.mark.parametrize(
+    ("fetched", "page", "has_next"),
+    [(2, 2, False), (3, 3, False), (4, 3, True)],  # page size 3, fetched with LIMIT 4
+)
+def test_cut_keeps_a_page_and_tokens_only_a_real_next_page(fetched, page, has_next):
+    codec = PageTokenCodec("secret")
+    query = {"list": "things"}
+    rows, token = codec.cut(list(range(1, fetched + 1)), 3, query, lambda last: [last])
+    assert rows == list(range(1, page + 1))
+    assert bool(token) is has_next
+    if has_next:
+        assert codec.decode(token, query) == [3]
