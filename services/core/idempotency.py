@@ -138,11 +138,7 @@ async def _created_before(
 async def forget_expired(session: AsyncSession, before: datetime, *, batch: int = 1000) -> int:
     """Deletes up to `batch` keys created before `before`, in the caller's transaction;
     returns how many. Small batches keep each transaction, and its locks, short."""
-    key = tuple_(IdempotencyKey.store_id, IdempotencyKey.operation, IdempotencyKey.request_id)
-    expired = (
-        select(IdempotencyKey.store_id, IdempotencyKey.operation, IdempotencyKey.request_id)
-        .where(IdempotencyKey.created_at < before)
-        .limit(batch)
-    )
-    result = await session.execute(delete(IdempotencyKey).where(key.in_(expired)))
+    key = (IdempotencyKey.store_id, IdempotencyKey.operation, IdempotencyKey.request_id)
+    expired = select(*key).where(IdempotencyKey.created_at < before).limit(batch)
+    result = await session.execute(delete(IdempotencyKey).where(tuple_(*key).in_(expired)))
     return int(result.rowcount)  # type: ignore[attr-defined]
