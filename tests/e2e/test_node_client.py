@@ -1,0 +1,70 @@
+"""A client in another language: the Node.js walkthrough in clients/node, generated
+from protos/ with `buf generate`, run against the real server. It checks every answer
+itself; this test also reads what it created back through the Python stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+from commerce.orders.v1 import customer_order_service_pb2, order_pb2, order_service_pb2
+
+from tests.process import ROOT
+
+NODE_CLIENT = ROOT / "clients" / "node"
+
+
+@pytest.fixture(scope="module")
+def built_node_client() -> None:
+    """Generates the TypeScript from protos/ and compiles the client, as docs/api.md says."""
+    if shutil.which("node") is None or not (ROOT / "node_modules").is_dir():
+        pytest.fail("the Node client needs Node.js 20+ and `npm ci` (scripts/setup runs it)")
+    for command in (
+        ["npx", "--no-install", "buf", "generate"],
+        ["npx", "--no-install", "tsc", "-p", str(NODE_CLIENT)],
+    ):
+        subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+
+
+async def test_node_client_walks_through_customers_orders_and_errors(
+    built_node_client, server, store_id, orders, customer_orders
+):
+    # The server runs on this event loop: wait for node without blocking it.
+    node = await asyncio.create_subprocess_exec(
+        "node",
+        str(NODE_CLIENT / "dist" / "walkthrough.js"),
+        env={
+            "PATH": os.environ["PATH"],
+            "COMMERCE_TARGET": f"http://127.0.0.1:{server.port}",
+            "COMMERCE_STORE_ID": str(store_id),
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(node.communicate(), timeout=120)
+    assert node.returncode == 0, stderr.decode()
+    seen = json.loads(stdout.decode().strip().splitlines()[-1])
+
+    assert seen["invalidArgumentFields"] == ["email", "password"]
+    assert seen["notFoundReason"] == "CUSTOMER_NOT_FOUND"
+    # What the Node client created is what Python reads.
+    newest, first = (int(order_id) for order_id in seen["orderIds"])
+    placed = (
+        await orders.GetOrder(order_service_pb2.GetOrderRequest(store_id=store_id, order_id=first))
+    ).order
+    assert placed.customer_id == int(seen["customerId"]) == placed.customer.customer_id
+    assert (placed.order_number, placed.total_minor) == (seen["orderNumber"], 5098)
+    cancelled = (
+        await orders.GetOrder(order_service_pb2.GetOrderRequest(store_id=store_id, order_id=newest))
+    ).order
+    assert cancelled.status == order_pb2.ORDER_STATUS_CANCELLED
+    count = await customer_orders.GetCustomerOrderCount(
+        customer_order_service_pb2.GetCustomerOrderCountRequest(
+            store_id=store_id, customer_id=placed.customer_id
+        )
+    )
+    assert count.order_count == 2  # the retried CreateOrder made no third order
