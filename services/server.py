@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +24,7 @@ from services.core.metrics import serve_metrics
 from services.core.modules import ModuleContext, MountFunction
 from services.core.pagination import PageTokenCodec
 from services.core.passwords import PasswordHasher
+from services.core.reflection import enable_reflection
 from services.core.settings import Settings
 from services.core.tenancy import TenantDatabase
 from services.customers.servicer import mount as mount_customers
@@ -98,9 +98,7 @@ class Application:
         for name in self.module_names:
             self.service_names += MODULES[name](self.server, context)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [*self.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME], self.server
-        )
+        enable_reflection(self.server, [*self.service_names, HEALTH_SERVICE])
         address = address or self.settings.listen_address
         credentials = server_credentials(self.settings)
         if credentials is None:

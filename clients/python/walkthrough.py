@@ -1,0 +1,122 @@
+"""An internal Python caller of the commerce services that depends on the stubs
+only: the `commerce-protos` package (generated/), never on the server's code.
+
+    pip install ./generated          # protobuf, grpcio, googleapis-common-protos
+    python clients/python/walkthrough.py 127.0.0.1:50051 1
+
+It creates a customer in the given store, places an order for it (retried with the
+same request_id), reads the order with its embedded customer and the customer's
+statistics, and decodes the details of an error. It prints one JSON line of what it
+saw and exits 1 at the first check that fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Callable
+
+import grpc
+from commerce.customers.v1 import customer_service_pb2, customer_service_pb2_grpc
+from commerce.orders.v1 import (
+    customer_order_service_pb2,
+    customer_order_service_pb2_grpc,
+    order_pb2,
+    order_service_pb2,
+    order_service_pb2_grpc,
+)
+from google.rpc import error_details_pb2, status_pb2
+
+DEADLINE_SECONDS = 10.0  # every call carries one; the server bounds its work by it
+
+
+def failure(call: Callable[[], object]) -> grpc.RpcError:
+    """The error a call fails with; AssertionError if it succeeds."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error
+    raise AssertionError("the call was expected to fail")
+
+
+def rich_status(error: grpc.RpcError) -> status_pb2.Status:
+    """The google.rpc.Status the server sends in the grpc-status-details-bin trailer."""
+    for item in error.trailing_metadata() or ():
+        if item.key == "grpc-status-details-bin":
+            return status_pb2.Status.FromString(item.value)
+    raise AssertionError("the error carries no google.rpc.Status")
+
+
+def walk_through(channel: grpc.Channel, store_id: int) -> dict[str, object]:
+    customers = customer_service_pb2_grpc.CustomerServiceStub(channel)
+    orders = order_service_pb2_grpc.OrderServiceStub(channel)
+    customer_orders = customer_order_service_pb2_grpc.CustomerOrderServiceStub(channel)
+
+    email = f"python-{uuid.uuid4()}@example.com"
+    customer = customers.CreateCustomer(
+        customer_service_pb2.CreateCustomerRequest(
+            store_id=store_id, email=email, password="correct horse", first_name="Py"
+        ),
+        timeout=DEADLINE_SECONDS,
+    ).customer
+
+    place = order_service_pb2.CreateOrderRequest(
+        store_id=store_id,
+        customer_id=customer.customer_id,
+        currency_code="EUR",
+        request_id=str(uuid.uuid4()),
+        line_items=[
+            order_pb2.OrderLineItem(sku="MUG-1", name="Mug", quantity=3, unit_price_minor=1299)
+        ],
+    )
+    placed = orders.CreateOrder(place, timeout=DEADLINE_SECONDS).order
+    retried = orders.CreateOrder(place, timeout=DEADLINE_SECONDS).order
+    assert retried.order_id == placed.order_id, "a retried CreateOrder creates nothing new"
+    assert placed.total_minor == 3 * 1299
+
+    order = orders.GetOrder(
+        order_service_pb2.GetOrderRequest(store_id=store_id, order_id=placed.order_id),
+        timeout=DEADLINE_SECONDS,
+    ).order
+    assert order.customer.email == email, "GetOrder embeds the customer"
+    assert order.status == order_pb2.ORDER_STATUS_PENDING
+
+    stats = customer_orders.GetCustomerOrderStats(
+        customer_order_service_pb2.GetCustomerOrderStatsRequest(
+            store_id=store_id, customer_id=customer.customer_id
+        ),
+        timeout=DEADLINE_SECONDS,
+    ).stats
+    assert stats.total_orders == 1
+    assert [(m.currency_code, m.amount_minor) for m in stats.total_spent] == [("EUR", 3897)]
+
+    duplicate = failure(
+        lambda: customers.CreateCustomer(
+            customer_service_pb2.CreateCustomerRequest(
+                store_id=store_id, email=email, password="another one"
+            ),
+            timeout=DEADLINE_SECONDS,
+        )
+    )
+    assert duplicate.code() == grpc.StatusCode.ALREADY_EXISTS
+    info = error_details_pb2.ErrorInfo()
+    assert rich_status(duplicate).details[0].Unpack(info)
+
+    return {
+        "customer_id": customer.customer_id,
+        "order_id": placed.order_id,
+        "create_time": order.create_time.ToJsonString(),
+        "total_spent": stats.total_spent[0].amount_minor,
+        "duplicate_reason": info.reason,
+    }
+
+
+def main() -> None:
+    target, store_id = sys.argv[1], int(sys.argv[2])
+    with grpc.insecure_channel(target) as channel:
+        print(json.dumps(walk_through(channel, store_id)))
+
+
+if __name__ == "__main__":
+    main()
