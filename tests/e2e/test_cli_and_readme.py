@@ -10,6 +10,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from commerce.customers.v1 import customer_service_pb2
@@ -63,32 +64,48 @@ def demo_server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield server
 
 
-def readme_grpcurl_commands() -> list[list[str]]:
-    """The `$G ...` commands of the README, with their line continuations joined."""
-    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
-    return [shlex.split(line)[1:] for line in text.splitlines() if line.startswith("$G ")]
+def documented_grpcurl_session(document: str) -> list[tuple[list[str], bool]]:
+    """The `$G ...` commands of a document, with their line continuations joined, each
+    with whether it is shown failing (`|| true`)."""
+    text = (ROOT / document).read_text().replace("\\\n", " ")
+    session = []
+    for line in text.splitlines():
+        if line.startswith("$G "):
+            command, _, fallback = line.partition(" || ")
+            session.append((shlex.split(command)[1:], fallback == "true"))
+    return session
 
 
-def test_readme_grpcurl_session_works_by_copy_paste(demo_server):
-    port = demo_server.port
-    commands = readme_grpcurl_commands()
-    assert len(commands) >= 13
+def run_session(document: str, port: int) -> dict[str, str]:
+    """Runs a document's grpcurl session in order; the output of each call by method."""
     outputs = {}
-    for args in commands:
+    for args, fails in documented_grpcurl_session(document):
         args = [arg.replace("localhost:50051", f"127.0.0.1:{port}") for arg in args]
         result = subprocess.run(
-            [GRPCURL, "-plaintext", *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+            [GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30, check=False
         )
-        assert result.returncode == 0, f"grpcurl {shlex.join(args)}\n{result.stdout}{result.stderr}"
-        outputs[args[-1]] = result.stdout
-    # Every RPC of every service is shown in the README.
+        shown = f"{document}: grpcurl {shlex.join(args)}\n{result.stdout}{result.stderr}"
+        assert (result.returncode != 0) == fails, shown
+        outputs[args[-1]] = result.stderr if fails else result.stdout
+    return outputs
+
+
+def json_blocks(document: str) -> list[dict[str, Any]]:
+    text = (ROOT / document).read_text()
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", text, re.DOTALL)]
+
+
+def test_readme_grpcurl_tour_works_by_copy_paste(demo_server):
+    outputs = run_session("README.md", demo_server.port)
+    stats = json.loads(outputs["commerce.orders.v1.CustomerOrderService/GetCustomerOrderStats"])
+    assert stats["stats"]["total_spent"] == [{"currency_code": "EUR", "amount_minor": "2598"}]
+
+
+def test_api_guide_shows_every_rpc_and_works_by_copy_paste(demo_server):
+    session = documented_grpcurl_session("docs/api.md")
     shown = {
         match.groups()
-        for args in commands
+        for args, _ in session
         if (match := re.search(r"(commerce\.\w+\.v1\.\w+)/(\w+)", " ".join(args)))
     }
     services = [
@@ -97,10 +114,17 @@ def test_readme_grpcurl_session_works_by_copy_paste(demo_server):
         customer_order_service_pb2.DESCRIPTOR.services_by_name["CustomerOrderService"],
     ]
     assert shown == {(s.full_name, method.name) for s in services for method in s.methods}
-    # The statistics the README prints are the ones the session produces.
+
+    outputs = run_session("docs/api.md", demo_server.port)
+    # The answers the guide prints are the ones its session produces.
+    printed_stats, printed_error = json_blocks("docs/api.md")
     stats = json.loads(outputs["commerce.orders.v1.CustomerOrderService/GetCustomerOrderStats"])
-    assert stats["stats"]["total_orders"] == "1"
-    assert stats["stats"]["total_spent"] == [{"currency_code": "EUR", "amount_minor": "5098"}]
+    for timestamp in ("first_order_time", "last_order_time"):
+        assert stats["stats"].pop(timestamp)
+        assert printed_stats["stats"].pop(timestamp)
+    assert stats == printed_stats
+    error = json.loads(outputs["commerce.customers.v1.CustomerService/GetCustomer"])
+    assert error == printed_error
 
 
 def test_sigterm_stops_the_server_cleanly(demo_server):
