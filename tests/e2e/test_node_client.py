@@ -18,7 +18,7 @@ from tests.process import ROOT
 NODE_CLIENT = ROOT / "clients" / "node"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def built_node_client() -> None:
     """Generates the TypeScript from protos/ and compiles the client, as docs/api.md says."""
     if shutil.which("node") is None or not (ROOT / "node_modules").is_dir():

@@ -20,7 +20,7 @@ from tests.process import ROOT
 ALLOWED = {"commerce-protos", "protobuf", "grpcio", "googleapis-common-protos", "pip", "setuptools"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The interpreter of a fresh venv with only commerce-protos installed (from a copy
     of generated/, so that the build leaves nothing in the checkout)."""
