@@ -5,6 +5,7 @@ SIGINT, and serves their summed Prometheus metrics."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import secrets
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 # MAX_QUICK_FAILURES of them in a row the supervisor gives up.
 QUICK_FAILURE_SECONDS = 5.0
 MAX_QUICK_FAILURES = 5
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class Supervisor:
@@ -49,7 +52,11 @@ class Supervisor:
         return env
 
     def start_worker(self, env: dict[str, str]) -> None:
-        process = subprocess.Popen([sys.executable, "-m", "services.cli", "serve"], env=env)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve"],
+            env=env,
+            preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
+        )
         self.workers[process.pid] = (process, time.monotonic())
         logger.info("worker %d started", process.pid)
 
@@ -120,6 +127,16 @@ class Supervisor:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def _stop_with_parent() -> None:
+    """Runs in a new worker before it starts Python: the kernel sends the worker SIGTERM
+    when the supervisor dies, even by SIGKILL, so no worker outlives it and holds the
+    port and database connections. (The supervisor is single-threaded, which
+    preexec_fn needs.)"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def supervise(settings: Settings) -> int:
