@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 # Importing the models registers each module's tables in Base.metadata.
 import services.customers.models
+import services.loyalty.models
 import services.orders.models  # noqa: F401
 from services.core import idempotency, stores  # noqa: F401
 from services.core.database import Base, create_engine

@@ -28,6 +28,7 @@ from services.core.reflection import enable_reflection
 from services.core.settings import Settings
 from services.core.tenancy import TenantDatabase
 from services.customers.servicer import mount as mount_customers
+from services.loyalty.servicer import mount as mount_loyalty
 from services.orders.servicer import mount as mount_orders
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 MODULES: dict[str, MountFunction] = {
     "customers": mount_customers,
     "orders": mount_orders,
+    "loyalty": mount_loyalty,
 }
 
 # Expired request_ids go in batches of PURGE_BATCH, every PURGE_INTERVAL seconds.

@@ -19,6 +19,7 @@ import asyncpg
 import grpc
 import pytest
 from commerce.customers.v1 import customer_service_pb2_grpc
+from commerce.loyalty.v1 import customer_loyalty_service_pb2_grpc
 from commerce.orders.v1 import customer_order_service_pb2_grpc, order_service_pb2_grpc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -134,6 +135,13 @@ def customer_orders(
     channel: grpc.aio.Channel,
 ) -> customer_order_service_pb2_grpc.CustomerOrderServiceStub:
     return customer_order_service_pb2_grpc.CustomerOrderServiceStub(channel)
+
+
+@pytest.fixture
+def loyalty(
+    channel: grpc.aio.Channel,
+) -> customer_loyalty_service_pb2_grpc.CustomerLoyaltyServiceStub:
+    return customer_loyalty_service_pb2_grpc.CustomerLoyaltyServiceStub(channel)
 
 
 async def new_store(sessions: async_sessionmaker[AsyncSession], *, active: bool = True) -> int:

@@ -18,6 +18,7 @@ SERVICES = {
     "commerce.customers.v1.CustomerService",
     "commerce.orders.v1.OrderService",
     "commerce.orders.v1.CustomerOrderService",
+    "commerce.loyalty.v1.CustomerLoyaltyService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
 }
@@ -101,6 +102,11 @@ def test_every_service_answers_a_call(client):
         {"store_id": 1, "customer_id": customer["customer_id"]},
     )["stats"]
     assert stats["total_spent"] == [{"currency_code": "EUR", "amount_minor": "2598"}]
+    points = client.call(
+        "commerce.loyalty.v1.CustomerLoyaltyService/AddLoyaltyPoints",
+        {"store_id": 1, "customer_id": customer["customer_id"], "points": 50, "reason": "curl"},
+    )["loyalty"]
+    assert points["tier"] == "LOYALTY_TIER_BRONZE"
     health = client.call("grpc.health.v1.Health/Check", {"service": ""})
     assert health == {"status": "SERVING"}
 

@@ -1,0 +1,115 @@
+"""gRPC face of the loyalty module: CustomerLoyaltyService. It translates protobuf to
+plain values and back; rules live in the service layer, errors become statuses in
+services.core.grpc_errors. The customer is shown with the customers package's own
+message, converted by the customers servicer's function."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import grpc
+from commerce.loyalty.v1 import customer_loyalty_service_pb2 as pb
+from commerce.loyalty.v1 import customer_loyalty_service_pb2_grpc, loyalty_pb2
+
+from services.core.grpc_support import timestamp
+from services.core.modules import ModuleContext
+from services.customers.servicer import customer_to_proto
+from services.loyalty.models import LoyaltyMovement
+from services.loyalty.service import (
+    LoyaltyMetricsProvider,
+    LoyaltyService,
+    Movement,
+    Standing,
+    Tier,
+)
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+def standing_to_proto(standing: Standing) -> loyalty_pb2.CustomerLoyalty:
+    next_tier = standing.next_tier
+    return loyalty_pb2.CustomerLoyalty(
+        store_id=standing.store_id,
+        customer_id=standing.customer_id,
+        points_balance=standing.points_balance,
+        lifetime_points=standing.lifetime_points,
+        tier=_tier(standing.tier),
+        next_tier=_tier(next_tier) if next_tier else loyalty_pb2.LOYALTY_TIER_UNSPECIFIED,
+        points_to_next_tier=standing.points_to_next_tier,
+        update_time=timestamp(standing.updated_at) if standing.updated_at else None,
+    )
+
+
+def movement_to_proto(movement: LoyaltyMovement) -> loyalty_pb2.LoyaltyMovement:
+    return loyalty_pb2.LoyaltyMovement(
+        store_id=movement.store_id,
+        movement_id=movement.movement_id,
+        customer_id=movement.customer_id,
+        points=movement.points,
+        balance_after=movement.balance_after,
+        reason=movement.reason,
+        create_time=timestamp(movement.created_at),
+    )
+
+
+def _tier(tier: Tier) -> loyalty_pb2.LoyaltyTier.ValueType:
+    return loyalty_pb2.LoyaltyTier.Value(f"LOYALTY_TIER_{tier.name}")
+
+
+class CustomerLoyaltyServicer(customer_loyalty_service_pb2_grpc.CustomerLoyaltyServiceServicer):
+    def __init__(self, service: LoyaltyService) -> None:
+        self._service = service
+
+    async def GetCustomerLoyalty(
+        self, request: pb.GetCustomerLoyaltyRequest, context: Context
+    ) -> pb.GetCustomerLoyaltyResponse:
+        loyalty = await self._service.get_customer_loyalty(
+            request.store_id, request.customer_id, history_limit=request.history_limit
+        )
+        return pb.GetCustomerLoyaltyResponse(
+            loyalty=standing_to_proto(loyalty.standing),
+            recent_movements=[movement_to_proto(m) for m in loyalty.recent_movements],
+            customer=customer_to_proto(loyalty.customer),
+        )
+
+    async def AddLoyaltyPoints(
+        self, request: pb.AddLoyaltyPointsRequest, context: Context
+    ) -> pb.AddLoyaltyPointsResponse:
+        moved = await self._service.add_points(
+            request.store_id,
+            request.customer_id,
+            request.points,
+            request.reason,
+            request_id=request.request_id,
+        )
+        return pb.AddLoyaltyPointsResponse(**_moved(moved))
+
+    async def RedeemLoyaltyPoints(
+        self, request: pb.RedeemLoyaltyPointsRequest, context: Context
+    ) -> pb.RedeemLoyaltyPointsResponse:
+        moved = await self._service.redeem_points(
+            request.store_id,
+            request.customer_id,
+            request.points,
+            request.reason,
+            request_id=request.request_id,
+        )
+        return pb.RedeemLoyaltyPointsResponse(**_moved(moved))
+
+
+def _moved(moved: Movement) -> dict[str, Any]:
+    return {
+        "movement": movement_to_proto(moved.movement),
+        "loyalty": standing_to_proto(moved.standing),
+    }
+
+
+def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
+    """Adds CustomerLoyaltyService to `server` and registers the loyalty metrics;
+    returns the service's full name. Needs the customers tables, not the customers
+    servicer."""
+    context.customer_metrics.register(LoyaltyMetricsProvider(context.database))
+    customer_loyalty_service_pb2_grpc.add_CustomerLoyaltyServiceServicer_to_server(
+        CustomerLoyaltyServicer(LoyaltyService(context.database)), server
+    )
+    return [pb.DESCRIPTOR.services_by_name["CustomerLoyaltyService"].full_name]
