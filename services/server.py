@@ -200,15 +200,17 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then stops gracefully."""
+    # Handlers first: a SIGTERM that comes while the server starts (a supervisor
+    # stopping a worker it just replaced) must still mean "drain and exit 0".
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
     app = Application(settings)
     await app.start()
     if settings.metrics_address:
         serve_metrics(settings.metrics_address)
         logger.info("metrics on http://%s/metrics", settings.metrics_address)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     logger.info("shutting down (grace %.1fs)", settings.grace_seconds)
     await app.stop()

@@ -119,7 +119,9 @@ class Supervisor:
                 process.kill()
                 code = process.wait()
             self._forget_metrics(pid)
-            status = status or code
+            # A worker still starting when SIGTERM came dies of it before it could
+            # serve anything: asked to stop, it stopped.
+            status = status or (0 if code == -signal.SIGTERM else code)
         return status
 
     @staticmethod

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     )
     listen_address: str = Field(default="127.0.0.1:50051", description="host:port to serve on")
     services: str = Field(
-        default="", description="comma-separated modules to mount: customers, orders, loyalty (empty: all)"
+        default="",
+        description="comma-separated modules to mount: customers, orders, loyalty (empty: all)",
     )
     workers: int = Field(
         default=1,

@@ -45,9 +45,8 @@ def test_loyalty_protos_build_on_customers_only():
     imported = imported_files(customer_loyalty_service_pb2.DESCRIPTOR)
     assert "commerce/customers/v1/customer.proto" in imported
     assert not any(name.startswith("commerce/orders/") for name in imported)
-    customer_field = customer_loyalty_service_pb2.GetCustomerLoyaltyResponse.DESCRIPTOR.fields_by_name[
-        "customer"
-    ]
+    response = customer_loyalty_service_pb2.GetCustomerLoyaltyResponse.DESCRIPTOR
+    customer_field = response.fields_by_name["customer"]
     assert customer_field.message_type.full_name == "commerce.customers.v1.Customer"
     assert loyalty_pb2.DESCRIPTOR.package == "commerce.loyalty.v1"
 
