@@ -11,9 +11,12 @@ from tests.e2e.helpers import create_customer, create_order, line, pb
 from tests.errors import rpc_error
 
 
-def plain(metrics) -> list[tuple]:
+def plain(metrics, source: str = "orders") -> list[tuple]:
+    """The metrics of one source, in the order they came."""
     return [
-        (m.source, m.name, m.WhichOneof("value"), m.int_value, m.currency_code) for m in metrics
+        (m.source, m.name, m.WhichOneof("value"), m.int_value, m.currency_code)
+        for m in metrics
+        if m.source == source
     ]
 
 
@@ -34,7 +37,9 @@ async def test_metrics_come_from_the_mounted_orders_module(customers, orders, st
     last = await create_order(
         orders, store_id, ann.customer_id, line_items=[line(unit_price_minor=500)]
     )
-    metrics = (await customers.GetCustomerMetrics(request)).metrics
+    metrics = list((await customers.GetCustomerMetrics(request)).metrics)
+    # Every mounted consumer contributes, each in a block of its own.
+    assert [m.source for m in metrics] == ["orders"] * 5 + ["loyalty"] * 3
     assert plain(metrics) == [
         ("orders", "total_orders", "int_value", 2, ""),
         ("orders", "total_spent", "int_value", 800, "EUR"),
