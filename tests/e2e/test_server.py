@@ -17,6 +17,7 @@ from tests.errors import rpc_error
 
 CUSTOMER_SERVICE = "commerce.customers.v1.CustomerService"
 ORDER_SERVICES = ("commerce.orders.v1.OrderService", "commerce.orders.v1.CustomerOrderService")
+LOYALTY_SERVICE = "commerce.loyalty.v1.CustomerLoyaltyService"
 
 
 async def test_health_reports_serving_overall_and_per_service(channel):
@@ -42,6 +43,7 @@ async def test_reflection_lists_exactly_the_mounted_services(channel):
     assert await listed_services(channel) == {
         CUSTOMER_SERVICE,
         *ORDER_SERVICES,
+        LOYALTY_SERVICE,
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
@@ -52,13 +54,14 @@ async def test_reflection_lists_exactly_the_mounted_services(channel):
     [
         (["customers"], {CUSTOMER_SERVICE}),
         (["orders"], set(ORDER_SERVICES)),
+        (["loyalty"], {LOYALTY_SERVICE}),
         (["orders", "customers"], {CUSTOMER_SERVICE, *ORDER_SERVICES}),
     ],
 )
 async def test_each_module_mounts_on_its_own(settings, customers, store_id, modules, services):
-    """Orders works without the customers servicer (it needs customers' tables, not its
-    RPCs), customers works without orders, and each server lists and serves exactly
-    what it mounted."""
+    """Orders and loyalty work without the customers servicer (they need customers'
+    tables, not its RPCs), customers works without them, and each server lists and
+    serves exactly what it mounted."""
     customer = await create_customer(customers, store_id)  # through the full server
     app = Application(settings, modules)
     port = await app.start("127.0.0.1:0")
@@ -88,8 +91,9 @@ async def test_each_module_mounts_on_its_own(settings, customers, store_id, modu
                 assert (await order_call).customer == customer
             else:
                 await rpc_error(order_call, grpc.StatusCode.UNIMPLEMENTED)
-        # Orders contributes the customer metrics only when it is mounted.
-        assert list(app.customer_metrics.sources) == (["orders"] if "orders" in modules else [])
+        # A consumer contributes customer metrics only when it is mounted.
+        consumers = [module for module in modules if module != "customers"]
+        assert list(app.customer_metrics.sources) == consumers
     finally:
         await app.stop(grace=0)
 
