@@ -77,8 +77,8 @@ class Application:
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             interceptors=[RpcInterceptor()],
-            # Several worker processes may share the port (services.supervisor).
-            options=[("grpc.so_reuseport", 1)],
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            options=server_options(settings),
         )
         self.port = 0
         self.service_names: list[str] = []
@@ -196,6 +196,25 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC core channel arguments: limits, and keepalive so that a vanished peer (a
+    crashed client, a dropped network) gives back its connection and calls."""
+    keepalive_ms = int(settings.keepalive_seconds * 1000)
+    return [
+        # Several worker processes may share the port (services.supervisor).
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Clients may ping as often as every 10 s (a stricter floor makes gRPC close
+        # connections of well-behaved clients with GOAWAY "too_many_pings").
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 async def serve(settings: Settings) -> None:

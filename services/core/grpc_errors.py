@@ -39,10 +39,13 @@ _STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
 UNAVAILABLE_ERRORS = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
-    sa_exc.TimeoutError,
     ConnectionError,
     OSError,
 )
+
+# Every pooled connection stayed busy for the whole pool timeout: this process is
+# overloaded (RESOURCE_EXHAUSTED), the database itself may be fine.
+POOL_EXHAUSTED_ERRORS = (sa_exc.TimeoutError,)
 
 
 # PostgreSQL's query_canceled and lock_not_available: the statement and lock timeouts

@@ -53,11 +53,32 @@ class Settings(BaseSettings):
         default="",
         description="PEM CA bundle: require client certificates it signed (mutual TLS)",
     )
+    max_concurrent_rpcs: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="RPCs one process runs at once; more get RESOURCE_EXHAUSTED at once",
+    )
+    max_message_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=64 * 1024 * 1024,
+        description="largest request or response; larger ones are RESOURCE_EXHAUSTED",
+    )
+    keepalive_seconds: float = Field(
+        default=60.0,
+        ge=1,
+        description="idle time after which the server pings a connection; a peer that "
+        "does not answer within 20 s is dropped, with its calls",
+    )
     db_pool_size: int = Field(
         default=10, ge=1, le=1000, description="database connections per process"
     )
     db_connect_timeout: float = Field(
-        default=5.0, gt=0, description="seconds to wait for a database connection"
+        default=5.0,
+        gt=0,
+        description="seconds to wait for a database connection, new or from the pool "
+        "(pool busy that long: RESOURCE_EXHAUSTED)",
     )
     health_check_interval: float = Field(
         default=2.0, gt=0, description="seconds between database probes of the health service"

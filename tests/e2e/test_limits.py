@@ -1,0 +1,117 @@
+"""Limits answer at once instead of letting callers wait without bound: an oversized
+message, more concurrent RPCs than the server takes, and a database pool with no free
+connection. Each time the server goes on serving."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+import pytest
+from commerce.customers.v1 import customer_pb2, customer_service_pb2_grpc
+from google.protobuf import field_mask_pb2
+from sqlalchemy import update
+
+from services.core.database import UnitOfWork
+from services.customers.models import Customer
+from services.server import Application
+from tests.e2e.helpers import create_customer, pb
+from tests.errors import rpc_error
+
+Code = grpc.StatusCode
+
+
+@asynccontextmanager
+async def locked(sessions, store_id: int, customer_id: int) -> AsyncIterator[None]:
+    """Holds a write lock on the customer (PostgreSQL: its row; SQLite: the database)
+    in another connection, so that the server's writes to it wait."""
+    async with UnitOfWork(sessions) as uow:
+        await uow.session.execute(
+            update(Customer)
+            .where(Customer.store_id == store_id, Customer.customer_id == customer_id)
+            .values(first_name="held")
+        )
+        yield
+
+
+@asynccontextmanager
+async def server_with(
+    settings, **limits: object
+) -> AsyncIterator[customer_service_pb2_grpc.CustomerServiceStub]:
+    app = Application(settings.model_copy(update=limits), ["customers"])
+    port = await app.start("127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield customer_service_pb2_grpc.CustomerServiceStub(channel)
+    finally:
+        await app.stop(grace=0)
+
+
+def rename(stub, store_id: int, customer_id: int, *, timeout: float = 20):
+    return stub.UpdateCustomer(
+        pb.UpdateCustomerRequest(
+            store_id=store_id,
+            customer_id=customer_id,
+            customer=customer_pb2.Customer(first_name="Renamed"),
+            update_mask=field_mask_pb2.FieldMask(paths=["first_name"]),
+        ),
+        timeout=timeout,
+    )
+
+
+async def test_an_oversized_request_is_resource_exhausted(customers, store_id):
+    huge = "x" * (5 * 1024 * 1024)  # above the default 4 MiB
+    request = pb.CreateCustomerRequest(store_id=store_id, email="big@example.com", first_name=huge)
+    failure = await rpc_error(customers.CreateCustomer(request), Code.RESOURCE_EXHAUSTED)
+    assert "message" in failure.message.lower()
+    assert (await create_customer(customers, store_id)).customer_id > 0  # still serving
+
+
+async def test_rpcs_beyond_the_concurrency_limit_are_refused_at_once(
+    settings, customers, sessions, store_id
+):
+    customer = await create_customer(customers, store_id)
+    cid = customer.customer_id
+    async with server_with(settings, max_concurrent_rpcs=2) as limited:
+        async with locked(sessions, store_id, cid):
+            waiting = [asyncio.ensure_future(rename(limited, store_id, cid)) for _ in range(2)]
+            await asyncio.sleep(0.5)  # both are in the server, waiting for the lock
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await rpc_error(
+                limited.GetCustomer(
+                    pb.GetCustomerRequest(store_id=store_id, customer_id=cid), timeout=20
+                ),
+                Code.RESOURCE_EXHAUSTED,
+            )
+            refused_after = loop.time() - began
+            assert not any(call.done() for call in waiting)
+        # Released: the two waiting calls finish, and new calls are taken again.
+        assert all(
+            answer.customer.first_name == "Renamed" for answer in await asyncio.gather(*waiting)
+        )
+        got = await limited.GetCustomer(pb.GetCustomerRequest(store_id=store_id, customer_id=cid))
+        assert got.customer.customer_id == cid
+    assert refused_after < 5  # refused, not queued behind the lock
+
+
+async def test_a_busy_connection_pool_answers_resource_exhausted_or_the_deadline(
+    settings, backend, customers, sessions, store_id
+):
+    if backend != "postgresql":
+        pytest.skip("the embedded SQLite database has one shared connection by design")
+    customer = await create_customer(customers, store_id)
+    cid = customer.customer_id
+    async with server_with(settings, db_pool_size=1, db_connect_timeout=0.5) as small:
+        async with locked(sessions, store_id, cid):
+            holding = asyncio.ensure_future(rename(small, store_id, cid))
+            await asyncio.sleep(0.5)  # it holds the only pooled connection
+            get = pb.GetCustomerRequest(store_id=store_id, customer_id=cid)
+            failure = await rpc_error(small.GetCustomer(get, timeout=20), Code.RESOURCE_EXHAUSTED)
+            assert failure.message == "server busy: no database connection free"
+            # With a deadline shorter than the pool's wait, the deadline answers first.
+            await rpc_error(small.GetCustomer(get, timeout=0.2), Code.DEADLINE_EXCEEDED)
+        assert (await holding).customer.first_name == "Renamed"
+        assert (await small.GetCustomer(get)).customer.first_name == "Renamed"
