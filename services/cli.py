@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.core.callers import load_callers, new_token, token_digest
 from services.core.database import UnitOfWork, create_engine, create_session_factory
 from services.core.errors import DomainError
 from services.core.logs import configure_logging
@@ -113,10 +114,35 @@ def _parser() -> argparse.ArgumentParser:
         toggle = store_commands.add_parser(action, help=f"{action} a store")
         toggle.add_argument("store_id", type=int)
         toggle.set_defaults(run=_store_command(_set_active), active=active)
+
+    callers = commands.add_parser("callers", help="make tokens for caller authentication")
+    caller_commands = callers.add_subparsers(required=True, metavar="ACTION")
+    new_caller = caller_commands.add_parser(
+        "new",
+        help="print a new token for a caller, and its line for the callers file",
+        description="Prints a new random token (give it to the caller; it is not stored) "
+        "and the line to add to COMMERCE_CALLER_TOKENS_FILE (it holds the token's "
+        "SHA-256 only).",
+    )
+    new_caller.add_argument("name", help="the caller's name, e.g. billing")
+    new_caller.set_defaults(run=_new_caller)
     return parser
 
 
+def _new_caller(args: argparse.Namespace, settings: Settings) -> int:
+    token = new_token()
+    print(f"token (give it to {args.name}; shown once): {token}")
+    print(f"line for the callers file: {args.name} {token_digest(token)}")
+    return 0
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.caller_tokens_file:
+        try:
+            load_callers(settings.caller_tokens_file)
+        except (OSError, ValueError) as error:
+            print(f"error: bad caller tokens file: {error}", file=sys.stderr)
+            return 2
     if settings.workers > 1:
         # Before anything imports prometheus_client: the supervisor sets its mode.
         from services.supervisor import supervise

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.core.callers import CallerAuthInterceptor, load_callers
 from services.core.customer_metrics import CustomerMetricsRegistry
 from services.core.database import UnitOfWork, create_engine, create_session_factory, utc_now
 from services.core.idempotency import forget_expired
@@ -75,8 +76,12 @@ class Application:
         self._sessions = create_session_factory(self.engine)
         self.passwords = PasswordHasher(settings.bcrypt_rounds, settings.password_hash_workers)
         self.health = health.aio.HealthServicer()
+        interceptors: list[grpc.aio.ServerInterceptor] = [RpcInterceptor()]
+        if settings.caller_tokens_file:
+            # First, so that a refused call reaches no servicer.
+            interceptors.insert(0, CallerAuthInterceptor(load_callers(settings.caller_tokens_file)))
         self.server = grpc.aio.server(
-            interceptors=[RpcInterceptor()],
+            interceptors=interceptors,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=server_options(settings),
         )

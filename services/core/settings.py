@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         description="idle time after which the server pings a connection; a peer that "
         "does not answer within 20 s is dropped, with its calls",
     )
+    caller_tokens_file: str = Field(
+        default="",
+        description="file of '<caller> <sha256 of its token>' lines: every call but health "
+        "checks then needs 'authorization: Bearer <token>' (see `commerce callers new`)",
+    )
     db_pool_size: int = Field(
         default=10, ge=1, le=1000, description="database connections per process"
     )
