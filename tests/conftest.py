@@ -21,6 +21,7 @@ import pytest
 from commerce.customers.v1 import customer_service_pb2_grpc
 from commerce.loyalty.v1 import customer_loyalty_service_pb2_grpc
 from commerce.orders.v1 import customer_order_service_pb2_grpc, order_service_pb2_grpc
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -38,6 +39,12 @@ BACKENDS = os.environ.get("COMMERCE_TEST_BACKENDS", "sqlite,postgresql").split("
 
 # The lowest bcrypt cost: tests check behaviour, not hashing speed.
 TEST_BCRYPT_ROUNDS = 4
+
+# Property-based tests: the same examples on every run by default, so that CI is
+# reproducible; HYPOTHESIS_PROFILE=explore draws new, and more, examples each run.
+hypothesis_settings.register_profile("repeatable", max_examples=60, derandomize=True, deadline=None)
+hypothesis_settings.register_profile("explore", max_examples=500, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def _asyncpg_dsn(url: str) -> str:
