@@ -17,11 +17,13 @@ from commerce.loyalty.v1 import customer_loyalty_service_pb2 as loyalty_pb
 from commerce.loyalty.v1 import customer_loyalty_service_pb2_grpc
 from commerce.orders.v1 import customer_order_service_pb2 as customer_orders_pb
 from commerce.orders.v1 import (
+    customer_order_service_pb2_grpc,
     order_pb2,
     order_service_pb2,
     order_service_pb2_grpc,
 )
 from google.protobuf import message_factory
+from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -216,4 +218,206 @@ def test_page_tokens_are_tamper_evident_and_bound_to_their_store(target):
         assert page == expected
 
     forged_tokens_read_nothing_else()
+    assert_still_serving(target)
+
+
+# -- tenant isolation ---------------------------------------------------------------------
+
+NAMES = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), max_size=20)
+NEW_CUSTOMERS = st.lists(
+    st.tuples(NAMES, st.integers(0, 3), st.integers(0, 500)), min_size=1, max_size=4
+)
+
+
+class Stubs:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.customers = customer_service_pb2_grpc.CustomerServiceStub(channel)
+        self.orders = order_service_pb2_grpc.OrderServiceStub(channel)
+        self.history = customer_order_service_pb2_grpc.CustomerOrderServiceStub(channel)
+        self.loyalty = customer_loyalty_service_pb2_grpc.CustomerLoyaltyServiceStub(channel)
+
+
+def populate(stubs: Stubs, store_id: int, spec: list[tuple[str, int, int]]) -> list[int]:
+    """Customers (named as drawn) with some orders and points each; their ids."""
+    ids = []
+    for name, order_count, points in spec:
+        customer = stubs.customers.CreateCustomer(
+            customer_service_pb2.CreateCustomerRequest(
+                store_id=store_id, email=f"i{uuid.uuid4().hex[:10]}@example.com", first_name=name
+            )
+        ).customer
+        for quantity in range(1, order_count + 1):
+            stubs.orders.CreateOrder(
+                order_service_pb2.CreateOrderRequest(
+                    store_id=store_id,
+                    customer_id=customer.customer_id,
+                    currency_code="EUR",
+                    line_items=[
+                        order_pb2.OrderLineItem(
+                            sku="S", name=name or "n", quantity=quantity, unit_price_minor=100
+                        )
+                    ],
+                )
+            )
+        if points:
+            stubs.loyalty.AddLoyaltyPoints(
+                loyalty_pb.AddLoyaltyPointsRequest(
+                    store_id=store_id, customer_id=customer.customer_id, points=points, reason="r"
+                )
+            )
+        ids.append(customer.customer_id)
+    return ids
+
+
+def snapshot(stubs: Stubs, store_id: int, ids: list[int]) -> list[object]:
+    """Everything store `store_id` shows about these customers, and its lists."""
+    seen: list[object] = [
+        stubs.customers.ListCustomers(
+            customer_service_pb2.ListCustomersRequest(store_id=store_id, page_size=500)
+        ),
+        stubs.orders.ListOrders(
+            order_service_pb2.ListOrdersRequest(store_id=store_id, page_size=500)
+        ),
+    ]
+    for cid in ids:
+        seen += [
+            stubs.customers.GetCustomer(
+                customer_service_pb2.GetCustomerRequest(store_id=store_id, customer_id=cid)
+            ),
+            stubs.history.GetCustomerOrderStats(
+                customer_orders_pb.GetCustomerOrderStatsRequest(store_id=store_id, customer_id=cid)
+            ),
+            stubs.loyalty.GetCustomerLoyalty(
+                loyalty_pb.GetCustomerLoyaltyRequest(store_id=store_id, customer_id=cid)
+            ),
+        ]
+    return seen
+
+
+def attacks(stubs: Stubs, store_id: int, cid: int, order_id: int) -> list[Callable[[], object]]:
+    """Every RPC that names a customer or an order, aimed at them from `store_id`."""
+    b = store_id
+    return [
+        lambda: stubs.customers.GetCustomer(
+            customer_service_pb2.GetCustomerRequest(store_id=b, customer_id=cid)
+        ),
+        lambda: stubs.customers.UpdateCustomer(
+            customer_service_pb2.UpdateCustomerRequest(
+                store_id=b, customer_id=cid, customer=customer_pb2.Customer(first_name="pwned")
+            )
+        ),
+        lambda: stubs.customers.SetCustomerStatus(
+            customer_service_pb2.SetCustomerStatusRequest(
+                store_id=b, customer_id=cid, status=customer_pb2.CUSTOMER_STATUS_INACTIVE
+            )
+        ),
+        lambda: stubs.customers.ChangeCustomerPassword(
+            customer_service_pb2.ChangeCustomerPasswordRequest(
+                store_id=b, customer_id=cid, new_password="pwned-password"
+            )
+        ),
+        lambda: stubs.customers.CreateCustomerAddress(
+            customer_service_pb2.CreateCustomerAddressRequest(
+                store_id=b,
+                customer_id=cid,
+                address=customer_pb2.CustomerAddress(
+                    recipient_name="x", address_line1="x", city="x", country_code="DE"
+                ),
+            )
+        ),
+        lambda: stubs.customers.ListCustomerAddresses(
+            customer_service_pb2.ListCustomerAddressesRequest(store_id=b, customer_id=cid)
+        ),
+        lambda: stubs.customers.GetCustomerMetrics(
+            customer_service_pb2.GetCustomerMetricsRequest(store_id=b, customer_id=cid)
+        ),
+        lambda: stubs.orders.CreateOrder(
+            order_service_pb2.CreateOrderRequest(
+                store_id=b,
+                customer_id=cid,
+                currency_code="EUR",
+                line_items=[
+                    order_pb2.OrderLineItem(sku="S", name="n", quantity=1, unit_price_minor=1)
+                ],
+            )
+        ),
+        lambda: stubs.orders.GetOrder(
+            order_service_pb2.GetOrderRequest(store_id=b, order_id=order_id)
+        ),
+        lambda: stubs.orders.UpdateOrderStatus(
+            order_service_pb2.UpdateOrderStatusRequest(
+                store_id=b, order_id=order_id, status=order_pb2.ORDER_STATUS_CANCELLED
+            )
+        ),
+        lambda: stubs.history.ListCustomerOrders(
+            customer_orders_pb.ListCustomerOrdersRequest(store_id=b, customer_id=cid)
+        ),
+        lambda: stubs.history.GetRecentCustomerOrders(
+            customer_orders_pb.GetRecentCustomerOrdersRequest(store_id=b, customer_id=cid)
+        ),
+        lambda: stubs.history.GetCustomerOrderCount(
+            customer_orders_pb.GetCustomerOrderCountRequest(store_id=b, customer_id=cid)
+        ),
+        lambda: stubs.history.GetCustomerOrderStats(
+            customer_orders_pb.GetCustomerOrderStatsRequest(store_id=b, customer_id=cid)
+        ),
+        lambda: stubs.loyalty.GetCustomerLoyalty(
+            loyalty_pb.GetCustomerLoyaltyRequest(store_id=b, customer_id=cid)
+        ),
+        lambda: stubs.loyalty.AddLoyaltyPoints(
+            loyalty_pb.AddLoyaltyPointsRequest(store_id=b, customer_id=cid, points=5, reason="r")
+        ),
+        lambda: stubs.loyalty.RedeemLoyaltyPoints(
+            loyalty_pb.RedeemLoyaltyPointsRequest(store_id=b, customer_id=cid, points=1, reason="r")
+        ),
+    ]
+
+
+def store_ids(message: Message) -> set[int]:
+    """Every store_id anywhere in a message."""
+    found = set()
+    for field, value in message.ListFields():
+        if field.name == "store_id":
+            found.add(value)
+        elif field.type == field.TYPE_MESSAGE:
+            for item in value if field.is_repeated else [value]:
+                found |= store_ids(item)
+    return found
+
+
+def test_store_b_never_reads_counts_or_changes_store_a(target):
+    stubs = Stubs(target.channel)
+    a, b = target.store_id, target.other_store_id
+
+    # Each example writes a few dozen rows and makes ~100 calls: a third of the examples.
+    @settings(max_examples=max(10, settings.default.max_examples // 3))
+    @given(NEW_CUSTOMERS, NEW_CUSTOMERS)
+    def isolated(in_a: list[tuple[str, int, int]], in_b: list[tuple[str, int, int]]) -> None:
+        a_ids = populate(stubs, a, in_a)
+        populate(stubs, b, in_b)
+        a_emails = {
+            stubs.customers.GetCustomer(
+                customer_service_pb2.GetCustomerRequest(store_id=a, customer_id=cid)
+            ).customer.email
+            for cid in a_ids
+        }
+        request = order_service_pb2.ListOrdersRequest(store_id=a, page_size=1)
+        a_orders = stubs.orders.ListOrders(request).orders
+        before = snapshot(stubs, a, a_ids)
+        # Ids are numbered per store, so A's customer 5 and B's customer 5 are two
+        # customers: B's calls may succeed, on B's own rows, never on A's.
+        for cid in a_ids:
+            order_id = a_orders[0].order_id if a_orders else 10**12
+            for attack in attacks(stubs, b, cid, order_id):
+                code, answer = outcome(attack)
+                assert code in DOCUMENTED, (code, answer)
+                if code == Code.OK:
+                    assert store_ids(answer) <= {b}, answer
+                    assert not any(email in str(answer) for email in a_emails), answer
+        for listed in snapshot(stubs, b, [])[:2]:
+            assert store_ids(listed) <= {b}
+            assert not any(email in str(listed) for email in a_emails)
+        assert snapshot(stubs, a, a_ids) == before
+
+    isolated()
     assert_still_serving(target)
