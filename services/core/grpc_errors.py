@@ -47,6 +47,33 @@ UNAVAILABLE_ERRORS = (
 # overloaded (RESOURCE_EXHAUSTED), the database itself may be fine.
 POOL_EXHAUSTED_ERRORS = (sa_exc.TimeoutError,)
 
+# SQLSTATEs of a server that is gone or not ready: connection exceptions (class 08:
+# "connection was closed in the middle of operation" is 08003) and operator
+# intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 still starting up).
+_UNAVAILABLE_SQLSTATES = ("08", "57P")
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether an error means "the database is out of reach", looking through the
+    chain of errors SQLAlchemy and the driver wrap around each other (a connection
+    lost mid-statement arrives as a plain DBAPIError around the driver's error)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        link = pending.pop()
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        if isinstance(link, UNAVAILABLE_ERRORS):
+            return True
+        if isinstance(link, sa_exc.DBAPIError) and link.connection_invalidated:
+            return True
+        sqlstate = getattr(link, "sqlstate", None) or getattr(link, "pgcode", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
+        pending += [link.__cause__, link.__context__]
+    return False
+
 
 # PostgreSQL's query_canceled and lock_not_available: the statement and lock timeouts
 # a transaction takes from the caller's deadline (services.core.tenancy).

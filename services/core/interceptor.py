@@ -17,9 +17,9 @@ from services.core import deadlines, metrics
 from services.core.errors import DomainError
 from services.core.grpc_errors import (
     POOL_EXHAUSTED_ERRORS,
-    UNAVAILABLE_ERRORS,
     domain_of,
     is_deadline_timeout,
+    is_unavailable,
     plain_status,
     status_for,
 )
@@ -109,15 +109,15 @@ def _guard(behavior: Behavior, method: str) -> Behavior:
 
 def _failure_status(error: Exception, method: str, *, deadline_passed: bool) -> grpc.Status:
     """The status of a failure that is not a domain error."""
-    waited = (*UNAVAILABLE_ERRORS, *POOL_EXHAUSTED_ERRORS)
-    if is_deadline_timeout(error) or (deadline_passed and isinstance(error, waited)):
+    waited = is_unavailable(error) or isinstance(error, POOL_EXHAUSTED_ERRORS)
+    if is_deadline_timeout(error) or (deadline_passed and waited):
         return plain_status(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
     if isinstance(error, POOL_EXHAUSTED_ERRORS):
         logger.warning("no free database connection for %s", method)
         return plain_status(
             grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: no database connection free"
         )
-    if isinstance(error, UNAVAILABLE_ERRORS):
+    if is_unavailable(error):
         logger.warning("database unavailable in %s: %s", method, type(error).__name__)
         return plain_status(grpc.StatusCode.UNAVAILABLE, "service temporarily unavailable")
     logger.exception("unexpected error in %s", method)
