@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.core.callers import CallerAuthInterceptor, load_callers
 from services.core.customer_metrics import CustomerMetricsRegistry
-from services.core.database import UnitOfWork, create_engine, create_session_factory, utc_now
+from services.core.database import (
+    UnitOfWork,
+    create_engine,
+    create_session_factory,
+    is_sqlite,
+    utc_now,
+)
 from services.core.idempotency import forget_expired
 from services.core.interceptor import RpcInterceptor
 from services.core.metrics import serve_metrics
@@ -76,7 +82,9 @@ class Application:
         self._sessions = create_session_factory(self.engine)
         self.passwords = PasswordHasher(settings.bcrypt_rounds, settings.password_hash_workers)
         self.health = health.aio.HealthServicer()
-        interceptors: list[grpc.aio.ServerInterceptor] = [RpcInterceptor()]
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            RpcInterceptor(finish_abandoned_calls=is_sqlite(settings.database_url))
+        ]
         if settings.caller_tokens_file:
             # First, so that a refused call reaches no servicer.
             interceptors.insert(0, CallerAuthInterceptor(load_callers(settings.caller_tokens_file)))

@@ -33,8 +33,18 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
+    """Deadlines, error statuses, metrics and the log line of every unary RPC.
+
+    `finish_abandoned_calls`: when a caller hangs up or its deadline passes, answer
+    it at once but let the servicer run to its end instead of cancelling it midway.
+    The embedded SQLite database needs it: a task cancelled inside SQLAlchemy's
+    aiosqlite adapter can leave its pooled connection checked out for good, and that
+    database has one. (On PostgreSQL, asyncpg cancels cleanly and the transaction's
+    statement timeout stops the work server-side.)"""
+
+    def __init__(self, *, finish_abandoned_calls: bool = False) -> None:
         self._wrapped: dict[str, Handler] = {}
+        self._finish = finish_abandoned_calls
 
     async def intercept_service(
         self,
@@ -50,7 +60,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             return handler  # streaming services (reflection, health) handle their own errors
         wrapped = grpc.unary_unary_rpc_method_handler(
             # grpc.aio calls the behaviours it registers with an aio context and awaits them.
-            _guard(cast(Behavior, handler.unary_unary), method),
+            _guard(cast(Behavior, handler.unary_unary), method, finish=self._finish),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -58,7 +68,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
-def _guard(behavior: Behavior, method: str) -> Behavior:
+def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
     domain = domain_of(method)
     service, _, name = method.lstrip("/").partition("/")
     started = metrics.STARTED.labels("unary", service, name)
@@ -83,8 +93,9 @@ def _guard(behavior: Behavior, method: str) -> Behavior:
             deadline = asyncio.timeout(time_remaining)
             try:
                 with deadlines.bounded_by(time_remaining):
+                    work = behavior(request, context)
                     async with deadline:
-                        return await behavior(request, context)
+                        return await (_finished_anyway(work) if finish else work)
             except DomainError as error:
                 status = status_for(error, domain)
             except grpc.aio.AbortError:
@@ -105,6 +116,28 @@ def _guard(behavior: Behavior, method: str) -> Behavior:
                 _log(method, request, code, elapsed)
 
     return guarded
+
+
+# Abandoned calls still running (a reference keeps each task alive until it ends).
+_abandoned: set[asyncio.Task[Any]] = set()
+
+
+async def _finished_anyway(work: Awaitable[Any]) -> Any:
+    """Awaits `work` in a task of its own that cancelling this await leaves running."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except BaseException:
+        if not task.done():
+            _abandoned.add(task)
+            task.add_done_callback(_forget_abandoned)
+        raise
+
+
+def _forget_abandoned(task: asyncio.Task[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.info("an abandoned call ended with %s", type(task.exception()).__name__)
 
 
 def _failure_status(error: Exception, method: str, *, deadline_passed: bool) -> grpc.Status:
