@@ -11,6 +11,9 @@ from pythonjsonlogger.json import JsonFormatter
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s"
 
 
+QUIET_DRIVER_LOGGERS = ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool")
+
+
 def configure_logging(level: str, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
@@ -28,3 +31,7 @@ def configure_logging(level: str, log_format: str) -> None:
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Database drivers log each statement with its bound values at DEBUG (aiosqlite
+    # does): password hashes and emails. Our own DEBUG must never switch that on.
+    for driver in QUIET_DRIVER_LOGGERS:
+        logging.getLogger(driver).setLevel(max(logging.INFO, logging.getLevelName(level)))

@@ -3,6 +3,7 @@ workers and TLS. Each test starts the real entry point as a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -108,6 +109,40 @@ def test_one_log_line_per_rpc_without_secrets(tmp_path, sqlite_env):
     assert PASSWORD not in everything
     assert "secret.person" not in everything
     assert "$2b$" not in everything
+
+
+def test_no_secret_reaches_any_log_line_even_at_debug(tmp_path, sqlite_env):
+    """Every password-bearing RPC, succeeding and failing in every way it can, with
+    the server logging at DEBUG: no line holds a password or a bcrypt hash."""
+    first, second, wrong, short, long = "first pw 1", "second pw 2", "wrong pw 3", "tiny", "ü" * 40
+    email = "debug.person@example.com"
+    requests = [
+        ("CreateCustomer", pb.CreateCustomerRequest(email=email, password=first)),
+        ("CreateCustomer", pb.CreateCustomerRequest(email="b" + email, password=short)),
+        ("CreateCustomer", pb.CreateCustomerRequest(email="c" + email, password=long)),
+    ]
+    for guess in (first, wrong, long):
+        for login in (email, "nobody@example.com"):
+            request = pb.AuthenticateCustomerRequest(email=login, password=guess)
+            requests.append(("AuthenticateCustomer", request))
+    for current, new in ((wrong, second), (first, short), (first, second)):
+        request = pb.ChangeCustomerPasswordRequest(
+            customer_id=1, current_password=current, new_password=new
+        )
+        requests.append(("ChangeCustomerPassword", request))
+    with running_server(tmp_path, sqlite_env, "--log-level", "debug") as server:
+        customers = stub(server.target)
+        for method, request in requests:
+            request.store_id = 1
+            with contextlib.suppress(grpc.RpcError):
+                getattr(customers, method)(request, timeout=10)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+    log = server.output()
+    assert log.count("commerce.rpc") == len(requests)  # it logged, at DEBUG
+    for secret in (first, second, wrong, short, long):
+        assert secret not in log
+    assert re.search(r"\$2[aby]?\$\d\d\$", log) is None  # no bcrypt hash
 
 
 def test_metrics_count_calls_by_method_and_code(tmp_path, sqlite_env):
