@@ -31,7 +31,8 @@ def configure_logging(level: str, log_format: str) -> None:
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    # Database drivers log each statement with its bound values at DEBUG (aiosqlite
-    # does): password hashes and emails. Our own DEBUG must never switch that on.
+    # Database drivers log each statement, aiosqlite with its bound values (password
+    # hashes, emails), at DEBUG; SQLAlchemy logs statements at INFO. Our own levels
+    # never switch that on.
     for driver in QUIET_DRIVER_LOGGERS:
-        logging.getLogger(driver).setLevel(max(logging.INFO, logging.getLevelName(level)))
+        logging.getLogger(driver).setLevel(max(logging.WARNING, logging.getLevelName(level)))
