@@ -14,6 +14,7 @@ from commerce.customers.v1 import customer_pb2, customer_service_pb2_grpc
 from google.protobuf import field_mask_pb2
 from sqlalchemy import update
 
+from services.core import metrics
 from services.core.database import UnitOfWork
 from services.customers.models import Customer
 from services.server import Application
@@ -49,6 +50,18 @@ async def server_with(
         await app.stop(grace=0)
 
 
+async def in_flight(count: int) -> None:
+    """Waits until the customers servicer runs `count` calls (the servers of a test
+    process share its metrics; no other call runs meanwhile)."""
+    gauge = metrics.IN_FLIGHT.labels("commerce.customers.v1.CustomerService")
+    for _ in range(200):
+        if gauge._value.get() >= count:
+            await asyncio.sleep(0.1)  # from the interceptor into the database call
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never saw {count} calls in flight")
+
+
 def rename(stub, store_id: int, customer_id: int, *, timeout: float = 20):
     return stub.UpdateCustomer(
         pb.UpdateCustomerRequest(
@@ -77,7 +90,7 @@ async def test_rpcs_beyond_the_concurrency_limit_are_refused_at_once(
     async with server_with(settings, max_concurrent_rpcs=2) as limited:
         async with locked(sessions, store_id, cid):
             waiting = [asyncio.ensure_future(rename(limited, store_id, cid)) for _ in range(2)]
-            await asyncio.sleep(0.5)  # both are in the server, waiting for the lock
+            await in_flight(2)  # both are in the server, waiting for the lock
             loop = asyncio.get_running_loop()
             began = loop.time()
             await rpc_error(
@@ -107,7 +120,7 @@ async def test_a_busy_connection_pool_answers_resource_exhausted_or_the_deadline
     async with server_with(settings, db_pool_size=1, db_connect_timeout=0.5) as small:
         async with locked(sessions, store_id, cid):
             holding = asyncio.ensure_future(rename(small, store_id, cid))
-            await asyncio.sleep(0.5)  # it holds the only pooled connection
+            await in_flight(1)  # it holds the only pooled connection
             get = pb.GetCustomerRequest(store_id=store_id, customer_id=cid)
             failure = await rpc_error(small.GetCustomer(get, timeout=20), Code.RESOURCE_EXHAUSTED)
             assert failure.message == "server busy: no database connection free"
