@@ -68,8 +68,13 @@ class Settings(BaseSettings):
     keepalive_seconds: float = Field(
         default=60.0,
         ge=1,
-        description="idle time after which the server pings a connection; a peer that "
-        "does not answer within 20 s is dropped, with its calls",
+        description="idle time after which the server pings a connection",
+    )
+    keepalive_timeout_seconds: float = Field(
+        default=20.0,
+        ge=1,
+        description="a peer that does not answer a keepalive ping within this is "
+        "dropped, with its calls",
     )
     caller_tokens_file: str = Field(
         default="",

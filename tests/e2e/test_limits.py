@@ -128,3 +128,50 @@ async def test_a_busy_connection_pool_answers_resource_exhausted_or_the_deadline
             await rpc_error(small.GetCustomer(get, timeout=0.2), Code.DEADLINE_EXCEEDED)
         assert (await holding).customer.first_name == "Renamed"
         assert (await small.GetCustomer(get)).customer.first_name == "Renamed"
+
+
+async def silent_peer(port: int, seconds: float) -> bool:
+    """Opens an HTTP/2 connection like a client that then dies without closing it: it
+    acknowledges the server's SETTINGS but never answers a PING. True when the server
+    closes the connection within `seconds`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    await writer.drain()
+    settings_ack = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
+    try:
+        async with asyncio.timeout(seconds):
+            while header := await reader.read(9):
+                if len(header) < 9:
+                    header += await reader.readexactly(9 - len(header))
+                length, kind, flags = int.from_bytes(header[:3]), header[3], header[4]
+                await reader.readexactly(length)
+                if kind == 0x4 and not flags & 0x1:  # the server's SETTINGS
+                    writer.write(settings_ack)
+                    await writer.drain()
+            return True  # end of stream: the server hung up
+    except TimeoutError:
+        return False
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return True
+    finally:
+        writer.close()
+
+
+async def test_keepalive_drops_a_peer_that_stopped_answering(settings):
+    app = Application(
+        settings.model_copy(update={"keepalive_seconds": 1, "keepalive_timeout_seconds": 1}),
+        ["customers"],
+    )
+    port = await app.start("127.0.0.1:0")
+    try:
+        assert await silent_peer(port, seconds=10)  # pinged after 1 s, dropped 1 s later
+    finally:
+        await app.stop(grace=0)
+    # The control: with the default minute of keepalive, the same peer is still
+    # connected after 4 s, so it was the keepalive that dropped it.
+    app = Application(settings, ["customers"])
+    port = await app.start("127.0.0.1:0")
+    try:
+        assert not await silent_peer(port, seconds=4)
+    finally:
+        await app.stop(grace=0)
