@@ -18,6 +18,7 @@ class RpcFailure:
     error_info: error_details_pb2.ErrorInfo | None = None
     bad_request: error_details_pb2.BadRequest | None = None
     resource_info: error_details_pb2.ResourceInfo | None = None
+    retry_info: error_details_pb2.RetryInfo | None = None
     details: list[Any] = field(default_factory=list)
 
     @property
@@ -26,7 +27,7 @@ class RpcFailure:
         return {violation.field for violation in self.bad_request.field_violations}
 
 
-def parse(error: grpc.aio.AioRpcError) -> RpcFailure:
+def parse(error: grpc.aio.AioRpcError | grpc.RpcError) -> RpcFailure:
     failure = RpcFailure(code=error.code(), message=error.details() or "")
     for key, value in error.trailing_metadata() or ():
         if key != "grpc-status-details-bin":
@@ -38,6 +39,7 @@ def parse(error: grpc.aio.AioRpcError) -> RpcFailure:
                 (error_details_pb2.ErrorInfo, "error_info"),
                 (error_details_pb2.BadRequest, "bad_request"),
                 (error_details_pb2.ResourceInfo, "resource_info"),
+                (error_details_pb2.RetryInfo, "retry_info"),
             ):
                 if packed.Is(kind.DESCRIPTOR):
                     detail = kind()

@@ -8,6 +8,7 @@ with its traceback and the caller gets INTERNAL with no detail."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -124,6 +125,18 @@ def status_for(error: DomainError, domain: str) -> grpc.Status:
 def plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
     """A status with no detail beyond its message."""
     return _status(code, message, [])
+
+
+def retry_status(
+    code: grpc.StatusCode, message: str, *, reason: str, retry_after: timedelta
+) -> grpc.Status:
+    """A status that says: nothing was wrong with the request, try it again after
+    `retry_after` (google.rpc.RetryInfo, which gRPC clients in every language read)."""
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromTimedelta(retry_after)
+    return _status(
+        code, message, [error_details_pb2.ErrorInfo(reason=reason, domain="commerce"), retry]
+    )
 
 
 def _status(code: grpc.StatusCode, message: str, details: list[Any]) -> grpc.Status:

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeAlias, cast
 
 import grpc
@@ -21,6 +22,7 @@ from services.core.grpc_errors import (
     is_deadline_timeout,
     is_unavailable,
     plain_status,
+    retry_status,
     status_for,
 )
 
@@ -118,6 +120,11 @@ def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
     return guarded
 
 
+# What RetryInfo tells callers to wait before trying again: a lost database takes
+# seconds to come back (health probes it every 2 s); a busy pool frees up sooner.
+UNAVAILABLE_RETRY_AFTER = timedelta(seconds=1)
+BUSY_RETRY_AFTER = timedelta(milliseconds=200)
+
 # Abandoned calls still running (a reference keeps each task alive until it ends).
 _abandoned: set[asyncio.Task[Any]] = set()
 
@@ -147,12 +154,20 @@ def _failure_status(error: Exception, method: str, *, deadline_passed: bool) -> 
         return plain_status(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
     if isinstance(error, POOL_EXHAUSTED_ERRORS):
         logger.warning("no free database connection for %s", method)
-        return plain_status(
-            grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: no database connection free"
+        return retry_status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "server busy: no database connection free",
+            reason="SERVER_BUSY",
+            retry_after=BUSY_RETRY_AFTER,
         )
     if is_unavailable(error):
         logger.warning("database unavailable in %s: %s", method, type(error).__name__)
-        return plain_status(grpc.StatusCode.UNAVAILABLE, "service temporarily unavailable")
+        return retry_status(
+            grpc.StatusCode.UNAVAILABLE,
+            "service temporarily unavailable",
+            reason="DATABASE_UNAVAILABLE",
+            retry_after=UNAVAILABLE_RETRY_AFTER,
+        )
     logger.exception("unexpected error in %s", method)
     return plain_status(grpc.StatusCode.INTERNAL, "internal error")
 

@@ -28,6 +28,7 @@ from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2
 
 from tests.e2e.helpers import pb
+from tests.errors import parse
 from tests.process import (
     clean_environment,
     commerce,
@@ -121,7 +122,15 @@ def test_health_and_calls_follow_the_database(tmp_path, cluster):
         try:
             wait_for(lambda: health_status(server.port, CUSTOMERS) == NOT_SERVING, timeout=20)
             assert health_status(server.port) == NOT_SERVING
-            assert get_customer_code(server.target) == grpc.StatusCode.UNAVAILABLE
+            channel = grpc.insecure_channel(server.target)
+            stub = customer_service_pb2_grpc.CustomerServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as lost:
+                stub.GetCustomer(pb.GetCustomerRequest(store_id=1, customer_id=1), timeout=10)
+            channel.close()
+            failure = parse(lost.value)
+            assert failure.code == grpc.StatusCode.UNAVAILABLE
+            assert failure.error_info.reason == "DATABASE_UNAVAILABLE"
+            assert failure.retry_info.retry_delay.seconds == 1
         finally:
             cluster.start()
 

@@ -124,6 +124,8 @@ async def test_a_busy_connection_pool_answers_resource_exhausted_or_the_deadline
             get = pb.GetCustomerRequest(store_id=store_id, customer_id=cid)
             failure = await rpc_error(small.GetCustomer(get, timeout=20), Code.RESOURCE_EXHAUSTED)
             assert failure.message == "server busy: no database connection free"
+            assert failure.error_info.reason == "SERVER_BUSY"
+            assert failure.retry_info.retry_delay.ToMilliseconds() == 200
             # With a deadline shorter than the pool's wait, the deadline answers first.
             await rpc_error(small.GetCustomer(get, timeout=0.2), Code.DEADLINE_EXCEEDED)
         assert (await holding).customer.first_name == "Renamed"
