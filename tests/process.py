@@ -75,7 +75,7 @@ def health_status(
     with channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=1
+                health_pb2.HealthCheckRequest(service=service), timeout=5
             )
         except grpc.RpcError:
             return None
