@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -57,6 +58,13 @@ def utc_now() -> datetime:
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
+
+
+def upsert_insert(session: AsyncSession, table: type[Base]) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT on `table` with ON CONFLICT clauses, in the session's dialect: only
+    PostgreSQL's and SQLite's own insert() have them."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 10.0) -> AsyncEngine:

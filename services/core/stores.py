@@ -8,11 +8,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import BigInteger, ForeignKey, Integer, String, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.core.database import Base, UtcDateTime, utc_now
+from services.core.database import Base, UtcDateTime, upsert_insert, utc_now
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
@@ -66,9 +65,8 @@ async def next_store_number(session: AsyncSession, store_id: int, counter: str) 
     transaction. The counter row stays locked until that transaction ends, so
     concurrent callers (in any process) get distinct numbers, and a rolled-back
     transaction gives its number back. Call it late to hold the lock briefly."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     statement = (
-        insert(StoreCounter)
+        upsert_insert(session, StoreCounter)
         .values(store_id=store_id, name=counter, value=1)
         .on_conflict_do_update(
             index_elements=[StoreCounter.store_id, StoreCounter.name],

@@ -9,11 +9,10 @@ from datetime import datetime
 from enum import IntEnum
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.core.customer_metrics import CustomerMetric
-from services.core.database import utc_now
+from services.core.database import upsert_insert, utc_now
 from services.core.errors import FailedPrecondition, InvalidArgument, Violations
 from services.core.idempotency import RequestKey, create_once, remember
 from services.core.stores import check_store_id, next_store_number
@@ -233,10 +232,8 @@ async def _apply(session: AsyncSession, store_id: int, customer_id: int, delta: 
     """Moves the balance by `delta` in one conditional UPDATE, which also locks the
     account until the transaction ends: concurrent movements of one customer queue
     there, and none can take the balance below zero."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     await session.execute(
-        insert(LoyaltyAccount)
+        upsert_insert(session, LoyaltyAccount)
         .values(store_id=store_id, customer_id=customer_id, points_balance=0, lifetime_points=0)
         .on_conflict_do_nothing(index_elements=["store_id", "customer_id"])
     )
