@@ -149,10 +149,11 @@ def _forget_abandoned(task: asyncio.Task[Any]) -> None:
 
 def _failure_status(error: Exception, method: str, *, deadline_passed: bool) -> grpc.Status:
     """The status of a failure that is not a domain error."""
-    waited = is_unavailable(error) or isinstance(error, POOL_EXHAUSTED_ERRORS)
-    if is_deadline_timeout(error) or (deadline_passed and waited):
+    unavailable = is_unavailable(error)
+    pool_exhausted = isinstance(error, POOL_EXHAUSTED_ERRORS)
+    if is_deadline_timeout(error) or (deadline_passed and (unavailable or pool_exhausted)):
         return plain_status(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-    if isinstance(error, POOL_EXHAUSTED_ERRORS):
+    if pool_exhausted:
         logger.warning("no free database connection for %s", method)
         return retry_status(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -160,7 +161,7 @@ def _failure_status(error: Exception, method: str, *, deadline_passed: bool) -> 
             reason="SERVER_BUSY",
             retry_after=BUSY_RETRY_AFTER,
         )
-    if is_unavailable(error):
+    if unavailable:
         logger.warning("database unavailable in %s: %s", method, type(error).__name__)
         return retry_status(
             grpc.StatusCode.UNAVAILABLE,
