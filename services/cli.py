@@ -148,6 +148,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         from services.supervisor import supervise
 
         return supervise(settings)
+    from services.supervisor import stop_with_supervisor
+
+    stop_with_supervisor()  # first thing; a no-op unless this is a supervised worker
     from services.server import module_problem, serve  # late: other commands need no grpc
 
     if problem := module_problem(settings.module_names):

@@ -27,6 +27,8 @@ QUICK_FAILURE_SECONDS = 5.0
 MAX_QUICK_FAILURES = 5
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# Tells a worker the pid of the supervisor it must not outlive.
+SUPERVISOR_PID = "COMMERCE_SUPERVISOR_PID"
 
 
 class Supervisor:
@@ -49,14 +51,11 @@ class Supervisor:
             32
         )
         env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        env[SUPERVISOR_PID] = str(os.getpid())
         return env
 
     def start_worker(self, env: dict[str, str]) -> None:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve"],
-            env=env,
-            preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
-        )
+        process = subprocess.Popen([sys.executable, "-m", "services.cli", "serve"], env=env)
         self.workers[process.pid] = (process, time.monotonic())
         logger.info("worker %d started", process.pid)
 
@@ -131,14 +130,19 @@ class Supervisor:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def _stop_with_parent() -> None:
-    """Runs in a new worker before it starts Python: the kernel sends the worker SIGTERM
-    when the supervisor dies, even by SIGKILL, so no worker outlives it and holds the
-    port and database connections. (The supervisor is single-threaded, which
-    preexec_fn needs.)"""
+def stop_with_supervisor() -> None:
+    """Called by a worker as it starts: the kernel then sends it SIGTERM when its
+    supervisor dies, even by SIGKILL, so that no worker outlives it holding the port
+    and database connections. (Done in the worker rather than in a preexec_fn: the
+    supervisor may run its metrics thread, and forking with threads forbids it.)"""
+    supervisor = os.environ.get(SUPERVISOR_PID)
+    if supervisor is None or sys.platform != "linux":
+        return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != int(supervisor):  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def supervise(settings: Settings) -> int:
