@@ -38,16 +38,26 @@ async def locked(sessions, store_id: int, customer_id: int) -> AsyncIterator[Non
 
 
 @asynccontextmanager
-async def server_with(
-    settings, **limits: object
-) -> AsyncIterator[customer_service_pb2_grpc.CustomerServiceStub]:
-    app = Application(settings.model_copy(update=limits), ["customers"])
+async def started(settings, **changes: object) -> AsyncIterator[int]:
+    """The port of a customers-only server with these settings changed."""
+    app = Application(settings.model_copy(update=changes), ["customers"])
     port = await app.start("127.0.0.1:0")
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield customer_service_pb2_grpc.CustomerServiceStub(channel)
+        yield port
     finally:
         await app.stop(grace=0)
+
+
+@asynccontextmanager
+async def server_with(
+    settings, **changes: object
+) -> AsyncIterator[customer_service_pb2_grpc.CustomerServiceStub]:
+    """A stub on a customers-only server with these settings changed."""
+    async with (
+        started(settings, **changes) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        yield customer_service_pb2_grpc.CustomerServiceStub(channel)
 
 
 async def in_flight(count: int) -> None:
@@ -160,20 +170,9 @@ async def silent_peer(port: int, seconds: float) -> bool:
 
 
 async def test_keepalive_drops_a_peer_that_stopped_answering(settings):
-    app = Application(
-        settings.model_copy(update={"keepalive_seconds": 1, "keepalive_timeout_seconds": 1}),
-        ["customers"],
-    )
-    port = await app.start("127.0.0.1:0")
-    try:
+    async with started(settings, keepalive_seconds=1, keepalive_timeout_seconds=1) as port:
         assert await silent_peer(port, seconds=10)  # pinged after 1 s, dropped 1 s later
-    finally:
-        await app.stop(grace=0)
     # The control: with the default minute of keepalive, the same peer is still
     # connected after 4 s, so it was the keepalive that dropped it.
-    app = Application(settings, ["customers"])
-    port = await app.start("127.0.0.1:0")
-    try:
+    async with started(settings) as port:
         assert not await silent_peer(port, seconds=4)
-    finally:
-        await app.stop(grace=0)
