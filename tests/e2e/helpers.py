@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
+import grpc
 from commerce.customers.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
 from commerce.orders.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
+
+from services.core.settings import Settings
+from services.server import Application
 
 pb = customer_service_pb2
 PASSWORD = "correct horse battery"
@@ -46,3 +52,18 @@ async def create_order(
         order_service_pb2.CreateOrderRequest(store_id=store_id, customer_id=customer_id, **fields)
     )
     return response.order
+
+
+@asynccontextmanager
+async def serving(
+    settings: Settings, module_names: Sequence[str] | None = None
+) -> AsyncIterator[tuple[Application, grpc.aio.Channel]]:
+    """An in-process server of its own on a free loopback port, and a channel to it;
+    stopped at the end."""
+    app = Application(settings, module_names)
+    port = await app.start("127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield app, channel
+    finally:
+        await app.stop(grace=0)

@@ -14,8 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.core.callers import load_callers, token_digest
-from services.server import Application
-from tests.e2e.helpers import create_customer, pb
+from tests.e2e.helpers import create_customer, pb, serving
 from tests.errors import rpc_error
 from tests.process import clean_environment, commerce
 
@@ -37,13 +36,11 @@ async def guarded(settings, tmp_path: Path):
     support, support_line = new_caller("support")
     callers = tmp_path / "callers"
     callers.write_text(f"# who may call\n{billing_line}\n\n{support_line}  # the help desk\n")
-    app = Application(settings.model_copy(update={"caller_tokens_file": str(callers)}))
-    port = await app.start("127.0.0.1:0")
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield channel, billing, support
-    finally:
-        await app.stop(grace=0)
+    async with serving(settings.model_copy(update={"caller_tokens_file": str(callers)})) as (
+        _,
+        channel,
+    ):
+        yield channel, billing, support
 
 
 def bearer(token: str) -> list[tuple[str, str]]:

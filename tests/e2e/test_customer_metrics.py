@@ -6,8 +6,7 @@ from __future__ import annotations
 import grpc
 from commerce.customers.v1 import customer_service_pb2_grpc
 
-from services.server import Application
-from tests.e2e.helpers import create_customer, create_order, line, pb
+from tests.e2e.helpers import create_customer, create_order, line, pb, serving
 from tests.errors import rpc_error
 
 
@@ -62,20 +61,15 @@ async def test_metrics_come_from_the_mounted_orders_module(customers, orders, st
 
 async def test_without_orders_mounted_there_are_no_metrics(settings, customers, store_id):
     ann = await create_customer(customers, store_id)
-    app = Application(settings, ["customers"])
-    port = await app.start("127.0.0.1:0")
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = customer_service_pb2_grpc.CustomerServiceStub(channel)
-            response = await stub.GetCustomerMetrics(
-                pb.GetCustomerMetricsRequest(store_id=store_id, customer_id=ann.customer_id)
-            )
-            assert list(response.metrics) == []
-            await rpc_error(
-                stub.GetCustomerMetrics(
-                    pb.GetCustomerMetricsRequest(store_id=store_id, customer_id=404)
-                ),
-                grpc.StatusCode.NOT_FOUND,
-            )
-    finally:
-        await app.stop(grace=0)
+    async with serving(settings, ["customers"]) as (_, channel):
+        stub = customer_service_pb2_grpc.CustomerServiceStub(channel)
+        response = await stub.GetCustomerMetrics(
+            pb.GetCustomerMetricsRequest(store_id=store_id, customer_id=ann.customer_id)
+        )
+        assert list(response.metrics) == []
+        await rpc_error(
+            stub.GetCustomerMetrics(
+                pb.GetCustomerMetricsRequest(store_id=store_id, customer_id=404)
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        )

@@ -17,8 +17,7 @@ from sqlalchemy import update
 from services.core import metrics
 from services.core.database import UnitOfWork
 from services.customers.models import Customer
-from services.server import Application
-from tests.e2e.helpers import create_customer, pb
+from tests.e2e.helpers import create_customer, pb, serving
 from tests.errors import rpc_error
 
 Code = grpc.StatusCode
@@ -38,25 +37,11 @@ async def locked(sessions, store_id: int, customer_id: int) -> AsyncIterator[Non
 
 
 @asynccontextmanager
-async def started(settings, **changes: object) -> AsyncIterator[int]:
-    """The port of a customers-only server with these settings changed."""
-    app = Application(settings.model_copy(update=changes), ["customers"])
-    port = await app.start("127.0.0.1:0")
-    try:
-        yield port
-    finally:
-        await app.stop(grace=0)
-
-
-@asynccontextmanager
 async def server_with(
     settings, **changes: object
 ) -> AsyncIterator[customer_service_pb2_grpc.CustomerServiceStub]:
     """A stub on a customers-only server with these settings changed."""
-    async with (
-        started(settings, **changes) as port,
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
+    async with serving(settings.model_copy(update=changes), ["customers"]) as (_, channel):
         yield customer_service_pb2_grpc.CustomerServiceStub(channel)
 
 
@@ -170,9 +155,10 @@ async def silent_peer(port: int, seconds: float) -> bool:
 
 
 async def test_keepalive_drops_a_peer_that_stopped_answering(settings):
-    async with started(settings, keepalive_seconds=1, keepalive_timeout_seconds=1) as port:
-        assert await silent_peer(port, seconds=10)  # pinged after 1 s, dropped 1 s later
+    quick = settings.model_copy(update={"keepalive_seconds": 1, "keepalive_timeout_seconds": 1})
+    async with serving(quick, ["customers"]) as (app, _):
+        assert await silent_peer(app.port, seconds=10)  # pinged after 1 s, dropped 1 s later
     # The control: with the default minute of keepalive, the same peer is still
     # connected after 4 s, so it was the keepalive that dropped it.
-    async with started(settings) as port:
-        assert not await silent_peer(port, seconds=4)
+    async with serving(settings, ["customers"]) as (app, _):
+        assert not await silent_peer(app.port, seconds=4)

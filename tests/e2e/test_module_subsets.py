@@ -21,9 +21,8 @@ from services.core.database import UnitOfWork, create_engine, create_session_fac
 from services.core.settings import Settings
 from services.core.stores import create_store
 from services.migrations import upgrade
-from services.server import Application
 from tests.conftest import TEST_BCRYPT_ROUNDS
-from tests.e2e.helpers import PASSWORD, create_customer, create_order, pb
+from tests.e2e.helpers import PASSWORD, create_customer, create_order, pb, serving
 from tests.errors import rpc_error
 
 SERVICES = {
@@ -70,53 +69,49 @@ async def test_a_subset_of_modules_runs_alone(tmp_path, modules):
     for module, module_tables in TABLES.items():
         assert (module_tables <= tables) == (module in modules), module
 
-    app = Application(Settings(database_url=url, bcrypt_rounds=TEST_BCRYPT_ROUNDS), modules)
-    port = await app.start("127.0.0.1:0")
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            for module, services in SERVICES.items():
-                for service in services:
-                    check = health.Check(health_pb2.HealthCheckRequest(service=service))
-                    if module in modules:
-                        assert (await check).status == health_pb2.HealthCheckResponse.SERVING
-                    else:
-                        await rpc_error(check, grpc.StatusCode.NOT_FOUND)
+    async with serving(Settings(database_url=url, bcrypt_rounds=TEST_BCRYPT_ROUNDS), modules) as (
+        _,
+        channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        for module, services in SERVICES.items():
+            for service in services:
+                check = health.Check(health_pb2.HealthCheckRequest(service=service))
+                if module in modules:
+                    assert (await check).status == health_pb2.HealthCheckResponse.SERVING
+                else:
+                    await rpc_error(check, grpc.StatusCode.NOT_FOUND)
 
-            customers = customer_service_pb2_grpc.CustomerServiceStub(channel)
-            ann = await create_customer(customers, store_id, password=PASSWORD)
-            login = await customers.AuthenticateCustomer(
-                pb.AuthenticateCustomerRequest(
-                    store_id=store_id, email=ann.email, password=PASSWORD
-                )
-            )
-            assert login.customer == ann
+        customers = customer_service_pb2_grpc.CustomerServiceStub(channel)
+        ann = await create_customer(customers, store_id, password=PASSWORD)
+        login = await customers.AuthenticateCustomer(
+            pb.AuthenticateCustomerRequest(store_id=store_id, email=ann.email, password=PASSWORD)
+        )
+        assert login.customer == ann
 
-            orders = order_service_pb2_grpc.OrderServiceStub(channel)
-            placing = create_order(orders, store_id, ann.customer_id)
-            loyalty = customer_loyalty_service_pb2_grpc.CustomerLoyaltyServiceStub(channel)
-            adding = loyalty.AddLoyaltyPoints(
-                loyalty_pb.AddLoyaltyPointsRequest(
-                    store_id=store_id,
-                    customer_id=ann.customer_id,
-                    points=10,
-                    reason="hello",
-                    request_id=str(uuid.uuid4()),
-                )
+        orders = order_service_pb2_grpc.OrderServiceStub(channel)
+        placing = create_order(orders, store_id, ann.customer_id)
+        loyalty = customer_loyalty_service_pb2_grpc.CustomerLoyaltyServiceStub(channel)
+        adding = loyalty.AddLoyaltyPoints(
+            loyalty_pb.AddLoyaltyPointsRequest(
+                store_id=store_id,
+                customer_id=ann.customer_id,
+                points=10,
+                reason="hello",
+                request_id=str(uuid.uuid4()),
             )
-            if "orders" in modules:
-                assert (await placing).total_minor == 1000
-            else:
-                await rpc_error(placing, grpc.StatusCode.UNIMPLEMENTED)
-            if "loyalty" in modules:
-                assert (await adding).loyalty.points_balance == 10
-            else:
-                await rpc_error(adding, grpc.StatusCode.UNIMPLEMENTED)
+        )
+        if "orders" in modules:
+            assert (await placing).total_minor == 1000
+        else:
+            await rpc_error(placing, grpc.StatusCode.UNIMPLEMENTED)
+        if "loyalty" in modules:
+            assert (await adding).loyalty.points_balance == 10
+        else:
+            await rpc_error(adding, grpc.StatusCode.UNIMPLEMENTED)
 
-            # Customers serves the metrics of whichever consumers are mounted.
-            metrics = await customers.GetCustomerMetrics(
-                pb.GetCustomerMetricsRequest(store_id=store_id, customer_id=ann.customer_id)
-            )
-            assert {metric.source for metric in metrics.metrics} == set(modules) - {"customers"}
-    finally:
-        await app.stop(grace=0)
+        # Customers serves the metrics of whichever consumers are mounted.
+        metrics = await customers.GetCustomerMetrics(
+            pb.GetCustomerMetricsRequest(store_id=store_id, customer_id=ann.customer_id)
+        )
+        assert {metric.source for metric in metrics.metrics} == set(modules) - {"customers"}

@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from services.core.interceptor import RpcInterceptor
 from services.core.settings import Settings
 from services.server import Application
-from tests.e2e.helpers import create_customer, create_order, pb
+from tests.e2e.helpers import create_customer, create_order, pb, serving
 from tests.errors import rpc_error
 
 CUSTOMER_SERVICE = "commerce.customers.v1.CustomerService"
@@ -63,39 +63,34 @@ async def test_each_module_mounts_on_its_own(settings, customers, store_id, modu
     tables, not its RPCs), customers works without them, and each server lists and
     serves exactly what it mounted."""
     customer = await create_customer(customers, store_id)  # through the full server
-    app = Application(settings, modules)
-    port = await app.start("127.0.0.1:0")
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            assert await listed_services(channel) == {
-                *services,
-                "grpc.health.v1.Health",
-                "grpc.reflection.v1alpha.ServerReflection",
-            }
-            health = health_pb2_grpc.HealthStub(channel)
-            for service in services:
-                response = await health.Check(health_pb2.HealthCheckRequest(service=service))
-                assert response.status == health_pb2.HealthCheckResponse.SERVING
+    async with serving(settings, modules) as (app, channel):
+        assert await listed_services(channel) == {
+            *services,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in services:
+            response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
 
-            customer_call = customer_service_pb2_grpc.CustomerServiceStub(channel).GetCustomer(
-                pb.GetCustomerRequest(store_id=store_id, customer_id=customer.customer_id)
-            )
-            order_call = create_order(
-                order_service_pb2_grpc.OrderServiceStub(channel), store_id, customer.customer_id
-            )
-            if CUSTOMER_SERVICE in services:
-                assert (await customer_call).customer == customer
-            else:
-                await rpc_error(customer_call, grpc.StatusCode.UNIMPLEMENTED)
-            if "commerce.orders.v1.OrderService" in services:
-                assert (await order_call).customer == customer
-            else:
-                await rpc_error(order_call, grpc.StatusCode.UNIMPLEMENTED)
+        customer_call = customer_service_pb2_grpc.CustomerServiceStub(channel).GetCustomer(
+            pb.GetCustomerRequest(store_id=store_id, customer_id=customer.customer_id)
+        )
+        order_call = create_order(
+            order_service_pb2_grpc.OrderServiceStub(channel), store_id, customer.customer_id
+        )
+        if CUSTOMER_SERVICE in services:
+            assert (await customer_call).customer == customer
+        else:
+            await rpc_error(customer_call, grpc.StatusCode.UNIMPLEMENTED)
+        if "commerce.orders.v1.OrderService" in services:
+            assert (await order_call).customer == customer
+        else:
+            await rpc_error(order_call, grpc.StatusCode.UNIMPLEMENTED)
         # A consumer contributes customer metrics only when it is mounted.
         consumers = [module for module in modules if module != "customers"]
         assert list(app.customer_metrics.sources) == consumers
-    finally:
-        await app.stop(grace=0)
 
 
 async def test_health_turns_not_serving_at_shutdown(settings):
@@ -119,18 +114,13 @@ def test_unknown_module_is_refused(settings):
 async def test_lost_database_is_unavailable_not_unknown():
     # Nothing listens on port 1: every database call fails to connect.
     settings = Settings(database_url="postgresql://postgres@127.0.0.1:1/none", bcrypt_rounds=4)
-    app = Application(settings)
-    port = await app.start("127.0.0.1:0")
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = customer_service_pb2_grpc.CustomerServiceStub(channel)
-            failure = await rpc_error(
-                stub.GetCustomer(pb.GetCustomerRequest(store_id=1, customer_id=1)),
-                grpc.StatusCode.UNAVAILABLE,
-            )
-            assert "127.0.0.1" not in failure.message
-    finally:
-        await app.stop(grace=0)
+    async with serving(settings) as (_, channel):
+        stub = customer_service_pb2_grpc.CustomerServiceStub(channel)
+        failure = await rpc_error(
+            stub.GetCustomer(pb.GetCustomerRequest(store_id=1, customer_id=1)),
+            grpc.StatusCode.UNAVAILABLE,
+        )
+        assert "127.0.0.1" not in failure.message
 
 
 async def test_a_bug_is_internal_without_detail(caplog):
