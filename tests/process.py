@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import socket
@@ -11,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -138,6 +141,17 @@ def running_server(
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+async def walkthrough(*command: str, **options: Any) -> dict[str, Any]:
+    """Runs an example client (clients/) to its end without blocking the event loop
+    that may be serving it; the JSON object it prints last. It must exit 0."""
+    client = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options
+    )
+    stdout, stderr = await asyncio.wait_for(client.communicate(), timeout=120)
+    assert client.returncode == 0, stderr.decode()
+    return json.loads(stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def listeners(port: int) -> set[int]:

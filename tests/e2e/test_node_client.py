@@ -4,8 +4,6 @@ itself; this test also reads what it created back through the Python stubs."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -13,7 +11,7 @@ import subprocess
 import pytest
 from commerce.orders.v1 import customer_order_service_pb2, order_pb2, order_service_pb2
 
-from tests.process import ROOT
+from tests.process import ROOT, walkthrough
 
 NODE_CLIENT = ROOT / "clients" / "node"
 
@@ -33,8 +31,7 @@ def built_node_client() -> None:
 async def test_node_client_walks_through_customers_orders_and_errors(
     built_node_client, server, store_id, orders, customer_orders
 ):
-    # The server runs on this event loop: wait for node without blocking it.
-    node = await asyncio.create_subprocess_exec(
+    seen = await walkthrough(
         "node",
         str(NODE_CLIENT / "dist" / "walkthrough.js"),
         env={
@@ -42,12 +39,7 @@ async def test_node_client_walks_through_customers_orders_and_errors(
             "COMMERCE_TARGET": f"http://127.0.0.1:{server.port}",
             "COMMERCE_STORE_ID": str(store_id),
         },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(node.communicate(), timeout=120)
-    assert node.returncode == 0, stderr.decode()
-    seen = json.loads(stdout.decode().strip().splitlines()[-1])
 
     assert seen["invalidArgumentFields"] == ["email", "password"]
     assert seen["notFoundReason"] == "CUSTOMER_NOT_FOUND"

@@ -4,7 +4,6 @@ virtual environment, without the server's code, it calls the real server
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from commerce.customers.v1 import customer_service_pb2
 
-from tests.process import ROOT
+from tests.process import ROOT, walkthrough
 
 ALLOWED = {"commerce-protos", "protobuf", "grpcio", "googleapis-common-protos", "pip", "setuptools"}
 
@@ -70,19 +69,13 @@ def test_the_package_holds_only_the_stubs_and_their_three_dependencies(client_py
 
 
 async def test_the_package_alone_calls_the_server(client_python, server, store_id, customers):
-    # The server runs on this event loop: wait for the client without blocking it.
-    client = await asyncio.create_subprocess_exec(
+    seen = await walkthrough(
         str(client_python),
         str(ROOT / "clients" / "python" / "walkthrough.py"),
         f"127.0.0.1:{server.port}",
         str(store_id),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
         cwd="/",  # nothing of the checkout on its path
     )
-    stdout, stderr = await asyncio.wait_for(client.communicate(), timeout=120)
-    assert client.returncode == 0, stderr.decode()
-    seen = json.loads(stdout.decode())
     assert seen["duplicate_reason"] == "EMAIL_TAKEN"
     assert seen["total_spent"] == 3897
     customer = (
