@@ -120,8 +120,10 @@ class Application:
             self.port = self.server.add_insecure_port(address)
         else:
             self.port = self.server.add_secure_port(address, credentials)
-        await self.server.start()
+        # Health is settled before the port answers: a probe that sees the server up
+        # must also find every service's status, never NOT_FOUND for a moment.
         await self._report(SERVING if await self.database_reachable() else NOT_SERVING)
+        await self.server.start()
         self._background = [
             asyncio.create_task(self._watch_database()),
             asyncio.create_task(self._forget_expired_request_ids()),

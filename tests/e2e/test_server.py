@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import grpc
 import pytest
 from commerce.customers.v1 import customer_service_pb2_grpc
@@ -14,6 +17,7 @@ from services.core.settings import Settings
 from services.server import Application
 from tests.e2e.helpers import create_customer, create_order, pb, serving
 from tests.errors import rpc_error
+from tests.process import free_port
 
 CUSTOMER_SERVICE = "commerce.customers.v1.CustomerService"
 ORDER_SERVICES = ("commerce.orders.v1.OrderService", "commerce.orders.v1.CustomerOrderService")
@@ -29,6 +33,36 @@ async def test_health_reports_serving_overall_and_per_service(channel):
         stub.Check(health_pb2.HealthCheckRequest(service="commerce.nope.v1.Nothing")),
         grpc.StatusCode.NOT_FOUND,
     )
+
+
+async def test_health_is_settled_before_the_port_answers(settings):
+    """A database that accepts connections but never answers keeps the start-up probe
+    waiting for the whole connect timeout. A health check that reaches the server in
+    that time must already get NOT_SERVING, overall and per service: never a default
+    SERVING nor NOT_FOUND for a service the server is about to report."""
+    with socket.socket() as silent_database:
+        silent_database.bind(("127.0.0.1", 0))
+        silent_database.listen()
+        silent_port = silent_database.getsockname()[1]
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:{silent_port}/test"
+        port = free_port()
+        app = Application(
+            settings.model_copy(update={"database_url": url, "db_connect_timeout": 2.0}),
+            ["customers"],
+        )
+        starting = asyncio.create_task(app.start(f"127.0.0.1:{port}"))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                first = await health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True)
+                per_service = await health.Check(
+                    health_pb2.HealthCheckRequest(service=CUSTOMER_SERVICE)
+                )
+            assert first.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert per_service.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            await starting
+            await app.stop(grace=0)
 
 
 async def listed_services(channel: grpc.aio.Channel) -> set[str]:
