@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from services.core.callers import CallerAuthInterceptor, load_callers
 from services.core.customer_metrics import CustomerMetricsRegistry
@@ -163,12 +164,21 @@ class Application:
         SERVING again once it answers."""
         while True:
             await asyncio.sleep(self.settings.health_check_interval)
+            if self._every_connection_in_use():
+                continue
             now = SERVING if await self.database_reachable() else NOT_SERVING
             if now != self._status:
                 logger.warning(
                     "database %s", "reachable again" if now == SERVING else "unreachable"
                 )
                 await self._report(now)
+
+    def _every_connection_in_use(self) -> bool:
+        """True while calls hold every pooled connection (SQLite's only one, say). A
+        probe would then time out waiting in the queue and report a busy database as
+        unreachable; the calls themselves find out soon enough if it is gone."""
+        pool = self.engine.pool
+        return isinstance(pool, QueuePool) and pool.checkedout() >= pool.size()
 
     async def forget_expired_request_ids(self) -> int:
         """Deletes the request_ids older than the retention; returns how many."""

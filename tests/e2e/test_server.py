@@ -65,6 +65,23 @@ async def test_health_is_settled_before_the_port_answers(settings):
             await app.stop(grace=0)
 
 
+async def test_a_busy_database_stays_serving(settings):
+    """Calls holding every pooled connection (SQLite's only one) for longer than the
+    connect timeout: the database is busy, not gone, and health must keep saying so."""
+    quick = settings.model_copy(update={"health_check_interval": 0.1, "db_connect_timeout": 0.3})
+    async with serving(quick, ["customers"]) as (app, channel):
+        health = health_pb2_grpc.HealthStub(channel)
+        held = [await app.engine.connect() for _ in range(app.engine.pool.size())]  # type: ignore[attr-defined]
+        try:
+            for _ in range(15):  # 1.5 s: several probes, each past its timeout
+                response = await health.Check(health_pb2.HealthCheckRequest())
+                assert response.status == health_pb2.HealthCheckResponse.SERVING
+                await asyncio.sleep(0.1)
+        finally:
+            for connection in held:
+                await connection.close()
+
+
 async def listed_services(channel: grpc.aio.Channel) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
