@@ -1,0 +1,1 @@
+"""Benchmark of the commerce server against a bare baseline."""

@@ -1,0 +1,174 @@
+"""A gRPC load generator in Python for the scenarios h2load cannot drive: h2load sends
+one fixed body, and some requests must differ on every call (a new customer needs a
+new email) or mix several RPCs.
+
+Several processes, each with one grpc.aio channel and `concurrency` calls in flight.
+They all start at one wall-clock instant, warm up, then record each call's latency
+for the measured window. Spread over processes, the generator keeps up with one
+server process on the same two cores; its own CPU is not the server's (the figure of
+merit is the server's CPU per request, read from /proc)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from commerce.customers.v1 import customer_service_pb2 as customers_pb
+from commerce.customers.v1 import customer_service_pb2_grpc as customers_grpc
+from commerce.orders.v1 import customer_order_service_pb2 as history_pb
+from commerce.orders.v1 import customer_order_service_pb2_grpc as history_grpc
+from commerce.orders.v1 import order_pb2
+from commerce.orders.v1 import order_service_pb2 as orders_pb
+from commerce.orders.v1 import order_service_pb2_grpc as orders_grpc
+
+Call = Callable[[], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to send where, and when: the same for every process."""
+
+    scenario: str
+    target: str
+    start_at: float  # time.time() at which every process begins its warm-up
+    warmup: float
+    duration: float
+    concurrency: int
+    data: dict[str, Any]  # the seeded store: ids, emails (see bench.seed)
+
+
+@dataclass
+class Tally:
+    """Calls that ended in the measured window: latencies of the good ones, in ms."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Tally) -> None:
+        self.latencies_ms += other.latencies_ms
+        for code, count in other.errors.items():
+            self.errors[code] = self.errors.get(code, 0) + count
+
+
+def order_request(store_id: int, customer_id: int) -> orders_pb.CreateOrderRequest:
+    """The order every CreateOrder scenario places: two lines, a known customer."""
+    return orders_pb.CreateOrderRequest(
+        store_id=store_id,
+        customer_id=customer_id,
+        currency_code="EUR",
+        line_items=[
+            order_pb2.OrderLineItem(
+                sku="BENCH-1", name="Bench mug", quantity=2, unit_price_minor=1250
+            ),
+            order_pb2.OrderLineItem(
+                sku="BENCH-2", name="Bench tea", quantity=1, unit_price_minor=499
+            ),
+        ],
+    )
+
+
+def _calls(plan: Plan, channel: grpc.aio.Channel, process: int) -> Callable[[], Call]:
+    """A factory of the scenario's next call."""
+    data = plan.data
+    store = data["store_id"]
+    customers = customers_grpc.CustomerServiceStub(channel)
+    orders = orders_grpc.OrderServiceStub(channel)
+    history = history_grpc.CustomerOrderServiceStub(channel)
+    serial = itertools.count()
+    rng = random.Random(process)  # noqa: S311 - picks customers, guards nothing
+
+    def a_customer() -> int:
+        return rng.randint(1, data["customers"])
+
+    def create_customer() -> Call:
+        # Unique across processes and runs: the email must be new every time.
+        email = f"new-{data['run']}-{process}-{next(serial)}@bench.example"
+        return lambda: customers.CreateCustomer(
+            customers_pb.CreateCustomerRequest(
+                store_id=store,
+                email=email,
+                first_name="Bench",
+                last_name="Load",
+                password="bench-pw-123",  # noqa: S106 - a benchmark customer's
+            )
+        )
+
+    def get_customer() -> Call:
+        request = customers_pb.GetCustomerRequest(store_id=store, customer_id=a_customer())
+        return lambda: customers.GetCustomer(request)
+
+    def mixed() -> Call:
+        # A storefront's shape: mostly reads of customers and their history, some orders.
+        roll = rng.random()
+        if roll < 0.6:
+            return get_customer()
+        customer = a_customer()
+        if roll < 0.75:
+            return lambda: history.ListCustomerOrders(
+                history_pb.ListCustomerOrdersRequest(
+                    store_id=store, customer_id=customer, page_size=10
+                )
+            )
+        if roll < 0.85:
+            return lambda: history.GetCustomerOrderStats(
+                history_pb.GetCustomerOrderStatsRequest(store_id=store, customer_id=customer)
+            )
+        return lambda: orders.CreateOrder(order_request(store, customer))
+
+    return {"create_customer": create_customer, "get_customer": get_customer, "mixed": mixed}[
+        plan.scenario
+    ]
+
+
+async def _drive(plan: Plan, process: int) -> Tally:
+    tally = Tally()
+    measure_from = plan.start_at + plan.warmup
+    stop_at = measure_from + plan.duration
+    async with grpc.aio.insecure_channel(plan.target) as channel:
+        next_call = _calls(plan, channel, process)
+        await asyncio.sleep(max(0.0, plan.start_at - time.time()))
+
+        async def loop() -> None:
+            while (began := time.time()) < stop_at:
+                try:
+                    await next_call()()
+                    failed = None
+                except grpc.aio.AioRpcError as error:
+                    failed = error.code().name
+                ended = time.time()
+                if began >= measure_from and ended <= stop_at:
+                    if failed is None:
+                        tally.latencies_ms.append((ended - began) * 1000)
+                    else:
+                        tally.errors[failed] = tally.errors.get(failed, 0) + 1
+
+        await asyncio.gather(*(loop() for _ in range(plan.concurrency)))
+    return tally
+
+
+def _run_process(plan: Plan, process: int) -> Tally:
+    return asyncio.run(_drive(plan, process))
+
+
+def run(plan: Plan, processes: int) -> Tally:
+    """Runs the plan in `processes` processes; blocks until they are done."""
+    total = Tally()
+    # fork would copy this process's gRPC state; a fresh interpreter is safe.
+    import multiprocessing
+
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for tally in pool.map(_run_process, [plan] * processes, range(processes)):
+            total.add(tally)
+    return total
+
+
+def processes_for(cores: int | None = None) -> int:
+    return max(2, cores or os.cpu_count() or 2)

@@ -1,0 +1,484 @@
+"""The benchmark suite: `scripts/bench` (see docs/benchmarks.md).
+
+Seeds a store (1,000,000 customers and 5,000,000 orders at full scale), starts the
+suite, the bare baseline (bench/baseline.py) and the REST peer (bench/rest_peer.py)
+on that database, loads each with h2load (or bench/loadgen.py where requests must
+differ), and writes the results as Markdown. Every figure is measured in this run;
+nothing is asserted about time."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import bcrypt
+import grpc
+from commerce.customers.v1 import customer_service_pb2 as customers_pb
+from commerce.orders.v1 import customer_order_service_pb2 as history_pb
+from commerce.orders.v1 import order_service_pb2 as orders_pb
+from google.protobuf.message import Message
+
+from bench import loadgen, servers
+from bench.measure import GRPC_HEADERS, H2Load, Result, cpu_window, grpc_frame
+from bench.seed import BENCH_PASSWORD as LOGIN_PASSWORD
+from bench.seed import SeededStore, seed_store
+from services.core.pagination import PageTokenCodec
+
+ROOT = servers.ROOT
+
+
+@dataclass(frozen=True)
+class Scale:
+    customers: int
+    orders: int
+    big_customer_orders: int
+    warmup: float
+    duration: float
+    bcrypt_rounds: int
+
+
+SCALES = {
+    # bcrypt at the production default cost (services.core.settings).
+    "full": Scale(1_000_000, 5_000_000, 100_000, warmup=2, duration=10, bcrypt_rounds=12),
+    # Keeps the suite working in CI: every scenario, tiny and short; cheap logins.
+    "smoke": Scale(2_000, 10_000, 2_000, warmup=0.5, duration=1, bcrypt_rounds=4),
+}
+
+
+@dataclass
+class Report:
+    """Everything measured, by table; rendered by bench.report."""
+
+    scale: str
+    settings: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, scenario: str, target: str, result: Result, **extra: Any) -> None:
+        row = {
+            "scenario": scenario,
+            "target": target,
+            "per_second": round(result.per_second, 1),
+            "p50_ms": round(result.percentile(0.50), 2),
+            "p95_ms": round(result.percentile(0.95), 2),
+            "p99_ms": round(result.percentile(0.99), 2),
+            "cpu_ms_per_1000": round(result.cpu_ms_per_1000, 1),
+            "errors": result.errors,
+        } | extra
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+
+
+# --- the database -----------------------------------------------------------------
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _ensure_database(url: str, *, fresh: bool) -> None:
+    base, _, name = _plain(url).rpartition("/")
+    admin = await asyncpg.connect(f"{base}/postgres")
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists and fresh:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            exists = False
+        if not exists:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+
+
+def _migrate(url: str) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COMMERCE_")}
+    subprocess.run(  # noqa: S603 - our own command
+        [servers.COMMERCE, "migrate"], env=env | {"DATABASE_URL": url}, check=True, cwd=ROOT
+    )
+
+
+async def _store_exists(url: str, store: SeededStore) -> bool:
+    connection = await asyncpg.connect(_plain(url))
+    try:
+        count = await connection.fetchval(
+            "SELECT count(*) FROM customers WHERE store_id = $1", store.store_id
+        )
+    finally:
+        await connection.close()
+    return bool(count >= store.customers)
+
+
+def prepared_store(url: str, scale: Scale, *, reseed: bool) -> SeededStore:
+    """The seeded store: reused from an earlier run on the same database (seeding the
+    full scale takes minutes), else made now."""
+    remembered = ROOT / ".bench" / f"{url.rsplit('/', 1)[1]}.json"
+    asyncio.run(_ensure_database(url, fresh=reseed))
+    _migrate(url)
+    if remembered.exists() and not reseed:
+        store = SeededStore(**json.loads(remembered.read_text()))
+        if store.customers == scale.customers and asyncio.run(_store_exists(url, store)):
+            print(f"reusing store {store.store_id} ({remembered})", flush=True)
+            return store
+    password_hash = bcrypt.hashpw(
+        LOGIN_PASSWORD.encode(), bcrypt.gensalt(scale.bcrypt_rounds)
+    ).decode()
+    began = time.monotonic()
+    store = asyncio.run(
+        seed_store(
+            url,
+            customers=scale.customers,
+            orders=scale.orders,
+            big_customer_orders=scale.big_customer_orders,
+            password_hash=password_hash,
+        )
+    )
+    print(f"seeded store {store.store_id} in {time.monotonic() - began:.0f} s", flush=True)
+    remembered.parent.mkdir(exist_ok=True)
+    remembered.write_text(json.dumps(asdict(store)))
+    return store
+
+
+async def _counter(url: str, store_id: int, name: str) -> int:
+    connection = await asyncpg.connect(_plain(url))
+    try:
+        value = await connection.fetchval(
+            "SELECT value FROM store_counters WHERE store_id = $1 AND name = $2", store_id, name
+        )
+    finally:
+        await connection.close()
+    return int(value or 0)
+
+
+# --- the scenarios ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unary:
+    """One fixed gRPC request, as h2load sends it."""
+
+    path: str
+    request: Message
+
+    def check(self, target: str) -> Message:
+        """Calls it once through a real channel: h2load cannot see a gRPC status."""
+        response_type = _response_types[self.path]
+        with grpc.insecure_channel(target) as channel:
+            call = channel.unary_unary(
+                self.path,
+                request_serializer=type(self.request).SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
+            response: Message = call(self.request, timeout=30)
+            return response
+
+
+_CUSTOMERS = "/commerce.customers.v1.CustomerService/"
+_ORDERS = "/commerce.orders.v1.OrderService/"
+_HISTORY = "/commerce.orders.v1.CustomerOrderService/"
+_response_types: dict[str, type[Message]] = {
+    _CUSTOMERS + "GetCustomer": customers_pb.GetCustomerResponse,
+    _CUSTOMERS + "ListCustomers": customers_pb.ListCustomersResponse,
+    _CUSTOMERS + "AuthenticateCustomer": customers_pb.AuthenticateCustomerResponse,
+    _ORDERS + "CreateOrder": orders_pb.CreateOrderResponse,
+    _HISTORY + "GetCustomerOrderStats": history_pb.GetCustomerOrderStatsResponse,
+    _HISTORY + "ListCustomerOrders": history_pb.ListCustomerOrdersResponse,
+}
+
+
+def customers_scope(store_id: int) -> dict[str, Any]:
+    """The query a page token of ListCustomers without filters belongs to."""
+    return {"list": "customers", "store_id": store_id, "active": None, "query": ""}
+
+
+def unary_scenarios(store: SeededStore, scale: Scale) -> dict[str, Unary]:
+    deep_after = store.customers * 9 // 10
+    deep_token = PageTokenCodec(servers.PAGE_TOKEN_SECRET).encode(
+        customers_scope(store.store_id), [deep_after]
+    )
+    s = store.store_id
+    return {
+        "GetCustomer": Unary(
+            _CUSTOMERS + "GetCustomer",
+            customers_pb.GetCustomerRequest(store_id=s, customer_id=store.typical_customer_id),
+        ),
+        "ListCustomers, page 1": Unary(
+            _CUSTOMERS + "ListCustomers",
+            customers_pb.ListCustomersRequest(store_id=s, page_size=50),
+        ),
+        f"ListCustomers, after customer {deep_after:,}": Unary(
+            _CUSTOMERS + "ListCustomers",
+            customers_pb.ListCustomersRequest(store_id=s, page_size=50, page_token=deep_token),
+        ),
+        "CreateOrder": Unary(
+            _ORDERS + "CreateOrder", loadgen.order_request(s, store.typical_customer_id)
+        ),
+        f"GetCustomerOrderStats, {scale.big_customer_orders:,} orders": Unary(
+            _HISTORY + "GetCustomerOrderStats",
+            history_pb.GetCustomerOrderStatsRequest(store_id=s, customer_id=store.big_customer_id),
+        ),
+        f"ListCustomerOrders, page 1 of {scale.big_customer_orders:,} orders": Unary(
+            _HISTORY + "ListCustomerOrders",
+            history_pb.ListCustomerOrdersRequest(
+                store_id=s, customer_id=store.big_customer_id, page_size=50
+            ),
+        ),
+    }
+
+
+def login(store: SeededStore) -> Unary:
+    return Unary(
+        _CUSTOMERS + "AuthenticateCustomer",
+        customers_pb.AuthenticateCustomerRequest(
+            store_id=store.store_id, email=store.login_email, password=LOGIN_PASSWORD
+        ),
+    )
+
+
+class Bench:
+    def __init__(self, url: str, scale: Scale, store: SeededStore, report: Report) -> None:
+        self.url = url
+        self.scale = scale
+        self.store = store
+        self.report = report
+        # 32 calls in flight over 2 HTTP/2 connections, as the yardstick measured.
+        self.load = H2Load(2, 16, scale.warmup, scale.duration)
+
+    def unary(self, name: str, call: Unary, server: servers.Running, load: H2Load) -> Result:
+        call.check(server.target)
+        is_create = call.path.endswith("/CreateOrder")
+        if is_create:
+            before = asyncio.run(_counter(self.url, self.store.store_id, "order"))
+        result = load.run(
+            f"http://{server.target}{call.path}",
+            server.pid,
+            body=grpc_frame(call.request.SerializeToString()),
+            headers=GRPC_HEADERS,
+        )
+        extra = {}
+        if is_create:
+            # Every order h2load saw answered must be in the database, and no more
+            # (h2load reads no gRPC status: the counter is the proof).
+            created = asyncio.run(_counter(self.url, self.store.store_id, "order")) - before
+            extra["created"] = created
+        self.report.add(name, server.name, result, **extra)
+        return result
+
+    def rest(self, name: str, path: str, server: servers.Running) -> None:
+        load = H2Load(32, 1, self.scale.warmup, self.scale.duration, http1=True)
+        result = load.run(
+            f"http://{server.target}{path}",
+            server.pid,
+            headers=(f"x-store-id: {self.store.store_id}",),
+        )
+        self.report.add(name, server.name, result)
+
+    def generated(
+        self, name: str, scenario: str, server: servers.Running, *, concurrency: int
+    ) -> None:
+        """A scenario of bench/loadgen.py: requests that differ call by call."""
+        processes = loadgen.processes_for()
+        spawn = 3.0  # seconds for the client processes to start before the load does
+        plan = loadgen.Plan(
+            scenario=scenario,
+            target=server.target,
+            start_at=time.time() + spawn,
+            warmup=self.scale.warmup,
+            duration=self.scale.duration,
+            concurrency=concurrency,
+            data=asdict(self.store) | {"run": f"{time.time_ns()}"},
+        )
+        with cpu_window(server.pid, spawn + self.scale.warmup) as cpu:
+            tally = loadgen.run(plan, processes)
+        result = Result(
+            len(tally.latencies_ms),
+            sum(tally.errors.values()),
+            self.scale.duration,
+            tally.latencies_ms,
+            cpu(),
+        )
+        self.report.add(name, server.name, result, error_codes=tally.errors)
+
+
+def bcrypt_checks_per_second(seconds: float, rounds: int) -> float:
+    """Raw bcrypt.checkpw on every core at once: the ceiling for logins."""
+    hashed = bcrypt.hashpw(LOGIN_PASSWORD.encode(), bcrypt.gensalt(rounds))
+    stop_at = time.monotonic() + seconds
+    cores = os.cpu_count() or 1
+
+    def checks() -> int:
+        done = 0
+        while time.monotonic() < stop_at:
+            bcrypt.checkpw(LOGIN_PASSWORD.encode(), hashed)
+            done += 1
+        return done
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(cores) as pool:
+        total = sum(pool.map(lambda _: checks(), range(cores)))
+    return total / (time.monotonic() - began)
+
+
+@contextmanager
+def background(load: H2Load, url: str, body: bytes, pid: int) -> Iterator[None]:
+    """Runs a load in a thread while the block measures something else."""
+    runner = threading.Thread(
+        target=lambda: load.run(url, pid, body=body, headers=GRPC_HEADERS), daemon=True
+    )
+    runner.start()
+    time.sleep(1)  # the storm is on before the measurement starts
+    try:
+        yield
+    finally:
+        runner.join()
+
+
+def run(url: str, scale_name: str, *, reseed: bool) -> Report:
+    scale = SCALES[scale_name]
+    store = prepared_store(url, scale, reseed=reseed)
+    report = Report(
+        scale_name,
+        {
+            "store": asdict(store),
+            "big_customer_orders": scale.big_customer_orders,
+            "warmup_s": scale.warmup,
+            "duration_s": scale.duration,
+            "bcrypt_rounds": scale.bcrypt_rounds,
+        },
+    )
+    probe = (store.store_id, store.typical_customer_id)
+    bench = Bench(url, scale, store, report)
+    calls = unary_scenarios(store, scale)
+    with tempfile.TemporaryDirectory(prefix="bench-logs-") as logs, ExitStack() as stack:
+        log_dir = Path(logs)
+        ours = stack.enter_context(
+            servers.suite(url, probe, log_dir, bcrypt_rounds=scale.bcrypt_rounds)
+        )
+        base = stack.enter_context(
+            servers.baseline(url, probe, log_dir, bcrypt_rounds=scale.bcrypt_rounds)
+        )
+        rest = stack.enter_context(servers.rest_peer(url, probe, log_dir))
+        _check_deep_token(calls, store, ours)
+
+        for name, call in calls.items():
+            for server in (ours, base):
+                bench.unary(name, call, server, bench.load)
+        customer_path = f"/api/store/customers/{store.typical_customer_id}"
+        bench.rest("GetCustomer", customer_path, rest)
+        stats_name = f"GetCustomerOrderStats, {scale.big_customer_orders:,} orders"
+        bench.rest(stats_name, f"/api/store/customers/{store.big_customer_id}/order-stats", rest)
+
+        for server in (ours, base):
+            bench.generated("CreateCustomer", "create_customer", server, concurrency=4)
+            bench.generated(
+                "Mixed: 60% reads of customers, 25% of orders, 15% CreateOrder",
+                "mixed",
+                server,
+                concurrency=16,
+            )
+
+        # Logins: bcrypt at the production cost on every core is the ceiling.
+        logins = H2Load(1, 8, scale.warmup, scale.duration)
+        for server in (ours, base):
+            bench.unary("AuthenticateCustomer", login(store), server, logins)
+        report.facts["bcrypt_checks_per_second"] = round(
+            bcrypt_checks_per_second(scale.duration, scale.bcrypt_rounds), 2
+        )
+        storm = H2Load(1, 8, 0, scale.warmup + scale.duration + 1)
+        get_customer = calls["GetCustomer"]
+        body = grpc_frame(login(store).request.SerializeToString())
+        with background(storm, f"http://{ours.target}{login(store).path}", body, ours.pid):
+            bench.unary("GetCustomer during a login storm", get_customer, ours, bench.load)
+
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-logs-") as logs,
+        servers.suite(url, probe, Path(logs), bcrypt_rounds=scale.bcrypt_rounds, workers=2) as two,
+    ):
+        bench.unary("GetCustomer, 2 worker processes", calls["GetCustomer"], two, bench.load)
+        bench.unary("CreateOrder, 2 worker processes", calls["CreateOrder"], two, bench.load)
+    return report
+
+
+def _check_deep_token(calls: dict[str, Unary], store: SeededStore, ours: servers.Running) -> None:
+    """The deep page's token is made here, with the server's secret: page 1's token
+    from the server must be what the same construction gives, or the scenario would
+    measure an error."""
+    first = calls["ListCustomers, page 1"].check(ours.target)
+    made = PageTokenCodec(servers.PAGE_TOKEN_SECRET).encode(customers_scope(store.store_id), [50])
+    if first.next_page_token != made:  # type: ignore[attr-defined]
+        raise RuntimeError("the bench's page tokens differ from the server's")
+
+
+def machine() -> dict[str, str]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],  # noqa: S607
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    ).stdout.strip()
+    return {
+        "cpu": f"{os.cpu_count()} x {model}",
+        "memory": f"{memory_kb / 1024 / 1024:.0f} GiB",
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "commit": commit,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": shlex.join(["scripts/bench", *sys.argv[1:]]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny and short: does it all work?")
+    parser.add_argument(
+        "--database-url",
+        default="postgresql://postgres@127.0.0.1:5432/commerce_bench",
+        help="a PostgreSQL database for the benchmark (created if missing)",
+    )
+    parser.add_argument("--reseed", action="store_true", help="drop and seed the database anew")
+    parser.add_argument("--output", help="Markdown file to write (default: docs/benchmarks.md)")
+    parser.add_argument("--json", help="also write every figure to this JSON file")
+    args = parser.parse_args(argv)
+    scale = "smoke" if args.smoke else "full"
+    url = args.database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    if args.smoke and url.endswith("/commerce_bench"):
+        url += "_smoke"
+    from bench.report import render
+
+    report = run(url, scale, reseed=args.reseed or args.smoke)
+    output = Path(args.output or ROOT / "docs" / "benchmarks.md")
+    output.write_text(render(report, machine()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(asdict(report), indent=1))
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
