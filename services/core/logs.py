@@ -31,6 +31,12 @@ def configure_logging(level: str, log_format: str) -> None:
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # What no line of ours shows, the logging module need not gather for every record
+    # (its documentation's "Optimization" section): the caller's source line, thread
+    # and multiprocessing names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     # Database drivers log each statement, aiosqlite with its bound values (password
     # hashes, emails), at DEBUG; SQLAlchemy logs statements at INFO. Our own levels
     # never switch that on.

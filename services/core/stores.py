@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import BigInteger, ForeignKey, Integer, String, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.core.database import Base, UtcDateTime, upsert_insert, utc_now
@@ -46,7 +46,7 @@ def check_store_id(store_id: int) -> None:
         raise InvalidArgument.of("store_id", "must be a positive store id")
 
 
-async def store_is_active(session: AsyncSession, store_id: int) -> bool:
+async def store_is_active(session: AsyncSession | AsyncConnection, store_id: int) -> bool:
     """Whether the store is active; NOT_FOUND when there is no such store."""
     is_active = await session.scalar(select(Store.is_active).where(Store.id == store_id))
     if is_active is None:

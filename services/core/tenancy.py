@@ -4,14 +4,15 @@ can forget to, and reads skip the transaction round trips they do not need."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Self
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Self
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.core import deadlines
 from services.core.database import UnitOfWork, create_session_factory
+from services.core.reads import ReadQuery, Row
 from services.core.stores import check_store_id, store_inactive, store_is_active
 
 
@@ -26,7 +27,12 @@ class StoreStatusCache:
         self._clock = clock
         self._known: dict[int, tuple[bool, float]] = {}
 
-    async def require_active(self, session: AsyncSession, store_id: int) -> None:
+    def known_active(self, store_id: int) -> bool:
+        """Whether the store is remembered, and remembered as active."""
+        known = self._known.get(store_id)
+        return known is not None and known[0] and known[1] > self._clock()
+
+    async def require_active(self, session: AsyncSession | AsyncConnection, store_id: int) -> None:
         check_store_id(store_id)
         now = self._clock()
         known = self._known.get(store_id)
@@ -90,9 +96,9 @@ class TenantDatabase:
         self._sessions = create_session_factory(engine)
         # Each statement commits on its own: no BEGIN and ROLLBACK round trips around
         # reads that need no transaction.
-        self._read_sessions = create_session_factory(
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._on_asyncpg = engine.dialect.driver == "asyncpg"
+        self._read_sessions = create_session_factory(self._autocommit)
 
     def writing(self, store_id: int) -> StoreUnitOfWork:
         """A transaction in the store: rolled back unless committed."""
@@ -101,6 +107,24 @@ class TenantDatabase:
     def reading(self, store_id: int) -> StoreUnitOfWork:
         """Reads in the store, each statement on its own (no snapshot across them)."""
         return StoreUnitOfWork(self._read_sessions, self.stores, store_id, transaction=False)
+
+    async def fetch(
+        self, store_id: int, query: ReadQuery, params: Mapping[str, Any]
+    ) -> Sequence[Row]:
+        """The rows of one hot read in the store (services.core.reads): no session, no
+        transaction, the store checked as by every unit of work."""
+        if self._on_asyncpg and self.stores.known_active(store_id):
+            # Nothing to check in the database: the pooled asyncpg connection alone.
+            return await query.on_pool(self.engine, params)
+        async with self._autocommit.connect() as connection:
+            await self.stores.require_active(connection, store_id)
+            return await query.all(connection, params)
+
+    async def fetch_one(
+        self, store_id: int, query: ReadQuery, params: Mapping[str, Any]
+    ) -> Row | None:
+        rows = await self.fetch(store_id, query, params)
+        return rows[0] if rows else None
 
 
 async def _bound_by_deadline(session: AsyncSession) -> None:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import email_validator
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,14 +26,29 @@ from services.core.errors import (
 from services.core.idempotency import RequestKey, create_once, remember
 from services.core.pagination import PageTokenCodec, resolve_page_size
 from services.core.passwords import PasswordHasher, password_problem
+from services.core.reads import ReadQuery
 from services.core.stores import check_store_id, next_store_number
 from services.core.tenancy import TenantDatabase
 from services.customers import validation
-from services.customers.models import DEFAULT_ADDRESS_FLAGS, Customer, CustomerAddress
+from services.customers.models import (
+    DEFAULT_ADDRESS_FLAGS,
+    SNAPSHOT_COLUMNS,
+    Customer,
+    CustomerAddress,
+    CustomerSnapshot,
+)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MAX_ADDRESSES_PER_CUSTOMER = 20
+
+# GetCustomer, the hottest read: one fixed statement on the fast path (core.reads).
+_CUSTOMER_BY_KEY = ReadQuery(
+    select(*SNAPSHOT_COLUMNS).where(
+        Customer.store_id == bindparam("store_id"),
+        Customer.customer_id == bindparam("customer_id"),
+    )
+)
 
 CUSTOMER_COUNTER = "customer"
 ADDRESS_COUNTER = "customer_address"
@@ -94,7 +109,7 @@ def email_key(address: str) -> str:
     return address.lower()
 
 
-def customer_etag(customer: Customer) -> str:
+def customer_etag(customer: Customer | CustomerSnapshot) -> str:
     """The customer's version as callers see it (AIP-154): opaque to them."""
     return f"r{customer.revision}"
 
@@ -178,9 +193,15 @@ class CustomerService:
             await uow.commit()
         return customer
 
-    async def get_customer(self, store_id: int, customer_id: int) -> Customer:
-        async with self._db.reading(store_id) as uow:
-            return await load_customer(uow.session, store_id, customer_id)
+    async def get_customer(self, store_id: int, customer_id: int) -> CustomerSnapshot:
+        check_store_id(store_id)
+        check_customer_id(customer_id)
+        row = await self._db.fetch_one(
+            store_id, _CUSTOMER_BY_KEY, {"store_id": store_id, "customer_id": customer_id}
+        )
+        if row is None:
+            raise NotFound("customer", str(customer_id))
+        return CustomerSnapshot(**row)
 
     async def update_customer(
         self, store_id: int, customer_id: int, changes: dict[str, Any], *, etag: str = ""

@@ -14,7 +14,7 @@ from services.core.customer_metrics import CustomerMetric
 from services.core.errors import InvalidArgument
 from services.core.grpc_support import masked_changes, timestamp
 from services.core.modules import ModuleContext
-from services.customers.models import Customer, CustomerAddress
+from services.customers.models import Customer, CustomerAddress, CustomerSnapshot
 from services.customers.service import (
     ADDRESS_WRITABLE_FIELDS,
     CUSTOMER_WRITABLE_FIELDS,
@@ -31,7 +31,7 @@ _ACTIVE_BY_STATUS: dict[int, bool] = {
 }
 
 
-def customer_to_proto(customer: Customer) -> customer_pb2.Customer:
+def customer_to_proto(customer: Customer | CustomerSnapshot) -> customer_pb2.Customer:
     return customer_pb2.Customer(
         store_id=customer.store_id,
         customer_id=customer.customer_id,
