@@ -513,8 +513,7 @@ def _matches(needle: str) -> Any:
     )
 
 
-# load_customer's locks as SQLAlchemy spells them: FOR UPDATE, FOR SHARE.
-_ROW_LOCKS: dict[str, Any] = {"update": True, "share": {"read": True}}
+_CUSTOMER_FOR_SHARE = _CUSTOMER_BY_KEY.statement.with_for_update(read=True)
 
 
 def check_customer_id(customer_id: int) -> None:
@@ -527,18 +526,30 @@ async def load_customer(
     store_id: int,
     customer_id: int,
     *,
-    lock: Literal["update", "share"] | None = None,
+    lock: Literal["update"] | None = None,
 ) -> Customer:
-    """The store's customer, or NOT_FOUND. A lock holds the row to the end of the
-    transaction: "update" to change it, "share" to keep it as it is while a row that
-    references it is written (another module's, such as an order)."""
+    """The store's customer, or NOT_FOUND; with lock="update" its row stays locked to
+    the end of the transaction, to change it."""
     check_customer_id(customer_id)
-    customer = await session.get(
-        Customer, (store_id, customer_id), with_for_update=_ROW_LOCKS[lock] if lock else None
-    )
+    customer = await session.get(Customer, (store_id, customer_id), with_for_update=bool(lock))
     if customer is None:
         raise NotFound("customer", str(customer_id))
     return customer
+
+
+async def share_locked_customer(
+    session: AsyncSession, store_id: int, customer_id: int
+) -> CustomerSnapshot:
+    """The store's customer, or NOT_FOUND, its row share-locked (FOR SHARE) to the end
+    of the transaction: it stays as it is while another module writes a row that
+    references it, such as an order. Core, not the ORM: it is on every order's path."""
+    check_customer_id(customer_id)
+    connection = await session.connection()
+    params = {"store_id": store_id, "customer_id": customer_id}
+    row = (await connection.execute(_CUSTOMER_FOR_SHARE, params)).mappings().first()
+    if row is None:
+        raise NotFound("customer", str(customer_id))
+    return CustomerSnapshot(**row)
 
 
 async def _address_loader(session: AsyncSession, store_id: int, address_id: int) -> CustomerAddress:

@@ -18,7 +18,7 @@ from services.core.idempotency import RequestKey, create_once, remember
 from services.core.stores import check_store_id, next_store_number
 from services.core.tenancy import TenantDatabase
 from services.customers.models import Customer
-from services.customers.service import check_customer_id, load_customer
+from services.customers.service import check_customer_id, load_customer, share_locked_customer
 from services.loyalty.models import LoyaltyAccount, LoyaltyMovement
 
 MAX_POINTS = 1_000_000_000
@@ -219,7 +219,7 @@ async def load_movement(session: AsyncSession, store_id: int, movement_id: int) 
 
 
 async def _active_customer(session: AsyncSession, store_id: int, customer_id: int) -> None:
-    customer = await load_customer(session, store_id, customer_id, lock="share")
+    customer = await share_locked_customer(session, store_id, customer_id)
     if not customer.is_active:
         raise FailedPrecondition(
             f"customer {customer_id} is inactive: its points cannot move",

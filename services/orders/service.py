@@ -32,8 +32,8 @@ from services.core.pagination import PageTokenCodec, resolve_page_size
 from services.core.stores import check_store_id, next_store_number
 from services.core.tenancy import TenantDatabase
 from services.customers import validation
-from services.customers.models import Customer
-from services.customers.service import load_customer
+from services.customers.models import Customer, CustomerSnapshot
+from services.customers.service import share_locked_customer
 from services.orders.models import Order, OrderLineItem, OrderStatus
 
 DEFAULT_PAGE_SIZE = 50
@@ -47,9 +47,9 @@ ITEM_NAME_MAX = 200
 # below where int64 arithmetic in any client language could overflow.
 MAX_AMOUNT_MINOR = 10**12
 
-# The tables themselves, for the Core INSERTs of CreateOrder.
-_ORDERS = cast(Table, Order.__table__)
-_LINE_ITEMS = cast(Table, OrderLineItem.__table__)
+# CreateOrder's INSERTs, in Core (see _insert_order).
+_INSERT_ORDER = insert(cast(Table, Order.__table__))
+_INSERT_LINE_ITEMS = insert(cast(Table, OrderLineItem.__table__))
 
 ORDER_COUNTER = "order"
 # Operation name of the idempotency keys of CreateOrder; stored, so never rename it.
@@ -156,8 +156,9 @@ class OrderService:
             # Core INSERTs, not the ORM's unit of work: the rows are new and final, and
             # the flush bookkeeping cost more CPU than the rest of the call (while the
             # counter row above stays locked).
-            await session.execute(insert(_ORDERS), order_values)
-            await session.execute(insert(_LINE_ITEMS), lines)
+            connection = await session.connection()
+            await connection.execute(_INSERT_ORDER, order_values)
+            await connection.execute(_INSERT_LINE_ITEMS, lines)
             if key:
                 remember(session, store_id, key, order_id)
             await uow.commit()
@@ -298,8 +299,10 @@ async def newest_first_page(
 # -- helpers -----------------------------------------------------------------------------
 
 
-async def _orderable_customer(session: AsyncSession, store_id: int, customer_id: int) -> Customer:
-    customer = await load_customer(session, store_id, customer_id, lock="share")
+async def _orderable_customer(
+    session: AsyncSession, store_id: int, customer_id: int
+) -> CustomerSnapshot:
+    customer = await share_locked_customer(session, store_id, customer_id)
     if not customer.is_active:
         raise FailedPrecondition(
             f"customer {customer_id} is inactive and cannot place orders",
