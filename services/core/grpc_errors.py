@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -40,6 +41,7 @@ _STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
 UNAVAILABLE_ERRORS = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
+    asyncpg.InterfaceError,  # on the fast path: "connection is closed", and the like
     ConnectionError,
     OSError,
 )
@@ -82,11 +84,11 @@ _DEADLINE_SQLSTATES = {"57014", "55P03"}
 
 
 def is_deadline_timeout(error: BaseException) -> bool:
-    """Whether PostgreSQL stopped a statement at the timeout set from the deadline."""
-    return (
-        isinstance(error, sa_exc.DBAPIError)
-        and getattr(error.orig, "pgcode", None) in _DEADLINE_SQLSTATES
-    )
+    """Whether PostgreSQL stopped a statement at the timeout set from the deadline:
+    as SQLAlchemy reports it, or as asyncpg does on the fast path (services.core.sql)."""
+    driver_error = error.orig if isinstance(error, sa_exc.DBAPIError) else error
+    code = getattr(driver_error, "pgcode", None) or getattr(driver_error, "sqlstate", None)
+    return code in _DEADLINE_SQLSTATES
 
 
 def domain_of(method: str) -> str:

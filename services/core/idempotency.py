@@ -14,15 +14,25 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, delete, select, tuple_
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    String,
+    Table,
+    delete,
+    select,
+    tuple_,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.core.database import Base, UtcDateTime, utc_now
 from services.core.errors import InvalidArgument
+from services.core.sql import Transaction, insert_row
 from services.core.tenancy import TenantDatabase
 
 T = TypeVar("T")
@@ -83,16 +93,24 @@ async def previous_resource_id(session: AsyncSession, store_id: int, key: Reques
     return previous.resource_id
 
 
-def remember(session: AsyncSession, store_id: int, key: RequestKey, resource_id: int) -> None:
-    """Records the key in the caller's transaction, so it commits with the resource."""
-    session.add(
-        IdempotencyKey(
-            store_id=store_id,
-            operation=key.operation,
-            request_id=key.request_id,
-            fingerprint=key.fingerprint,
-            resource_id=resource_id,
-        )
+_REMEMBER = insert_row(cast(Table, IdempotencyKey.__table__))
+
+
+async def remember(
+    statements: Transaction, store_id: int, key: RequestKey, resource_id: int
+) -> None:
+    """Records the key in the caller's transaction (`CoreTransaction.of(session)` for
+    a session's), so it commits with the resource."""
+    await statements.execute(
+        _REMEMBER,
+        {
+            "store_id": store_id,
+            "operation": key.operation,
+            "request_id": key.request_id,
+            "fingerprint": key.fingerprint,
+            "resource_id": resource_id,
+            "created_at": utc_now(),
+        },
     )
 
 

@@ -5,15 +5,18 @@ numbers, order numbers) without a race, on PostgreSQL and SQLite alike."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, ForeignKey, Integer, String, bindparam, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.core.database import Base, UtcDateTime, upsert_insert, utc_now
+from services.core.database import Base, UtcDateTime, utc_now
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.core.sql import Statement, Transaction
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 StoreIdType = BigInteger().with_variant(Integer(), "sqlite")
@@ -47,7 +50,7 @@ def check_store_id(store_id: int) -> None:
         raise InvalidArgument.of("store_id", "must be a positive store id")
 
 
-async def store_is_active(session: AsyncSession | AsyncConnection, store_id: int) -> bool:
+async def store_is_active(session: AsyncSession, store_id: int) -> bool:
     """Whether the store is active; NOT_FOUND when there is no such store."""
     is_active = await session.scalar(select(Store.is_active).where(Store.id == store_id))
     if is_active is None:
@@ -61,31 +64,35 @@ def store_inactive(store_id: int) -> FailedPrecondition:
     )
 
 
-async def next_store_number(session: AsyncSession, store_id: int, counter: str) -> int:
-    """Allocates the next number of `counter` in the store, inside the caller's
-    transaction. The counter row stays locked until that transaction ends, so
-    concurrent callers (in any process) get distinct numbers, and a rolled-back
-    transaction gives its number back. Call it late to hold the lock briefly."""
-    connection = await session.connection()
-    statement = _counter_upserts.get(connection.dialect.name)
-    if statement is None:
-        statement = _counter_upserts[connection.dialect.name] = (
-            upsert_insert(session, StoreCounter)
-            .values(store_id=bindparam("store_id"), name=bindparam("name"), value=1)
-            .on_conflict_do_update(
-                index_elements=[StoreCounter.store_id, StoreCounter.name],
-                set_={"value": StoreCounter.value + 1},
-            )
-            .returning(StoreCounter.value)
+def _next_number(insert: Callable[[Any], postgresql.Insert | sqlite.Insert]) -> Statement:
+    return Statement(
+        insert(StoreCounter)
+        .values(store_id=bindparam("store_id"), name=bindparam("name"), value=1)
+        .on_conflict_do_update(
+            index_elements=[StoreCounter.store_id, StoreCounter.name],
+            set_={"value": StoreCounter.value + 1},
         )
-    # Core on the session's connection: this runs under the counter's lock on every
-    # create, where the ORM's statement handling showed up in profiles.
-    result = await connection.execute(statement, {"store_id": store_id, "name": counter})
-    return int(result.scalar_one())
+        .returning(StoreCounter.value)
+    )
 
 
-# next_store_number's statement, built once per database dialect.
-_counter_upserts: dict[str, Any] = {}
+# Each database spells an upsert its own way.
+_NEXT_NUMBER = {
+    "postgresql": _next_number(postgresql.insert),
+    "sqlite": _next_number(sqlite.insert),
+}
+
+STORE_IS_ACTIVE = Statement(select(Store.is_active).where(Store.id == bindparam("store_id")))
+
+
+async def next_store_number(statements: Transaction, store_id: int, counter: str) -> int:
+    """Allocates the next number of `counter` in the store, inside the caller's
+    transaction (`CoreTransaction.of(session)` for a session's). The counter row
+    stays locked until that transaction ends, so concurrent callers (in any process)
+    get distinct numbers, and a rolled-back transaction gives its number back. Call
+    it late to hold the lock briefly."""
+    params = {"store_id": store_id, "name": counter}
+    return int(await statements.scalar(_NEXT_NUMBER[statements.dialect], params))
 
 
 async def create_store(session: AsyncSession, name: str) -> Store:

@@ -1,19 +1,24 @@
 """Store-scoped units of work: every one starts by checking its store, so no module
-can forget to, and reads skip the transaction round trips they do not need."""
+can forget to, and reads skip the transaction round trips they do not need.
+
+Two kinds: ORM sessions (`writing`, `reading`) for most of the work, and `statements`,
+the fixed-statement `Transaction` of services.core.sql for the hottest calls."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Self
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.core import deadlines
 from services.core.database import UnitOfWork, create_session_factory
-from services.core.reads import ReadQuery, Row
-from services.core.stores import check_store_id, store_inactive, store_is_active
+from services.core.errors import NotFound
+from services.core.sql import CoreTransaction, DriverTransaction, Row, Statement, Transaction
+from services.core.stores import STORE_IS_ACTIVE, check_store_id, store_inactive, store_is_active
 
 
 class StoreStatusCache:
@@ -27,23 +32,31 @@ class StoreStatusCache:
         self._clock = clock
         self._known: dict[int, tuple[bool, float]] = {}
 
-    def known_active(self, store_id: int) -> bool:
-        """Whether the store is remembered, and remembered as active."""
-        known = self._known.get(store_id)
-        return known is not None and known[0] and known[1] > self._clock()
+    async def require_active(self, session: AsyncSession, store_id: int) -> None:
+        await self._require(store_id, lambda: store_is_active(session, store_id))
 
-    async def require_active(self, session: AsyncSession | AsyncConnection, store_id: int) -> None:
+    async def require_active_on(self, transaction: Transaction, store_id: int) -> None:
+        await self._require(store_id, lambda: _store_is_active_on(transaction, store_id))
+
+    async def _require(self, store_id: int, look_up: Callable[[], Awaitable[bool]]) -> None:
         check_store_id(store_id)
         now = self._clock()
         known = self._known.get(store_id)
         if known is not None and known[1] > now:
             active = known[0]
         else:
-            active = await store_is_active(session, store_id)
+            active = await look_up()
             if self._ttl > 0:
                 self._known[store_id] = (active, now + self._ttl)
         if not active:
             raise store_inactive(store_id)
+
+
+async def _store_is_active_on(transaction: Transaction, store_id: int) -> bool:
+    is_active = await transaction.scalar(STORE_IS_ACTIVE, {"store_id": store_id})
+    if is_active is None:
+        raise NotFound("store", str(store_id))
+    return bool(is_active)
 
 
 # How long after the caller's deadline PostgreSQL stops a statement of a transaction on
@@ -54,6 +67,7 @@ DEADLINE_GRACE_MS = 100
 _BOUND_TRANSACTION = text(
     "SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)"
 )
+_BOUND_STATEMENTS = Statement(_BOUND_TRANSACTION)
 
 
 class StoreUnitOfWork(UnitOfWork):
@@ -108,31 +122,72 @@ class TenantDatabase:
         """Reads in the store, each statement on its own (no snapshot across them)."""
         return StoreUnitOfWork(self._read_sessions, self.stores, store_id, transaction=False)
 
+    @asynccontextmanager
+    async def statements(self, store_id: int, *, transaction: bool) -> AsyncIterator[Transaction]:
+        """Fixed statements in the store (services.core.sql), the store checked first.
+        With `transaction`, one transaction bounded by the caller's deadline, committed
+        when the block ends normally and rolled back when it raises; without, each
+        statement on its own."""
+        if not self._on_asyncpg:
+            engine = self.engine if transaction else self._autocommit
+            async with engine.begin() if transaction else engine.connect() as connection:
+                core = CoreTransaction(connection)
+                await self.stores.require_active_on(core, store_id)
+                yield core
+            return
+        pooled = await self.engine.raw_connection()
+        driver = pooled.driver_connection
+        assert driver is not None  # a checked-out connection always has one
+        try:
+            statements = DriverTransaction(driver, self.engine.dialect)
+            if transaction:
+                async with driver.transaction():
+                    await _bound_by_deadline_on(statements)
+                    await self.stores.require_active_on(statements, store_id)
+                    yield statements
+            else:
+                await self.stores.require_active_on(statements, store_id)
+                yield statements
+        finally:
+            # asyncpg itself waits out a cancelled statement before the next one. A
+            # transaction whose rollback did not finish (its task cancelled again)
+            # must not reach the next caller.
+            if driver.is_closed() or driver.is_in_transaction():
+                pooled.invalidate()
+            pooled.close()
+
     async def fetch(
-        self, store_id: int, query: ReadQuery, params: Mapping[str, Any]
+        self, store_id: int, statement: Statement, params: Mapping[str, Any]
     ) -> Sequence[Row]:
-        """The rows of one hot read in the store (services.core.reads): no session, no
-        transaction, the store checked as by every unit of work."""
-        if self._on_asyncpg and self.stores.known_active(store_id):
-            # Nothing to check in the database: the pooled asyncpg connection alone.
-            return await query.on_pool(self.engine, params)
-        async with self._autocommit.connect() as connection:
-            await self.stores.require_active(connection, store_id)
-            return await query.all(connection, params)
+        """The rows of one hot read in the store: no session, no transaction."""
+        async with self.statements(store_id, transaction=False) as statements:
+            return await statements.fetch(statement, params)
 
     async def fetch_one(
-        self, store_id: int, query: ReadQuery, params: Mapping[str, Any]
+        self, store_id: int, statement: Statement, params: Mapping[str, Any]
     ) -> Row | None:
-        rows = await self.fetch(store_id, query, params)
+        rows = await self.fetch(store_id, statement, params)
         return rows[0] if rows else None
+
+
+def _deadline_milliseconds() -> int | None:
+    """The statement and lock timeout a transaction takes from the caller's deadline."""
+    left = deadlines.remaining()
+    if left is None:
+        return None
+    # PostgreSQL takes at most 2**31 - 1 ms (about 24 days); 0 would mean "no limit".
+    return min(max(1, int(left * 1000)) + DEADLINE_GRACE_MS, 2**31 - 1)
+
+
+async def _bound_by_deadline_on(statements: Transaction) -> None:
+    if (milliseconds := _deadline_milliseconds()) is not None:
+        await statements.fetch(_BOUND_STATEMENTS, {"ms": str(milliseconds)})
 
 
 async def _bound_by_deadline(session: AsyncSession) -> None:
     """Makes PostgreSQL end the transaction's statements shortly after the deadline
     (SET LOCAL: the settings end with the transaction)."""
-    left = deadlines.remaining()
-    if left is None or session.get_bind().dialect.name != "postgresql":
+    milliseconds = _deadline_milliseconds()
+    if milliseconds is None or session.get_bind().dialect.name != "postgresql":
         return
-    # PostgreSQL takes at most 2**31 - 1 ms (about 24 days); 0 would mean "no limit".
-    milliseconds = min(max(1, int(left * 1000)) + DEADLINE_GRACE_MS, 2**31 - 1)
     await session.execute(_BOUND_TRANSACTION, {"ms": str(milliseconds)})

@@ -26,7 +26,7 @@ from services.core.errors import (
 from services.core.idempotency import RequestKey, create_once, remember
 from services.core.pagination import PageTokenCodec, resolve_page_size
 from services.core.passwords import PasswordHasher, password_problem
-from services.core.reads import ReadQuery
+from services.core.sql import CoreTransaction, Statement, Transaction
 from services.core.stores import check_store_id, next_store_number
 from services.core.tenancy import TenantDatabase
 from services.customers import validation
@@ -42,13 +42,12 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MAX_ADDRESSES_PER_CUSTOMER = 20
 
-# GetCustomer, the hottest read: one fixed statement on the fast path (core.reads).
-_CUSTOMER_BY_KEY = ReadQuery(
-    select(*SNAPSHOT_COLUMNS).where(
-        Customer.store_id == bindparam("store_id"),
-        Customer.customer_id == bindparam("customer_id"),
-    )
+# GetCustomer, the hottest read: one fixed statement on the fast path (core.sql).
+_CUSTOMER_BY_KEY_SELECT = select(*SNAPSHOT_COLUMNS).where(
+    Customer.store_id == bindparam("store_id"),
+    Customer.customer_id == bindparam("customer_id"),
 )
+_CUSTOMER_BY_KEY = Statement(_CUSTOMER_BY_KEY_SELECT)
 
 CUSTOMER_COUNTER = "customer"
 ADDRESS_COUNTER = "customer_address"
@@ -173,7 +172,9 @@ class CustomerService:
         hashed_password = await self._passwords.hash(password) if password else None
         async with self._db.writing(store_id) as uow:
             await _ensure_email_free(uow.session, store_id, values["email"])
-            customer_id = await next_store_number(uow.session, store_id, CUSTOMER_COUNTER)
+            customer_id = await next_store_number(
+                await CoreTransaction.of(uow.session), store_id, CUSTOMER_COUNTER
+            )
             now = utc_now()
             customer = Customer(
                 store_id=store_id,
@@ -188,7 +189,7 @@ class CustomerService:
             )
             uow.session.add(customer)
             if key:
-                remember(uow.session, store_id, key, customer_id)
+                await remember(await CoreTransaction.of(uow.session), store_id, key, customer_id)
             await _flush_unless_email_taken(uow.session, values["email"])
             await uow.commit()
         return customer
@@ -376,7 +377,9 @@ class CustomerService:
                     reason="ADDRESS_LIMIT_REACHED",
                     metadata={"limit": MAX_ADDRESSES_PER_CUSTOMER},
                 )
-            address_id = await next_store_number(session, store_id, ADDRESS_COUNTER)
+            address_id = await next_store_number(
+                await CoreTransaction.of(session), store_id, ADDRESS_COUNTER
+            )
             await _clear_other_defaults(session, store_id, customer_id, address_id, values)
             now = utc_now()
             address = CustomerAddress(
@@ -389,7 +392,7 @@ class CustomerService:
             )
             session.add(address)
             if key:
-                remember(session, store_id, key, address_id)
+                await remember(await CoreTransaction.of(session), store_id, key, address_id)
             await session.flush()
             await uow.commit()
         return address
@@ -513,7 +516,7 @@ def _matches(needle: str) -> Any:
     )
 
 
-_CUSTOMER_FOR_SHARE = _CUSTOMER_BY_KEY.statement.with_for_update(read=True)
+_CUSTOMER_FOR_SHARE = Statement(_CUSTOMER_BY_KEY_SELECT.with_for_update(read=True))
 
 
 def check_customer_id(customer_id: int) -> None:
@@ -538,15 +541,14 @@ async def load_customer(
 
 
 async def share_locked_customer(
-    session: AsyncSession, store_id: int, customer_id: int
+    statements: Transaction, store_id: int, customer_id: int
 ) -> CustomerSnapshot:
     """The store's customer, or NOT_FOUND, its row share-locked (FOR SHARE) to the end
     of the transaction: it stays as it is while another module writes a row that
     references it, such as an order. Core, not the ORM: it is on every order's path."""
     check_customer_id(customer_id)
-    connection = await session.connection()
     params = {"store_id": store_id, "customer_id": customer_id}
-    row = (await connection.execute(_CUSTOMER_FOR_SHARE, params)).mappings().first()
+    row = await statements.fetch_one(_CUSTOMER_FOR_SHARE, params)
     if row is None:
         raise NotFound("customer", str(customer_id))
     return CustomerSnapshot(**row)

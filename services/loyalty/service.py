@@ -15,6 +15,7 @@ from services.core.customer_metrics import CustomerMetric
 from services.core.database import upsert_insert, utc_now
 from services.core.errors import FailedPrecondition, InvalidArgument, Violations
 from services.core.idempotency import RequestKey, create_once, remember
+from services.core.sql import CoreTransaction
 from services.core.stores import check_store_id, next_store_number
 from services.core.tenancy import TenantDatabase
 from services.customers.models import Customer
@@ -169,7 +170,9 @@ class LoyaltyService:
             # movement locks its account before the counter: no lock cycle.
             movement = LoyaltyMovement(
                 store_id=store_id,
-                movement_id=await next_store_number(session, store_id, MOVEMENT_COUNTER),
+                movement_id=await next_store_number(
+                    await CoreTransaction.of(session), store_id, MOVEMENT_COUNTER
+                ),
                 customer_id=customer_id,
                 points=delta,
                 balance_after=standing.points_balance,
@@ -178,7 +181,9 @@ class LoyaltyService:
             )
             session.add(movement)
             if key:
-                remember(session, store_id, key, movement.movement_id)
+                await remember(
+                    await CoreTransaction.of(session), store_id, key, movement.movement_id
+                )
             await session.flush()
             await uow.commit()
         return Movement(movement, standing)
@@ -219,7 +224,7 @@ async def load_movement(session: AsyncSession, store_id: int, movement_id: int) 
 
 
 async def _active_customer(session: AsyncSession, store_id: int, customer_id: int) -> None:
-    customer = await share_locked_customer(session, store_id, customer_id)
+    customer = await share_locked_customer(await CoreTransaction.of(session), store_id, customer_id)
     if not customer.is_active:
         raise FailedPrecondition(
             f"customer {customer_id} is inactive: its points cannot move",
