@@ -166,16 +166,18 @@ CUSTOMER_ORDERS_AFTER = (
     + _NEWEST_FIRST
     + " LIMIT $5"
 )
-# services/orders/statistics.py: the customer LEFT JOIN its counted orders, by
-# currency. No row: no such customer; one row with a NULL currency: no orders.
+# services/orders/statistics.py: the customer LEFT JOIN its counted orders,
+# aggregated per currency in a subquery. No row: no such customer; one row with a
+# NULL currency: no orders.
 CUSTOMER_ORDER_STATS = (
-    "SELECT orders.currency_code, count(orders.order_id) AS count_1,"
-    " sum(orders.total_minor) AS sum_1, min(orders.created_at) AS min_1,"
-    " max(orders.created_at) AS max_1"
-    " FROM customers LEFT OUTER JOIN orders ON orders.store_id = customers.store_id"
-    " AND orders.customer_id = customers.customer_id AND orders.status != $1"
+    "SELECT anon_1.currency_code, anon_1.count_1, anon_1.sum_1, anon_1.min_1, anon_1.max_1"
+    " FROM customers LEFT OUTER JOIN (SELECT orders.currency_code AS currency_code,"
+    " count(orders.order_id) AS count_1, sum(orders.total_minor) AS sum_1,"
+    " min(orders.created_at) AS min_1, max(orders.created_at) AS max_1 FROM orders"
+    " WHERE orders.store_id = $2 AND orders.customer_id = $3 AND orders.status != $1"
+    " GROUP BY orders.currency_code) AS anon_1 ON true"
     " WHERE customers.store_id = $2 AND customers.customer_id = $3"
-    " GROUP BY orders.currency_code ORDER BY orders.currency_code"
+    " ORDER BY anon_1.currency_code"
 )
 
 

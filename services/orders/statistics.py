@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import bindparam, func, select, true
 
 from services.core.customer_metrics import CustomerMetric
 from services.core.database import UtcDateTime
 from services.core.errors import NotFound
+from services.core.sql import Statement
 from services.core.tenancy import TenantDatabase
 from services.customers.models import Customer
 from services.customers.service import check_customer_id
@@ -46,6 +47,48 @@ class CustomerOrderStats:
         return sum(totals.order_count for totals in self.currencies)
 
 
+def _statistics_statement() -> Statement:
+    """One round trip: the customer LEFT JOIN its counted orders aggregated per
+    currency. No row: no such customer. One row with a NULL currency: a customer
+    without orders.
+
+    The orders are aggregated in a subquery of their own, not through the join: the
+    planner then sees how many orders it reads and hashes them into their few
+    currencies. Grouping the join instead, it expected one row and sorted all of a big
+    customer's orders, on disk past work_mem (90 ms against 26 ms for a customer with
+    100,000 orders). On PostgreSQL the aggregate reads ix_orders_customer alone (its
+    INCLUDE columns cover it)."""
+    per_currency = (
+        select(
+            Order.currency_code,
+            func.count(Order.order_id).label("order_count"),
+            func.sum(Order.total_minor).label("total_minor"),
+            func.min(Order.created_at, type_=UtcDateTime()).label("first_time"),
+            func.max(Order.created_at, type_=UtcDateTime()).label("last_time"),
+        )
+        .where(
+            Order.store_id == bindparam("store_id"),
+            Order.customer_id == bindparam("customer_id"),
+            Order.status != OrderStatus.CANCELLED.value,
+        )
+        .group_by(Order.currency_code)
+        .subquery()
+    )
+    return Statement(
+        select(per_currency)
+        .select_from(Customer)
+        .outerjoin(per_currency, true())
+        .where(
+            Customer.store_id == bindparam("store_id"),
+            Customer.customer_id == bindparam("customer_id"),
+        )
+        .order_by(per_currency.c.currency_code)
+    )
+
+
+_STATS = _statistics_statement()
+
+
 class OrderMetricsProvider:
     """The orders module's CustomerMetricsProvider (services.core.customer_metrics)."""
 
@@ -56,43 +99,22 @@ class OrderMetricsProvider:
 
     async def customer_order_stats(self, store_id: int, customer_id: int) -> CustomerOrderStats:
         check_customer_id(customer_id)
-        # One round trip: the customer LEFT JOIN its counted orders, grouped by
-        # currency. No row: no such customer. One row with a NULL currency: a customer
-        # without orders. On PostgreSQL the aggregate reads ix_orders_customer alone
-        # (its INCLUDE columns cover it), in one index range.
-        counted = and_(
-            Order.store_id == Customer.store_id,
-            Order.customer_id == Customer.customer_id,
-            Order.status != OrderStatus.CANCELLED.value,
+        rows = await self._db.fetch(
+            store_id, _STATS, {"store_id": store_id, "customer_id": customer_id}
         )
-        statement = (
-            select(
-                Order.currency_code,
-                func.count(Order.order_id),
-                func.sum(Order.total_minor),
-                func.min(Order.created_at, type_=UtcDateTime()),
-                func.max(Order.created_at, type_=UtcDateTime()),
-            )
-            .select_from(Customer)
-            .outerjoin(Order, counted)
-            .where(Customer.store_id == store_id, Customer.customer_id == customer_id)
-            .group_by(Order.currency_code)
-            .order_by(Order.currency_code)
-        )
-        async with self._db.reading(store_id) as uow:
-            rows = (await uow.session.execute(statement)).all()
         if not rows:
             raise NotFound("customer", str(customer_id))
-        counted_rows = [row for row in rows if row[0] is not None]
+        counted_rows = [row for row in rows if row["currency_code"] is not None]
         return CustomerOrderStats(
             store_id=store_id,
             customer_id=customer_id,
             # PostgreSQL's sum(bigint) is numeric: back to int, exactly.
             currencies=[
-                CurrencyTotals(code, count, int(total)) for code, count, total, *_ in counted_rows
+                CurrencyTotals(row["currency_code"], row["order_count"], int(row["total_minor"]))
+                for row in counted_rows
             ],
-            first_order_time=min((row[3] for row in counted_rows), default=None),
-            last_order_time=max((row[4] for row in counted_rows), default=None),
+            first_order_time=min((row["first_time"] for row in counted_rows), default=None),
+            last_order_time=max((row["last_time"] for row in counted_rows), default=None),
         )
 
     async def customer_metrics(self, store_id: int, customer_id: int) -> list[CustomerMetric]:
