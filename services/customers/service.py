@@ -195,14 +195,9 @@ class CustomerService:
         return customer
 
     async def get_customer(self, store_id: int, customer_id: int) -> CustomerSnapshot:
-        check_store_id(store_id)
         check_customer_id(customer_id)
-        row = await self._db.fetch_one(
-            store_id, _CUSTOMER_BY_KEY, {"store_id": store_id, "customer_id": customer_id}
-        )
-        if row is None:
-            raise NotFound("customer", str(customer_id))
-        return CustomerSnapshot(**row)
+        async with self._db.statements(store_id, transaction=False) as statements:
+            return await find_customer(statements, store_id, customer_id)
 
     async def update_customer(
         self, store_id: int, customer_id: int, changes: dict[str, Any], *, etag: str = ""
@@ -538,6 +533,18 @@ async def load_customer(
     if customer is None:
         raise NotFound("customer", str(customer_id))
     return customer
+
+
+async def find_customer(
+    statements: Transaction, store_id: int, customer_id: int
+) -> CustomerSnapshot:
+    """The store's customer, or NOT_FOUND, on the fixed-statement path."""
+    check_customer_id(customer_id)
+    params = {"store_id": store_id, "customer_id": customer_id}
+    row = await statements.fetch_one(_CUSTOMER_BY_KEY, params)
+    if row is None:
+        raise NotFound("customer", str(customer_id))
+    return CustomerSnapshot(**row)
 
 
 async def share_locked_customer(

@@ -7,6 +7,7 @@ even through a bug."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 
@@ -23,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from services.core.database import Base, UtcDateTime, utc_now
-from services.customers.models import Customer
+from services.customers.models import Customer, CustomerSnapshot
 
 
 class OrderStatus(StrEnum):
@@ -114,3 +115,46 @@ class OrderLineItem(Base):
         CheckConstraint("quantity > 0", name="quantity_positive"),
         CheckConstraint("unit_price_minor >= 0", name="unit_price_not_negative"),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LineItemSnapshot:
+    """A line as the hot paths return it: OrderLineItem's fields, without the ORM."""
+
+    store_id: int
+    order_id: int
+    line_number: int
+    sku: str
+    name: str
+    quantity: int
+    unit_price_minor: int
+    line_total_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderSnapshot:
+    """An order as the hot paths return it (CreateOrder, a customer's history):
+    Order's fields, its lines and its customer, read-only and without the ORM, whose
+    instances cost more CPU to build than the queries took (docs/performance.md)."""
+
+    store_id: int
+    order_id: int
+    order_number: str
+    customer_id: int | None
+    status: str
+    currency_code: str
+    total_minor: int
+    contact_email: str
+    created_at: datetime
+    updated_at: datetime
+    line_items: tuple[LineItemSnapshot, ...] = ()
+    customer: CustomerSnapshot | None = None
+
+
+# The columns the snapshots are made of, in their field order.
+ORDER_COLUMNS = [
+    Order.__table__.c[field.name]
+    for field in fields(OrderSnapshot)
+    if field.name not in ("line_items", "customer")
+]
+LINE_ITEM_COLUMNS = [OrderLineItem.__table__.c[field.name] for field in fields(LineItemSnapshot)]

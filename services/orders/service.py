@@ -22,7 +22,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
-from sqlalchemy.orm.attributes import set_committed_value
 
 from services.core.database import UtcDateTime, utc_now
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
@@ -32,9 +31,15 @@ from services.core.sql import Transaction, insert_row
 from services.core.stores import check_store_id, next_store_number
 from services.core.tenancy import TenantDatabase
 from services.customers import validation
-from services.customers.models import Customer, CustomerSnapshot
+from services.customers.models import CustomerSnapshot
 from services.customers.service import share_locked_customer
-from services.orders.models import Order, OrderLineItem, OrderStatus
+from services.orders.models import (
+    LineItemSnapshot,
+    Order,
+    OrderLineItem,
+    OrderSnapshot,
+    OrderStatus,
+)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -94,7 +99,7 @@ class OrderFilter:
 
 @dataclass(frozen=True)
 class OrderPage:
-    orders: list[Order]
+    orders: Sequence[Order | OrderSnapshot]
     next_page_token: str
 
 
@@ -107,7 +112,9 @@ class OrderService:
         self._db = database
         self._page_tokens = page_tokens
 
-    async def create_order(self, store_id: int, new: NewOrder, *, request_id: str = "") -> Order:
+    async def create_order(
+        self, store_id: int, new: NewOrder, *, request_id: str = ""
+    ) -> Order | OrderSnapshot:
         check_store_id(store_id)
         values = _validated_order(new)
         key = RequestKey.parse(CREATE_ORDER, request_id, values)
@@ -121,7 +128,7 @@ class OrderService:
 
     async def _insert_order(
         self, store_id: int, values: dict[str, Any], key: RequestKey | None
-    ) -> Order:
+    ) -> OrderSnapshot:
         lines = [
             line
             | {
@@ -159,10 +166,11 @@ class OrderService:
             await statements.execute_many(_INSERT_LINE_ITEMS, lines)
             if key:
                 await remember(statements, store_id, key, order_id)
-        order = Order(**order_values)
-        set_committed_value(order, "line_items", [OrderLineItem(**line) for line in lines])
-        set_committed_value(order, "customer", customer)
-        return order
+        return OrderSnapshot(
+            **order_values,
+            line_items=tuple(LineItemSnapshot(**line) for line in lines),
+            customer=customer,
+        )
 
     async def get_order(self, store_id: int, order_id: int) -> Order:
         _check_order_id(order_id)
@@ -199,7 +207,7 @@ class OrderService:
             name: str(value) for name, value in asdict(filters).items()
         }
         async with self._db.reading(store_id) as uow:
-            return await newest_first_page(
+            return await _newest_first_page(
                 uow.session,
                 self._page_tokens,
                 scope,
@@ -238,25 +246,24 @@ class OrderService:
         return order
 
 
-# -- shared with the customer order service ----------------------------------------------
+# -- reading orders with the ORM ---------------------------------------------------------
 
 
-def with_details(statement: Select[Order], *, customer: bool = True) -> Select[Order]:
+def _with_details(statement: Select[Order]) -> Select[Order]:
     """Loads the lines (one extra query for the whole page) and the customer (joined)."""
-    statement = statement.options(selectinload(Order.line_items))
-    return statement.options(joinedload(Order.customer)) if customer else statement
+    return statement.options(selectinload(Order.line_items), joinedload(Order.customer))
 
 
 async def load_order(session: AsyncSession, store_id: int, order_id: int) -> Order:
     order = await session.scalar(
-        with_details(select(Order).where(Order.store_id == store_id, Order.order_id == order_id))
+        _with_details(select(Order).where(Order.store_id == store_id, Order.order_id == order_id))
     )
     if order is None:
         raise NotFound("order", str(order_id))
     return order
 
 
-async def newest_first_page(
+async def _newest_first_page(
     session: AsyncSession,
     page_tokens: PageTokenCodec,
     scope: dict[str, Any],
@@ -264,11 +271,9 @@ async def newest_first_page(
     *,
     page_size: int,
     page_token: str,
-    customer: Customer | None = None,
 ) -> OrderPage:
     """One page of the orders matching `conditions`, newest first, by the keyset
-    (created_at, order_id). With `customer` given, every order is that customer's and
-    gets it attached instead of joining it again."""
+    (created_at, order_id)."""
     size = resolve_page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
     if page_token:
         created_at, order_id = page_tokens.decode(page_token, scope)
@@ -283,10 +288,7 @@ async def newest_first_page(
         .order_by(Order.created_at.desc(), Order.order_id.desc())
         .limit(size + 1)
     )
-    orders = list(await session.scalars(with_details(statement, customer=customer is None)))
-    if customer is not None:
-        for order in orders:
-            set_committed_value(order, "customer", customer)
+    orders = list(await session.scalars(_with_details(statement)))
     page, token = page_tokens.cut(
         orders, size, scope, lambda last: [last.created_at.isoformat(), last.order_id]
     )

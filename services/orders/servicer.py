@@ -26,7 +26,13 @@ from services.core.grpc_support import timestamp
 from services.core.modules import ModuleContext
 from services.customers.servicer import customer_to_proto
 from services.orders.customer_orders import CustomerOrderService
-from services.orders.models import Order, OrderLineItem, OrderStatus
+from services.orders.models import (
+    LineItemSnapshot,
+    Order,
+    OrderLineItem,
+    OrderSnapshot,
+    OrderStatus,
+)
 from services.orders.service import NewLineItem, NewOrder, OrderFilter, OrderService
 from services.orders.statistics import CustomerOrderStats, OrderMetricsProvider
 
@@ -40,7 +46,7 @@ _STATUS_FROM_PROTO: dict[int, OrderStatus] = {
 }
 
 
-def order_to_proto(order: Order) -> order_pb2.Order:
+def order_to_proto(order: Order | OrderSnapshot) -> order_pb2.Order:
     return order_pb2.Order(
         store_id=order.store_id,
         order_id=order.order_id,
@@ -57,7 +63,7 @@ def order_to_proto(order: Order) -> order_pb2.Order:
     )
 
 
-def _line_to_proto(line: OrderLineItem) -> order_pb2.OrderLineItem:
+def _line_to_proto(line: OrderLineItem | LineItemSnapshot) -> order_pb2.OrderLineItem:
     return order_pb2.OrderLineItem(
         line_number=line.line_number,
         sku=line.sku,
