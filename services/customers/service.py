@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import email_validator
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, String, bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -96,7 +96,7 @@ class NewCustomer:
 
 @dataclass(frozen=True)
 class CustomerPage:
-    customers: list[Customer]
+    customers: list[CustomerSnapshot]
     next_page_token: str
 
 
@@ -233,25 +233,17 @@ class CustomerService:
         needle = validation.search_text(problems, "query", query)
         problems.raise_if_any()
         scope = {"list": "customers", "store_id": store_id, "active": active, "query": needle}
-        after_id = 0
+        params: dict[str, Any] = {"store_id": store_id, "after_id": 0, "limit": size + 1}
         if page_token:
-            (after_id,) = self._page_tokens.decode(page_token, scope)
-
-        statement = (
-            select(Customer)
-            .where(Customer.store_id == store_id, Customer.customer_id > after_id)
-            .order_by(Customer.customer_id)
-            .limit(size + 1)
-        )
-        if active is not None:
-            statement = statement.where(Customer.is_active.is_(active))
+            (params["after_id"],) = self._page_tokens.decode(page_token, scope)
         if needle:
-            statement = statement.where(_matches(needle))
-        async with self._db.reading(store_id) as uow:
-            customers = list(await uow.session.scalars(statement))
-
-        page, token = self._page_tokens.cut(customers, size, scope, lambda last: [last.customer_id])
-        return CustomerPage(page, token)
+            params["pattern"] = f"%{_escape_like(needle)}%"
+        async with self._db.statements(store_id, transaction=False) as statements:
+            rows = await statements.fetch(_CUSTOMER_PAGES[active, bool(needle)], params)
+        page, token = self._page_tokens.cut(
+            list(rows), size, scope, lambda last: [last["customer_id"]]
+        )
+        return CustomerPage([CustomerSnapshot(**row) for row in page], token)
 
     async def set_customer_status(
         self, store_id: int, customer_id: int, active: bool, *, etag: str = ""
@@ -499,17 +491,54 @@ def _login_key(email: str) -> str | None:
     return email_key(valid.normalized)
 
 
-def _matches(needle: str) -> Any:
-    """Case-insensitive substring match on email, names, full name and phone."""
+def _matches_pattern() -> ColumnElement[bool]:
+    """Case-insensitive substring match on email, names, full name and phone, of the
+    LIKE pattern bound as "pattern" (escaped with "/": see _escape_like)."""
+    pattern = bindparam("pattern", type_=String())
     full_name = func.lower(Customer.first_name + " " + Customer.last_name)
     return or_(
-        Customer.email_key.contains(needle, autoescape=True),
-        func.lower(Customer.first_name).contains(needle, autoescape=True),
-        func.lower(Customer.last_name).contains(needle, autoescape=True),
-        full_name.contains(needle, autoescape=True),
-        Customer.phone.contains(needle, autoescape=True),
+        *(
+            column.like(pattern, escape="/")
+            for column in (
+                Customer.email_key,
+                func.lower(Customer.first_name),
+                func.lower(Customer.last_name),
+                full_name,
+                Customer.phone,
+            )
+        )
     )
 
+
+def _escape_like(needle: str) -> str:
+    """The needle as literal text inside a LIKE pattern: its own wildcards escaped."""
+    return needle.replace("/", "//").replace("%", "/%").replace("_", "/_")
+
+
+def _customer_page(active: bool | None, search: bool) -> Statement:
+    """ListCustomers' page query for one combination of filters: the keyset is the
+    customer id, so a page is one range of the primary key however deep."""
+    conditions = [
+        Customer.store_id == bindparam("store_id"),
+        Customer.customer_id > bindparam("after_id"),
+    ]
+    if active is not None:
+        conditions.append(Customer.is_active.is_(active))
+    if search:
+        conditions.append(_matches_pattern())
+    return Statement(
+        select(*SNAPSHOT_COLUMNS)
+        .where(*conditions)
+        .order_by(Customer.customer_id)
+        .limit(bindparam("limit"))
+    )
+
+
+_CUSTOMER_PAGES = {
+    (active, search): _customer_page(active, search)
+    for active in (None, True, False)
+    for search in (False, True)
+}
 
 _CUSTOMER_FOR_SHARE = Statement(_CUSTOMER_BY_KEY_SELECT.with_for_update(read=True))
 

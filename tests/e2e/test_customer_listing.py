@@ -101,6 +101,9 @@ async def test_filter_by_status(customers, store_id):
         ("@shop.example.com", ["zoe", "yan"]),  # email
         ("555-01", ["yan"]),  # phone
         ("%", ["pct"]),  # LIKE wildcards are matched literally
+        ("0% s", ["pct"]),
+        ("_", []),
+        ("/", []),  # the escape character itself
         ("nobody", []),
     ],
 )
