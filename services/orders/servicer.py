@@ -7,10 +7,12 @@ the customers servicer's function: one definition of what a customer looks like.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import grpc
+from commerce.customers.v1 import customer_pb2
 from commerce.orders.v1 import customer_order_service_pb2 as customer_orders_pb
 from commerce.orders.v1 import (
     customer_order_service_pb2_grpc,
@@ -46,13 +48,18 @@ _STATUS_FROM_PROTO: dict[int, OrderStatus] = {
 }
 
 
-def order_to_proto(order: Order | OrderSnapshot) -> order_pb2.Order:
+def order_to_proto(
+    order: Order | OrderSnapshot, customer: customer_pb2.Customer | None = None
+) -> order_pb2.Order:
+    """The order's message; `customer` is its customer's message when already built."""
+    if customer is None and order.customer is not None:
+        customer = customer_to_proto(order.customer)
     return order_pb2.Order(
         store_id=order.store_id,
         order_id=order.order_id,
         order_number=order.order_number,
         customer_id=order.customer_id or 0,
-        customer=customer_to_proto(order.customer) if order.customer is not None else None,
+        customer=customer,
         status=_PROTO_STATUS[OrderStatus(order.status)],
         currency_code=order.currency_code,
         line_items=[_line_to_proto(line) for line in order.line_items],
@@ -61,6 +68,16 @@ def order_to_proto(order: Order | OrderSnapshot) -> order_pb2.Order:
         create_time=timestamp(order.created_at),
         update_time=timestamp(order.updated_at),
     )
+
+
+def orders_to_proto(orders: Sequence[Order | OrderSnapshot]) -> list[order_pb2.Order]:
+    """The orders' messages. The orders of a customer's page share one customer
+    object: its message is built once, not once per order."""
+    customers: dict[int, customer_pb2.Customer] = {}
+    for order in orders:
+        if order.customer is not None and id(order.customer) not in customers:
+            customers[id(order.customer)] = customer_to_proto(order.customer)
+    return [order_to_proto(order, customers.get(id(order.customer))) for order in orders]
 
 
 def _line_to_proto(line: OrderLineItem | LineItemSnapshot) -> order_pb2.OrderLineItem:
@@ -169,7 +186,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
             filters=filters,
         )
         return orders_pb.ListOrdersResponse(
-            orders=[order_to_proto(order) for order in page.orders],
+            orders=orders_to_proto(page.orders),
             next_page_token=page.next_page_token,
         )
 
@@ -196,7 +213,7 @@ class CustomerOrderServicer(customer_order_service_pb2_grpc.CustomerOrderService
             page_token=request.page_token,
         )
         return customer_orders_pb.ListCustomerOrdersResponse(
-            orders=[order_to_proto(order) for order in page.orders],
+            orders=orders_to_proto(page.orders),
             next_page_token=page.next_page_token,
         )
 
@@ -206,9 +223,7 @@ class CustomerOrderServicer(customer_order_service_pb2_grpc.CustomerOrderService
         orders = await self._service.recent_orders(
             request.store_id, request.customer_id, request.limit
         )
-        return customer_orders_pb.GetRecentCustomerOrdersResponse(
-            orders=[order_to_proto(order) for order in orders]
-        )
+        return customer_orders_pb.GetRecentCustomerOrdersResponse(orders=orders_to_proto(orders))
 
     async def GetCustomerOrderCount(
         self, request: customer_orders_pb.GetCustomerOrderCountRequest, context: Context
