@@ -59,6 +59,17 @@ class Result:
     latencies_ms: Sequence[float]
     cpu_seconds: float  # the server's, over the window
 
+    @classmethod
+    def combined(cls, results: Sequence[Result]) -> Result:
+        """Several windows of one server as one."""
+        return cls(
+            sum(result.requests for result in results),
+            sum(result.errors for result in results),
+            sum(result.seconds for result in results),
+            [latency for result in results for latency in result.latencies_ms],
+            sum(result.cpu_seconds for result in results),
+        )
+
     @property
     def per_second(self) -> float:
         return self.requests / self.seconds

@@ -65,8 +65,10 @@ def render(report: Any, machine: dict[str, str]) -> str:
         ),
         f"Scale: **{report.scale}**; a store of {store['customers']:,} customers and "
         f"{store['orders']:,} orders, one customer holding {big:,}"
-        f" of them. Each figure: {report.settings['warmup_s']:g} s of warm-up, then "
-        f"{report.settings['duration_s']:g} s measured. Unary gRPC loads come from h2load "
+        f" of them. Each window: {report.settings['warmup_s']:g} s of warm-up, then "
+        f"{report.settings['duration_s']:g} s measured; the suite and the baseline take "
+        "turns on each unary scenario, in the order suite, baseline, baseline, suite, and "
+        "each of their figures joins its two windows. Unary gRPC loads come from h2load "
         "(2 HTTP/2 connections x 16 streams; logins 1 x 8), the REST peer's from h2load "
         "over HTTP/1.1 (32 connections), the rest from bench/loadgen.py (grpc.aio in one "
         "process per core). Server CPU is the server processes' own user + system time "

@@ -75,6 +75,7 @@ class Report:
         row = {
             "scenario": scenario,
             "target": target,
+            "requests": result.requests,
             "per_second": round(result.per_second, 1),
             "p50_ms": round(result.percentile(0.50), 2),
             "p95_ms": round(result.percentile(0.95), 2),
@@ -176,6 +177,10 @@ class Unary:
     path: str
     request: Message
 
+    @property
+    def is_create(self) -> bool:
+        return self.path.endswith("/CreateOrder")
+
     def check(self, target: str) -> Message:
         """Calls it once through a real channel: h2load cannot see a gRPC status."""
         response_type = _response_types[self.path]
@@ -260,10 +265,30 @@ class Bench:
         # 32 calls in flight over 2 HTTP/2 connections, as the yardstick measured.
         self.load = H2Load(2, 16, scale.warmup, scale.duration)
 
-    def unary(self, name: str, call: Unary, server: servers.Running, load: H2Load) -> Result:
+    def unary(self, name: str, call: Unary, server: servers.Running, load: H2Load) -> None:
+        """One server under one load."""
+        result, created = self._unary(call, server, load)
+        self.report.add(name, server.name, result, **created)
+
+    def unary_pair(
+        self, name: str, call: Unary, ours: servers.Running, base: servers.Running
+    ) -> None:
+        """The suite and the baseline in the order A B B A, each figure the two
+        windows together: a drift of the machine over the four windows (a busier
+        database, a warmer cache) weighs on both alike."""
+        windows: dict[str, list[tuple[Result, dict[str, int]]]] = {ours.name: [], base.name: []}
+        for server in (ours, base, base, ours):
+            windows[server.name].append(self._unary(call, server, self.load))
+        for server_name, measured in windows.items():
+            created = sum(extra.get("created", 0) for _, extra in measured)
+            extra = {"created": created} if call.is_create else {}
+            self.report.add(name, server_name, Result.combined([r for r, _ in measured]), **extra)
+
+    def _unary(
+        self, call: Unary, server: servers.Running, load: H2Load
+    ) -> tuple[Result, dict[str, int]]:
         call.check(server.target)
-        is_create = call.path.endswith("/CreateOrder")
-        if is_create:
+        if call.is_create:
             before = asyncio.run(_counter(self.url, self.store.store_id, "order"))
         result = load.run(
             f"http://{server.target}{call.path}",
@@ -271,14 +296,12 @@ class Bench:
             body=grpc_frame(call.request.SerializeToString()),
             headers=GRPC_HEADERS,
         )
-        extra = {}
-        if is_create:
-            # Every order h2load saw answered must be in the database, and no more
-            # (h2load reads no gRPC status: the counter is the proof).
-            created = asyncio.run(_counter(self.url, self.store.store_id, "order")) - before
-            extra["created"] = created
-        self.report.add(name, server.name, result, **extra)
-        return result
+        if not call.is_create:
+            return result, {}
+        # Every order h2load saw answered must be in the database, and no more (h2load
+        # reads no gRPC status: the counter is the proof).
+        created = asyncio.run(_counter(self.url, self.store.store_id, "order")) - before
+        return result, {"created": created}
 
     def rest(self, name: str, path: str, server: servers.Running) -> None:
         load = H2Load(32, 1, self.scale.warmup, self.scale.duration, http1=True)
@@ -377,8 +400,7 @@ def run(url: str, scale_name: str, *, reseed: bool) -> Report:
         _check_deep_token(calls, store, ours)
 
         for name, call in calls.items():
-            for server in (ours, base):
-                bench.unary(name, call, server, bench.load)
+            bench.unary_pair(name, call, ours, base)
         customer_path = f"/api/store/customers/{store.typical_customer_id}"
         bench.rest("GetCustomer", customer_path, rest)
         stats_name = f"GetCustomerOrderStats, {scale.big_customer_orders:,} orders"

@@ -45,8 +45,7 @@ def test_every_scenario_is_served_by_every_server(tmp_path):
         asyncio.run(_drop(database))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    report = json.loads(figures.read_text())
-    rows = report["rows"]
+    rows = json.loads(figures.read_text())["rows"]
     served = {(row["scenario"], row["target"]) for row in rows}
     for scenario in ("GetCustomer", "CreateOrder", "AuthenticateCustomer", "CreateCustomer"):
         assert (scenario, "suite-1w") in served
@@ -60,10 +59,7 @@ def test_every_scenario_is_served_by_every_server(tmp_path):
         if row["scenario"].startswith("CreateOrder"):
             # h2load reads no gRPC status: the database's new orders prove the calls
             # worked (the count includes the warm-up's).
-            assert (
-                row["created"]
-                >= row["per_second"] * json.loads(figures.read_text())["settings"]["duration_s"]
-            ), row
+            assert row["created"] >= row["requests"] > 0, row
     table = page.read_text()
     assert "| GetCustomer | " in table
     assert "throughput ratio" in table
