@@ -20,6 +20,8 @@ NAMES = {
 def _number(value: float, digits: int = 0) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "-"
+    if abs(value) < 100:
+        digits = max(digits, 1)  # 7.3 logins a second, not 7
     return f"{value:,.{digits}f}"
 
 
@@ -49,7 +51,7 @@ class Figures:
         )
 
 
-def render(report: Any, machine: dict[str, str]) -> str:
+def render(report: Any) -> str:
     figures = Figures(report.rows)
     store = report.settings["store"]
     big = report.settings["big_customer_orders"]
@@ -61,7 +63,10 @@ def render(report: Any, machine: dict[str, str]) -> str:
         "",
         *_table(
             ["", ""],
-            [[key, f"`{value}`" if key == "command" else value] for key, value in machine.items()],
+            [
+                [key, f"`{value}`" if key == "command" else value]
+                for key, value in report.machine.items()
+            ],
         ),
         f"Scale: **{report.scale}**; a store of {store['customers']:,} customers and "
         f"{store['orders']:,} orders, one customer holding {big:,}"

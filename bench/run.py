@@ -68,6 +68,7 @@ class Report:
 
     scale: str
     settings: dict[str, Any]
+    machine: dict[str, str] = field(default_factory=dict)  # where, when, which commit
     rows: list[dict[str, Any]] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
 
@@ -377,7 +378,8 @@ def run(url: str, scale_name: str, *, reseed: bool) -> Report:
     store = prepared_store(url, scale, reseed=reseed)
     report = Report(
         scale_name,
-        {
+        machine=machine(),
+        settings={
             "store": asdict(store),
             "big_customer_orders": scale.big_customer_orders,
             "warmup_s": scale.warmup,
@@ -486,16 +488,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reseed", action="store_true", help="drop and seed the database anew")
     parser.add_argument("--output", help="Markdown file to write (default: docs/benchmarks.md)")
     parser.add_argument("--json", help="also write every figure to this JSON file")
+    parser.add_argument(
+        "--from-json", help="measure nothing: render the Markdown of an earlier run's --json"
+    )
     args = parser.parse_args(argv)
+    from bench.report import render
+
+    output = Path(args.output or ROOT / "docs" / "benchmarks.md")
+    if args.from_json:
+        output.write_text(render(Report(**json.loads(Path(args.from_json).read_text()))))
+        print(f"wrote {output}")
+        return 0
     scale = "smoke" if args.smoke else "full"
     url = args.database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
     if args.smoke and url.endswith("/commerce_bench"):
         url += "_smoke"
-    from bench.report import render
-
     report = run(url, scale, reseed=args.reseed or args.smoke)
-    output = Path(args.output or ROOT / "docs" / "benchmarks.md")
-    output.write_text(render(report, machine()))
+    output.write_text(render(report))
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(report), indent=1))
     print(f"wrote {output}")
