@@ -132,50 +132,32 @@ def render(report: Any) -> str:
 
 
 def _figures_of_merit(figures: Figures) -> list[str]:
-    out = ["## Against the baseline and the REST peer", ""]
+    return [
+        "## Against the baseline and the REST peer",
+        "",
+        *_ratios(figures, BASELINE, "scenario"),
+        *_ratios(figures, REST, "same question"),
+    ]
+
+
+def _ratios(figures: Figures, other: str, first_column: str) -> list[str]:
+    """The suite against `other` on every scenario both served."""
     rows = []
-    for name in figures.scenarios(SUITE, BASELINE):
-        ours, base = figures.get(name, SUITE), figures.get(name, BASELINE)
+    for name in figures.scenarios(SUITE, other):
+        ours, theirs = figures.get(name, SUITE), figures.get(name, other)
         assert ours is not None
-        assert base is not None
+        assert theirs is not None
         rows.append(
             [
                 name,
                 _number(ours["per_second"]),
-                _number(base["per_second"]),
-                _number(ours["per_second"] / base["per_second"], 2),
-                _number(ours["cpu_ms_per_1000"] / base["cpu_ms_per_1000"], 2),
+                _number(theirs["per_second"]),
+                _number(ours["per_second"] / theirs["per_second"], 2),
+                _number(ours["cpu_ms_per_1000"] / theirs["cpu_ms_per_1000"], 2),
             ]
         )
-    out += _table(
-        ["scenario", "suite req/s", "baseline req/s", "throughput ratio", "CPU per request ratio"],
-        rows,
-    )
-    rows = []
-    for name in figures.scenarios(SUITE, REST):
-        ours, peer = figures.get(name, SUITE), figures.get(name, REST)
-        assert ours is not None
-        assert peer is not None
-        rows.append(
-            [
-                name,
-                _number(ours["per_second"]),
-                _number(peer["per_second"]),
-                _number(ours["per_second"] / peer["per_second"], 2),
-                _number(ours["cpu_ms_per_1000"] / peer["cpu_ms_per_1000"], 2),
-            ]
-        )
-    out += _table(
-        [
-            "same question",
-            "suite req/s",
-            "REST peer req/s",
-            "throughput ratio",
-            "CPU per request ratio",
-        ],
-        rows,
-    )
-    return out
+    header = [first_column, "suite req/s", f"{NAMES[other]} req/s", "throughput ratio"]
+    return _table([*header, "CPU per request ratio"], rows)
 
 
 def _scale(figures: Figures) -> list[str]:

@@ -163,12 +163,6 @@ class TenantDatabase:
         async with self.statements(store_id, transaction=False) as statements:
             return await statements.fetch(statement, params)
 
-    async def fetch_one(
-        self, store_id: int, statement: Statement, params: Mapping[str, Any]
-    ) -> Row | None:
-        rows = await self.fetch(store_id, statement, params)
-        return rows[0] if rows else None
-
 
 def _deadline_milliseconds() -> int | None:
     """The statement and lock timeout a transaction takes from the caller's deadline."""

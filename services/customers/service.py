@@ -568,12 +568,7 @@ async def find_customer(
     statements: Transaction, store_id: int, customer_id: int
 ) -> CustomerSnapshot:
     """The store's customer, or NOT_FOUND, on the fixed-statement path."""
-    check_customer_id(customer_id)
-    params = {"store_id": store_id, "customer_id": customer_id}
-    row = await statements.fetch_one(_CUSTOMER_BY_KEY, params)
-    if row is None:
-        raise NotFound("customer", str(customer_id))
-    return CustomerSnapshot(**row)
+    return await _snapshot(statements, _CUSTOMER_BY_KEY, store_id, customer_id)
 
 
 async def share_locked_customer(
@@ -582,9 +577,14 @@ async def share_locked_customer(
     """The store's customer, or NOT_FOUND, its row share-locked (FOR SHARE) to the end
     of the transaction: it stays as it is while another module writes a row that
     references it, such as an order. Core, not the ORM: it is on every order's path."""
+    return await _snapshot(statements, _CUSTOMER_FOR_SHARE, store_id, customer_id)
+
+
+async def _snapshot(
+    statements: Transaction, query: Statement, store_id: int, customer_id: int
+) -> CustomerSnapshot:
     check_customer_id(customer_id)
-    params = {"store_id": store_id, "customer_id": customer_id}
-    row = await statements.fetch_one(_CUSTOMER_FOR_SHARE, params)
+    row = await statements.fetch_one(query, {"store_id": store_id, "customer_id": customer_id})
     if row is None:
         raise NotFound("customer", str(customer_id))
     return CustomerSnapshot(**row)

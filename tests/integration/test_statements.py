@@ -66,7 +66,7 @@ async def test_a_transaction_commits_or_rolls_back_as_a_whole(database, store_id
         with pytest.raises(IntegrityError):
             async with database.statements(store_id, transaction=True) as statements:
                 await statements.execute(NEW_COUNTER, row)
-    assert await database.fetch_one(store_id, STORE_NAME, {"store_id": store_id}) is not None
+    assert await database.fetch(store_id, STORE_NAME, {"store_id": store_id})
 
 
 async def test_a_transaction_carries_the_deadline_to_postgresql(database, backend, store_id):
@@ -76,8 +76,8 @@ async def test_a_transaction_carries_the_deadline_to_postgresql(database, backen
         async with database.statements(store_id, transaction=True) as statements:
             bounded = await statements.fetch_one(SETTINGS, {})
         # Outside a transaction a SET LOCAL would not hold: reads are not bounded.
-        unbounded = await database.fetch_one(store_id, SETTINGS, {})
-        assert dict(unbounded or {}) == {"statement": "0", "lock": "0"}
+        (unbounded,) = await database.fetch(store_id, SETTINGS, {})
+        assert dict(unbounded) == {"statement": "0", "lock": "0"}
     assert bounded is not None
     assert bounded["statement"] == bounded["lock"]
     assert 2_400 <= int(bounded["statement"].removesuffix("ms")) <= 2_500 + DEADLINE_GRACE_MS
@@ -103,4 +103,4 @@ async def test_an_interrupted_statement_leaves_no_broken_connection(database, ba
         with pytest.raises(asyncio.CancelledError):
             await call
     for _ in range(2 * database.engine.pool.size()):
-        assert await database.fetch_one(store_id, STORE_NAME, {"store_id": store_id}) is not None
+        assert await database.fetch(store_id, STORE_NAME, {"store_id": store_id})
