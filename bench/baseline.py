@@ -65,13 +65,13 @@ import bcrypt
 import grpc
 from commerce.customers.v1 import customer_pb2, customer_service_pb2
 from commerce.orders.v1 import customer_order_service_pb2, order_pb2, order_service_pb2
-from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
 # The real codec and page sizes, so tokens and page lengths are the real server's.
 # Neither module imports SQLAlchemy.
 from services.core.errors import InvalidArgument
+from services.core.grpc_support import timestamp  # the suite's own conversion
 from services.core.pagination import PageTokenCodec, resolve_page_size
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -96,8 +96,6 @@ CUSTOMER_COUNTER = "customer"
 ORDER_COUNTER = "order"
 PENDING = "pending"
 CANCELLED = "cancelled"
-# SQLAlchemy's selectinload asks for the line items of at most 500 orders per query.
-LINE_ITEMS_CHUNK = 500
 
 # asyncpg's defaults retire a connection after 50,000 queries or 300 s idle; the real
 # server's SQLAlchemy pool does neither (it renews a connection only once it is an
@@ -181,17 +179,17 @@ CUSTOMER_ORDER_STATS = (
 )
 
 
-_LINE_ITEMS_OF = (
-    "SELECT store_id, order_id, line_number, sku, name, quantity, unit_price_minor,"
-    " line_total_minor FROM order_line_items WHERE (store_id, order_id) IN ("
+# services/orders/customer_orders.py: the lines of the customer's orders between the
+# newest and the oldest order of a page, both included.
+PAGE_LINE_ITEMS = (
+    "SELECT l.store_id, l.order_id, l.line_number, l.sku, l.name, l.quantity,"
+    " l.unit_price_minor, l.line_total_minor FROM order_line_items AS l"
+    " JOIN orders AS o ON o.store_id = l.store_id AND o.order_id = l.order_id"
+    " WHERE o.store_id = $1 AND o.customer_id = $2"
+    " AND (o.created_at, o.order_id) <= ($3::timestamptz, $4::bigint)"
+    " AND (o.created_at, o.order_id) >= ($5::timestamptz, $6::bigint)"
+    " ORDER BY l.order_id, l.line_number"
 )
-
-
-def line_items_query(orders: int) -> str:
-    """SQLAlchemy selectinload's query for the line items of `orders` orders: one
-    (store_id, order_id) pair of placeholders per order, so a statement per count."""
-    pairs = ", ".join(f"(${2 * index + 1}, ${2 * index + 2})" for index in range(orders))
-    return _LINE_ITEMS_OF + pairs + ") ORDER BY line_number"
 
 
 # -- asyncpg ------------------------------------------------------------------------
@@ -205,12 +203,6 @@ async def keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
 
 
 # -- protobuf -------------------------------------------------------------------------
-
-
-def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(value)
-    return message
 
 
 def customer_number(customer_id: int) -> str:
@@ -503,12 +495,13 @@ class Baseline:
                 )
             else:
                 orders = await connection.fetch(CUSTOMER_ORDERS, store_id, customer_id, size + 1)
-            # Lines of every fetched order, the extra one included: selectinload loads
-            # them before the page is cut, so the real server reads them too.
-            lines = await _line_items(connection, store_id, orders)
-        page, token = self._page_tokens.cut(
-            orders, size, scope, lambda last: [last["created_at"].isoformat(), last["order_id"]]
-        )
+            page, token = self._page_tokens.cut(
+                orders,
+                size,
+                scope,
+                lambda last: [last["created_at"].isoformat(), last["order_id"]],
+            )
+            lines = await _page_line_items(connection, store_id, customer_id, page)
         # Every order is this customer's: one message, copied into each order.
         owner = customer_to_proto(customer)
         return customer_order_service_pb2.ListCustomerOrdersResponse(
@@ -621,15 +614,22 @@ async def _page(
     return size, position
 
 
-async def _line_items(
-    connection: PoolConnection, store_id: int, orders: Sequence[Row]
+async def _page_line_items(
+    connection: PoolConnection, store_id: int, customer_id: int, page: Sequence[Row]
 ) -> dict[int, list[Row]]:
-    """The line items of `orders`, by order id, in line order."""
+    """The line items of a page of the customer's orders, by order id, in line order."""
     by_order: dict[int, list[Row]] = {}
-    for start in range(0, len(orders), LINE_ITEMS_CHUNK):
-        chunk = orders[start : start + LINE_ITEMS_CHUNK]
-        keys = [value for order in chunk for value in (store_id, order["order_id"])]
-        for line in await connection.fetch(line_items_query(len(chunk)), *keys):
+    if page:
+        newest, oldest = page[0], page[-1]
+        for line in await connection.fetch(
+            PAGE_LINE_ITEMS,
+            store_id,
+            customer_id,
+            newest["created_at"],
+            newest["order_id"],
+            oldest["created_at"],
+            oldest["order_id"],
+        ):
             by_order.setdefault(line["order_id"], []).append(line)
     return by_order
 
