@@ -6,8 +6,10 @@ can only ever reference a row of its own store."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -75,6 +77,12 @@ class CustomerSnapshot:
     revision: int
     created_at: datetime
     updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> CustomerSnapshot:
+        """From a row of SNAPSHOT_COLUMNS, by position: by name costs three times as
+        much CPU on asyncpg's records, 50 times a page."""
+        return cls(*row.values())
 
 
 # The customers table's columns a CustomerSnapshot is made of, in its field order.

@@ -243,7 +243,7 @@ class CustomerService:
         page, token = self._page_tokens.cut(
             list(rows), size, scope, lambda last: [last["customer_id"]]
         )
-        return CustomerPage([CustomerSnapshot(**row) for row in page], token)
+        return CustomerPage([CustomerSnapshot.of(row) for row in page], token)
 
     async def set_customer_status(
         self, store_id: int, customer_id: int, active: bool, *, etag: str = ""
@@ -587,7 +587,7 @@ async def _snapshot(
     row = await statements.fetch_one(query, {"store_id": store_id, "customer_id": customer_id})
     if row is None:
         raise NotFound("customer", str(customer_id))
-    return CustomerSnapshot(**row)
+    return CustomerSnapshot.of(row)
 
 
 async def _address_loader(session: AsyncSession, store_id: int, address_id: int) -> CustomerAddress:

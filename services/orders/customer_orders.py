@@ -114,12 +114,9 @@ class CustomerOrderService:
                     "oldest_id": oldest["order_id"],
                 }
                 for line in await statements.fetch(_PAGE_LINES, params | bounds):
-                    lines.setdefault(line["order_id"], []).append(LineItemSnapshot(**line))
+                    lines.setdefault(line["order_id"], []).append(LineItemSnapshot.of(line))
         orders = [
-            OrderSnapshot(
-                **row, line_items=tuple(lines.get(row["order_id"], ())), customer=customer
-            )
-            for row in rows
+            OrderSnapshot.of(row, tuple(lines.get(row["order_id"], ())), customer) for row in rows
         ]
         return OrderPage(orders, token)
 

@@ -7,9 +7,11 @@ even through a bug."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -130,6 +132,11 @@ class LineItemSnapshot:
     unit_price_minor: int
     line_total_minor: int
 
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> LineItemSnapshot:
+        """From a row of LINE_ITEM_COLUMNS, by position (see CustomerSnapshot.of)."""
+        return cls(*row.values())
+
 
 @dataclass(frozen=True, slots=True)
 class OrderSnapshot:
@@ -149,6 +156,16 @@ class OrderSnapshot:
     updated_at: datetime
     line_items: tuple[LineItemSnapshot, ...] = ()
     customer: CustomerSnapshot | None = None
+
+    @classmethod
+    def of(
+        cls,
+        row: Mapping[str, Any],
+        line_items: tuple[LineItemSnapshot, ...],
+        customer: CustomerSnapshot | None,
+    ) -> OrderSnapshot:
+        """From a row of ORDER_COLUMNS, by position (see CustomerSnapshot.of)."""
+        return cls(*[*row.values(), line_items, customer])
 
 
 # The columns the snapshots are made of, in their field order.
