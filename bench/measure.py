@@ -4,7 +4,6 @@ per-request log, latency percentiles."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import tempfile
 import threading
@@ -176,10 +175,3 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
-
-
-def first_number(pattern: str, text: str) -> float:
-    match = re.search(pattern, text)
-    if match is None:
-        raise ValueError(f"{pattern!r} not found")
-    return float(match.group(1).replace(",", ""))
