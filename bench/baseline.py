@@ -68,6 +68,8 @@ from commerce.orders.v1 import customer_order_service_pb2, order_pb2, order_serv
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
+from bench.urls import asyncpg_dsn
+
 # The real codec and page sizes, so tokens and page lengths are the real server's.
 # Neither module imports SQLAlchemy.
 from services.core.errors import InvalidArgument
@@ -645,14 +647,6 @@ async def _email_taken(context: Context) -> Never:
 
 
 # -- process --------------------------------------------------------------------------
-
-
-def asyncpg_dsn(url: str) -> str:
-    """asyncpg's DSN for a URL the real server takes: without SQLAlchemy's +asyncpg."""
-    scheme, separator, rest = url.partition("://")
-    if not separator or scheme.split("+")[0] not in ("postgresql", "postgres"):
-        raise ValueError(f"not a PostgreSQL URL: {url}")
-    return f"postgresql://{rest}"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

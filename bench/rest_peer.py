@@ -41,6 +41,8 @@ from sqlalchemy import BigInteger, DateTime, String, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from bench.urls import sqlalchemy_url
+
 # Stored as this string by the orders service; cancelled orders count in no statistic.
 CANCELLED = "cancelled"
 
@@ -151,14 +153,6 @@ class Problem(BaseModel):
 
 
 # -- the application ---------------------------------------------------------------------
-
-
-def sqlalchemy_url(database_url: str) -> str:
-    """The URL with SQLAlchemy's asyncpg driver named: postgresql:// gets +asyncpg."""
-    scheme, separator, rest = database_url.partition("://")
-    if not separator or scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
-        raise ValueError(f"not a PostgreSQL URL: {database_url!r}")
-    return f"postgresql+asyncpg://{rest}"
 
 
 def _store_id(x_store_id: Annotated[str | None, Header()] = None) -> int:

@@ -39,6 +39,7 @@ from bench import loadgen, servers
 from bench.measure import GRPC_HEADERS, H2Load, Result, cpu_window, grpc_frame
 from bench.seed import BENCH_PASSWORD as LOGIN_PASSWORD
 from bench.seed import SeededStore, seed_store
+from bench.urls import asyncpg_dsn, sqlalchemy_url
 from services.core.pagination import PageTokenCodec
 
 ROOT = servers.ROOT
@@ -91,12 +92,8 @@ class Report:
 # --- the database -----------------------------------------------------------------
 
 
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 async def _ensure_database(url: str, *, fresh: bool) -> None:
-    base, _, name = _plain(url).rpartition("/")
+    base, _, name = asyncpg_dsn(url).rpartition("/")
     admin = await asyncpg.connect(f"{base}/postgres")
     try:
         exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
@@ -110,14 +107,16 @@ async def _ensure_database(url: str, *, fresh: bool) -> None:
 
 
 def _migrate(url: str) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("COMMERCE_")}
     subprocess.run(  # noqa: S603 - our own command
-        [servers.COMMERCE, "migrate"], env=env | {"DATABASE_URL": url}, check=True, cwd=ROOT
+        [servers.COMMERCE, "migrate"],
+        env=servers.environment(DATABASE_URL=url),
+        check=True,
+        cwd=ROOT,
     )
 
 
 async def _store_exists(url: str, store: SeededStore) -> bool:
-    connection = await asyncpg.connect(_plain(url))
+    connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
         count = await connection.fetchval(
             "SELECT count(*) FROM customers WHERE store_id = $1", store.store_id
@@ -158,7 +157,7 @@ def prepared_store(url: str, scale: Scale, *, reseed: bool) -> SeededStore:
 
 
 async def _counter(url: str, store_id: int, name: str) -> int:
-    connection = await asyncpg.connect(_plain(url))
+    connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
         value = await connection.fetchval(
             "SELECT value FROM store_counters WHERE store_id = $1 AND name = $2", store_id, name
@@ -500,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {output}")
         return 0
     scale = "smoke" if args.smoke else "full"
-    url = args.database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    url = sqlalchemy_url(args.database_url)
     if args.smoke and url.endswith("/commerce_bench"):
         url += "_smoke"
     report = run(url, scale, reseed=args.reseed or args.smoke)

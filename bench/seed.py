@@ -38,6 +38,8 @@ from typing import Any
 import asyncpg
 import bcrypt
 
+from bench.urls import asyncpg_dsn
+
 # The password of every seeded customer, for login benchmarks. Public on purpose: it
 # only ever guards throwaway benchmark data.
 BENCH_PASSWORD = "bench-password-1"  # noqa: S105
@@ -274,14 +276,6 @@ class SeededStore:
     login_email: str
     customers: int
     orders: int
-
-
-def asyncpg_dsn(database_url: str) -> str:
-    """The URL asyncpg takes: SQLAlchemy's postgresql+asyncpg:// loses its driver."""
-    scheme, separator, rest = database_url.partition("://")
-    if not separator or scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
-        raise ValueError(f"not a PostgreSQL URL: {database_url!r}")
-    return f"postgresql://{rest}"
 
 
 def _check_sizes(customers: int, orders: int, big_customer_orders: int) -> None:

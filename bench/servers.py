@@ -94,7 +94,8 @@ def _process(
             process.wait()
 
 
-def _environment(**settings: str) -> dict[str, str]:
+def environment(**settings: str) -> dict[str, str]:
+    """This environment without any commerce setting, plus `settings`."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("COMMERCE_")}
     return env | settings
 
@@ -110,7 +111,7 @@ def suite(
 ) -> Iterator[Running]:
     """`commerce serve` with its production defaults (log level INFO: a line per RPC)."""
     port = free_port()
-    env = _environment(
+    env = environment(
         DATABASE_URL=database_url,
         COMMERCE_PAGE_TOKEN_SECRET=PAGE_TOKEN_SECRET,
         COMMERCE_WORKERS=str(workers),
@@ -132,7 +133,7 @@ def baseline(
     command += ["--listen-address", f"127.0.0.1:{port}", "--page-token-secret", PAGE_TOKEN_SECRET]
     command += ["--bcrypt-rounds", str(bcrypt_rounds)]
     with _process(
-        "baseline", command, _environment(), port, lambda p: _grpc_answers(p, *probe), log_dir
+        "baseline", command, environment(), port, lambda p: _grpc_answers(p, *probe), log_dir
     ) as running:
         yield running
 
@@ -143,6 +144,6 @@ def rest_peer(database_url: str, probe: tuple[int, int], log_dir: Path) -> Itera
     command = [sys.executable, "-m", "bench.rest_peer", "--database-url", database_url]
     command += ["--port", str(port)]
     with _process(
-        "rest-peer", command, _environment(), port, lambda p: _http_answers(p, *probe), log_dir
+        "rest-peer", command, environment(), port, lambda p: _http_answers(p, *probe), log_dir
     ) as running:
         yield running
