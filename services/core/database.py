@@ -60,10 +60,9 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def upsert_insert(session: AsyncSession, table: type[Base]) -> postgresql.Insert | sqlite.Insert:
-    """An INSERT on `table` with ON CONFLICT clauses, in the session's dialect: only
-    PostgreSQL's and SQLite's own insert() have them."""
-    dialect = session.get_bind().dialect.name
+def upsert_insert(dialect: str, table: type[Base]) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT on `table` with ON CONFLICT clauses, in the dialect named
+    ("postgresql" or "sqlite"): only those databases' own insert() have them."""
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 

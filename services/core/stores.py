@@ -5,16 +5,13 @@ numbers, order numbers) without a race, on PostgreSQL and SQLite alike."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import BigInteger, ForeignKey, Integer, String, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.core.database import Base, UtcDateTime, utc_now
+from services.core.database import Base, UtcDateTime, upsert_insert, utc_now
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.core.sql import Statement, Transaction
 
@@ -64,9 +61,9 @@ def store_inactive(store_id: int) -> FailedPrecondition:
     )
 
 
-def _next_number(insert: Callable[[Any], postgresql.Insert | sqlite.Insert]) -> Statement:
+def _next_number(dialect: str) -> Statement:
     return Statement(
-        insert(StoreCounter)
+        upsert_insert(dialect, StoreCounter)
         .values(store_id=bindparam("store_id"), name=bindparam("name"), value=1)
         .on_conflict_do_update(
             index_elements=[StoreCounter.store_id, StoreCounter.name],
@@ -77,10 +74,7 @@ def _next_number(insert: Callable[[Any], postgresql.Insert | sqlite.Insert]) -> 
 
 
 # Each database spells an upsert its own way.
-_NEXT_NUMBER = {
-    "postgresql": _next_number(postgresql.insert),
-    "sqlite": _next_number(sqlite.insert),
-}
+_NEXT_NUMBER = {dialect: _next_number(dialect) for dialect in ("postgresql", "sqlite")}
 
 STORE_IS_ACTIVE = Statement(select(Store.is_active).where(Store.id == bindparam("store_id")))
 

@@ -64,10 +64,9 @@ async def _store_is_active_on(transaction: Transaction, store_id: int) -> bool:
 # backstop for when that cancel request is lost.
 DEADLINE_GRACE_MS = 100
 
-_BOUND_TRANSACTION = text(
-    "SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)"
+_BOUND_TRANSACTION = Statement(
+    text("SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)")
 )
-_BOUND_STATEMENTS = Statement(_BOUND_TRANSACTION)
 
 
 class StoreUnitOfWork(UnitOfWork):
@@ -93,7 +92,7 @@ class StoreUnitOfWork(UnitOfWork):
         await super().__aenter__()
         try:
             if self._transaction:
-                await _bound_by_deadline(self.session)
+                await _bound_by_deadline(await CoreTransaction.of(self.session))
             await self._stores.require_active(self.session, self.store_id)
         except BaseException:
             await self.session.close()
@@ -142,7 +141,7 @@ class TenantDatabase:
             statements = DriverTransaction(driver, self.engine.dialect)
             if transaction:
                 async with driver.transaction():
-                    await _bound_by_deadline_on(statements)
+                    await _bound_by_deadline(statements)
                     await self.stores.require_active_on(statements, store_id)
                     yield statements
             else:
@@ -173,15 +172,9 @@ def _deadline_milliseconds() -> int | None:
     return min(max(1, int(left * 1000)) + DEADLINE_GRACE_MS, 2**31 - 1)
 
 
-async def _bound_by_deadline_on(statements: Transaction) -> None:
-    if (milliseconds := _deadline_milliseconds()) is not None:
-        await statements.fetch(_BOUND_STATEMENTS, {"ms": str(milliseconds)})
-
-
-async def _bound_by_deadline(session: AsyncSession) -> None:
-    """Makes PostgreSQL end the transaction's statements shortly after the deadline
-    (SET LOCAL: the settings end with the transaction)."""
+async def _bound_by_deadline(statements: Transaction) -> None:
+    """Makes PostgreSQL end the transaction's statements shortly after the caller's
+    deadline (SET LOCAL: the settings end with the transaction)."""
     milliseconds = _deadline_milliseconds()
-    if milliseconds is None or session.get_bind().dialect.name != "postgresql":
-        return
-    await session.execute(_BOUND_TRANSACTION, {"ms": str(milliseconds)})
+    if milliseconds is not None and statements.dialect == "postgresql":
+        await statements.fetch(_BOUND_TRANSACTION, {"ms": str(milliseconds)})

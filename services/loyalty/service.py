@@ -238,7 +238,7 @@ async def _apply(session: AsyncSession, store_id: int, customer_id: int, delta: 
     account until the transaction ends: concurrent movements of one customer queue
     there, and none can take the balance below zero."""
     await session.execute(
-        upsert_insert(session, LoyaltyAccount)
+        upsert_insert(session.get_bind().dialect.name, LoyaltyAccount)
         .values(store_id=store_id, customer_id=customer_id, points_balance=0, lifetime_points=0)
         .on_conflict_do_nothing(index_elements=["store_id", "customer_id"])
     )
