@@ -99,8 +99,8 @@ _REMEMBER = insert_row(cast(Table, IdempotencyKey.__table__))
 async def remember(
     statements: Transaction, store_id: int, key: RequestKey, resource_id: int
 ) -> None:
-    """Records the key in the caller's transaction (`CoreTransaction.of(session)` for
-    a session's), so it commits with the resource."""
+    """Records the key in the caller's transaction (a unit of work's `statements` for
+    its session's), so it commits with the resource."""
     await statements.execute(
         _REMEMBER,
         {

@@ -81,7 +81,7 @@ STORE_IS_ACTIVE = Statement(select(Store.is_active).where(Store.id == bindparam(
 
 async def next_store_number(statements: Transaction, store_id: int, counter: str) -> int:
     """Allocates the next number of `counter` in the store, inside the caller's
-    transaction (`CoreTransaction.of(session)` for a session's). The counter row
+    transaction (a unit of work's `statements` for its session's). The counter row
     stays locked until that transaction ends, so concurrent callers (in any process)
     get distinct numbers, and a rolled-back transaction gives its number back. Call
     it late to hold the lock briefly."""

@@ -91,8 +91,11 @@ class StoreUnitOfWork(UnitOfWork):
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         try:
+            # The session's own connection, for the fixed statements (services.core.sql)
+            # a unit of work shares with the modules: counters, idempotency keys.
+            self.statements = await CoreTransaction.of(self.session)
             if self._transaction:
-                await _bound_by_deadline(await CoreTransaction.of(self.session))
+                await _bound_by_deadline(self.statements)
             await self._stores.require_active(self.session, self.store_id)
         except BaseException:
             await self.session.close()

@@ -26,7 +26,7 @@ from services.core.errors import (
 from services.core.idempotency import RequestKey, create_once, remember
 from services.core.pagination import PageTokenCodec, resolve_page_size
 from services.core.passwords import PasswordHasher, password_problem
-from services.core.sql import CoreTransaction, Statement, Transaction
+from services.core.sql import Statement, Transaction
 from services.core.stores import check_store_id, next_store_number
 from services.core.tenancy import TenantDatabase
 from services.customers import validation
@@ -172,9 +172,7 @@ class CustomerService:
         hashed_password = await self._passwords.hash(password) if password else None
         async with self._db.writing(store_id) as uow:
             await _ensure_email_free(uow.session, store_id, values["email"])
-            customer_id = await next_store_number(
-                await CoreTransaction.of(uow.session), store_id, CUSTOMER_COUNTER
-            )
+            customer_id = await next_store_number(uow.statements, store_id, CUSTOMER_COUNTER)
             now = utc_now()
             customer = Customer(
                 store_id=store_id,
@@ -189,7 +187,7 @@ class CustomerService:
             )
             uow.session.add(customer)
             if key:
-                await remember(await CoreTransaction.of(uow.session), store_id, key, customer_id)
+                await remember(uow.statements, store_id, key, customer_id)
             await _flush_unless_email_taken(uow.session, values["email"])
             await uow.commit()
         return customer
@@ -364,9 +362,7 @@ class CustomerService:
                     reason="ADDRESS_LIMIT_REACHED",
                     metadata={"limit": MAX_ADDRESSES_PER_CUSTOMER},
                 )
-            address_id = await next_store_number(
-                await CoreTransaction.of(session), store_id, ADDRESS_COUNTER
-            )
+            address_id = await next_store_number(uow.statements, store_id, ADDRESS_COUNTER)
             await _clear_other_defaults(session, store_id, customer_id, address_id, values)
             now = utc_now()
             address = CustomerAddress(
@@ -379,7 +375,7 @@ class CustomerService:
             )
             session.add(address)
             if key:
-                await remember(await CoreTransaction.of(session), store_id, key, address_id)
+                await remember(uow.statements, store_id, key, address_id)
             await session.flush()
             await uow.commit()
         return address

@@ -15,7 +15,7 @@ from services.core.customer_metrics import CustomerMetric
 from services.core.database import upsert_insert, utc_now
 from services.core.errors import FailedPrecondition, InvalidArgument, Violations
 from services.core.idempotency import RequestKey, create_once, remember
-from services.core.sql import CoreTransaction
+from services.core.sql import Transaction
 from services.core.stores import check_store_id, next_store_number
 from services.core.tenancy import TenantDatabase
 from services.customers.models import Customer
@@ -164,15 +164,13 @@ class LoyaltyService:
     ) -> Movement:
         async with self._db.writing(store_id) as uow:
             session = uow.session
-            await _active_customer(session, store_id, customer_id)
+            await _active_customer(uow.statements, store_id, customer_id)
             standing = await _apply(session, store_id, customer_id, delta)
             # Late, so the store's counter row stays locked only briefly. Every
             # movement locks its account before the counter: no lock cycle.
             movement = LoyaltyMovement(
                 store_id=store_id,
-                movement_id=await next_store_number(
-                    await CoreTransaction.of(session), store_id, MOVEMENT_COUNTER
-                ),
+                movement_id=await next_store_number(uow.statements, store_id, MOVEMENT_COUNTER),
                 customer_id=customer_id,
                 points=delta,
                 balance_after=standing.points_balance,
@@ -181,9 +179,7 @@ class LoyaltyService:
             )
             session.add(movement)
             if key:
-                await remember(
-                    await CoreTransaction.of(session), store_id, key, movement.movement_id
-                )
+                await remember(uow.statements, store_id, key, movement.movement_id)
             await session.flush()
             await uow.commit()
         return Movement(movement, standing)
@@ -223,8 +219,8 @@ async def load_movement(session: AsyncSession, store_id: int, movement_id: int) 
     return Movement(movement, await load_standing(session, store_id, movement.customer_id))
 
 
-async def _active_customer(session: AsyncSession, store_id: int, customer_id: int) -> None:
-    customer = await share_locked_customer(await CoreTransaction.of(session), store_id, customer_id)
+async def _active_customer(statements: Transaction, store_id: int, customer_id: int) -> None:
+    customer = await share_locked_customer(statements, store_id, customer_id)
     if not customer.is_active:
         raise FailedPrecondition(
             f"customer {customer_id} is inactive: its points cannot move",
