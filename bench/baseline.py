@@ -1,14 +1,14 @@
 """The bare baseline of the benchmark: the cheapest server that does the same work.
 
-It serves seven RPCs of the real server with the same generated protobuf messages and
+It serves ten RPCs of the real server with the same generated protobuf messages and
 the same SQL statements, but through nothing except grpc.aio and an asyncpg pool:
 no SQLAlchemy, no interceptors, no per-call logging, no metrics. Measuring both under
 the same load shows what the real server's layers cost on top of the unavoidable
 work (HTTP/2 and protobuf, the database round trips, bcrypt).
 
-  commerce.customers.v1.CustomerService    GetCustomer, ListCustomers,
+  commerce.customers.v1.CustomerService    GetCustomer, ListCustomers, UpdateCustomer,
                                            AuthenticateCustomer, CreateCustomer
-  commerce.orders.v1.OrderService          CreateOrder
+  commerce.orders.v1.OrderService          CreateOrder, GetOrder, UpdateOrderStatus
   commerce.orders.v1.CustomerOrderService  GetCustomerOrderStats, ListCustomerOrders
 
 Every other method of these services is UNIMPLEMENTED. The responses fill the same
@@ -40,6 +40,8 @@ What it skips, and why the comparison stays fair:
   one check whatever the failure; successful logins cost the same on both.
 - ListCustomers serves only the unfiltered listing (status and query unset); a
   filter is UNIMPLEMENTED here.
+- UpdateCustomer changes the first name only (the benchmark's update), and takes
+  no etag.
 
 Run it on a migrated database beside, or instead of, the real server:
 
@@ -98,6 +100,12 @@ CUSTOMER_COUNTER = "customer"
 ORDER_COUNTER = "order"
 PENDING = "pending"
 CANCELLED = "cancelled"
+# services/orders: which status may follow which (DELIVERED and CANCELLED are final).
+_TRANSITIONS = {
+    "pending": ("paid", "cancelled"),
+    "paid": ("shipped", "cancelled"),
+    "shipped": ("delivered",),
+}
 
 # asyncpg's defaults retire a connection after 50,000 queries or 300 s idle; the real
 # server's SQLAlchemy pool does neither (it renews a connection only once it is an
@@ -116,14 +124,21 @@ _ORDER_STATUS: dict[str, order_pb2.OrderStatus.ValueType] = {
 # The statements the real server sends (as SQLAlchemy logs them), column for column;
 # without SQLAlchemy's ::TYPE casts except where PostgreSQL cannot infer a type.
 
-_CUSTOMER_ROW = (
-    "SELECT store_id, customer_id, customer_number, email, email_key, hashed_password,"
+_CUSTOMER_COLUMNS = (
+    " store_id, customer_id, customer_number, email, email_key, hashed_password,"
     " first_name, last_name, phone, marketing_consent, preferred_language, is_active,"
-    " revision, created_at, updated_at FROM customers"
+    " revision, created_at, updated_at"
 )
+_CUSTOMER_ROW = "SELECT" + _CUSTOMER_COLUMNS + " FROM customers"
 GET_CUSTOMER = _CUSTOMER_ROW + " WHERE store_id = $1 AND customer_id = $2"
 # CreateOrder holds the customer as it is until the order referencing it commits.
 SHARE_CUSTOMER = GET_CUSTOMER + " FOR SHARE"
+# UpdateCustomer locks the row, so the etag check and the change are one step.
+LOCK_CUSTOMER = GET_CUSTOMER + " FOR UPDATE"
+RENAME_CUSTOMER = (
+    "UPDATE customers SET first_name = $3, updated_at = $4, revision = revision + 1"  # noqa: S608 - fixed text
+    " WHERE store_id = $1 AND customer_id = $2 RETURNING" + _CUSTOMER_COLUMNS
+)
 CUSTOMER_BY_EMAIL_KEY = _CUSTOMER_ROW + " WHERE store_id = $1 AND email_key = $2"
 LIST_CUSTOMERS = (
     _CUSTOMER_ROW + " WHERE store_id = $1 AND customer_id > $2 ORDER BY customer_id LIMIT $3"
@@ -151,10 +166,22 @@ INSERT_LINE_ITEM = (
     "INSERT INTO order_line_items (store_id, order_id, line_number, sku, name, quantity,"
     " unit_price_minor, line_total_minor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
 )
-_ORDER_ROW = (
-    "SELECT store_id, order_id, order_number, customer_id, status, currency_code,"
-    " total_minor, contact_email, created_at, updated_at FROM orders"
-    " WHERE store_id = $1 AND customer_id = $2"
+_ORDER_COLUMNS = (
+    " store_id, order_id, order_number, customer_id, status, currency_code,"
+    " total_minor, contact_email, created_at, updated_at"
+)
+_ORDER_ROW = "SELECT" + _ORDER_COLUMNS + " FROM orders WHERE store_id = $1 AND customer_id = $2"
+GET_ORDER = "SELECT" + _ORDER_COLUMNS + " FROM orders WHERE store_id = $1 AND order_id = $2"
+ORDER_LINE_ITEMS = (
+    "SELECT store_id, order_id, line_number, sku, name, quantity, unit_price_minor,"
+    " line_total_minor FROM order_line_items WHERE store_id = $1 AND order_id = $2"
+    " ORDER BY line_number"
+)
+# One conditional UPDATE: the transition is checked and made atomically.
+MOVE_ORDER = (
+    "UPDATE orders SET status = $3, updated_at = $4"  # noqa: S608 - fixed text
+    " WHERE store_id = $1 AND order_id = $2 AND status = ANY($5::varchar[])"
+    " RETURNING" + _ORDER_COLUMNS
 )
 _NEWEST_FIRST = " ORDER BY created_at DESC, order_id DESC"
 CUSTOMER_ORDERS = _ORDER_ROW + _NEWEST_FIRST + " LIMIT $3"
@@ -294,7 +321,7 @@ def stats_to_proto(
 
 
 class Baseline:
-    """The seven RPCs, each straight from request to SQL to response."""
+    """The ten RPCs, each straight from request to SQL to response."""
 
     def __init__(
         self,
@@ -400,7 +427,63 @@ class Baseline:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"store {store_id} not found")
         return customer_service_pb2.CreateCustomerResponse(customer=customer_to_proto(customer))
 
+    async def UpdateCustomer(
+        self, request: customer_service_pb2.UpdateCustomerRequest, context: Context
+    ) -> customer_service_pb2.UpdateCustomerResponse:
+        if list(request.update_mask.paths) != ["first_name"]:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, "the baseline updates first_name only"
+            )
+        store_id, customer_id = request.store_id, request.customer_id
+        async with self._pool.acquire() as connection, connection.transaction():
+            if await connection.fetchrow(LOCK_CUSTOMER, store_id, customer_id) is None:
+                await _customer_not_found(context, customer_id)
+            row = await connection.fetchrow(
+                RENAME_CUSTOMER,
+                store_id,
+                customer_id,
+                request.customer.first_name.strip(),
+                datetime.now(UTC),
+            )
+        return customer_service_pb2.UpdateCustomerResponse(customer=customer_to_proto(row))
+
     # -- OrderService ---------------------------------------------------------------
+
+    async def GetOrder(
+        self, request: order_service_pb2.GetOrderRequest, context: Context
+    ) -> order_service_pb2.GetOrderResponse:
+        async with self._pool.acquire() as connection:
+            order = await connection.fetchrow(GET_ORDER, request.store_id, request.order_id)
+            if order is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"order {request.order_id} not found"
+                )
+            message = await _order_message(connection, order)
+        return order_service_pb2.GetOrderResponse(order=message)
+
+    async def UpdateOrderStatus(
+        self, request: order_service_pb2.UpdateOrderStatusRequest, context: Context
+    ) -> order_service_pb2.UpdateOrderStatusResponse:
+        target = next(
+            (name for name, value in _ORDER_STATUS.items() if value == request.status), None
+        )
+        sources = [source for source, targets in _TRANSITIONS.items() if target in targets]
+        async with self._pool.acquire() as connection, connection.transaction():
+            order = await connection.fetchrow(
+                MOVE_ORDER,
+                request.store_id,
+                request.order_id,
+                target,
+                datetime.now(UTC),
+                sources,
+            )
+            if order is None:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"order {request.order_id} cannot become {target}",
+                )
+            message = await _order_message(connection, order)
+        return order_service_pb2.UpdateOrderStatusResponse(order=message)
 
     async def CreateOrder(
         self, request: order_service_pb2.CreateOrderRequest, context: Context
@@ -549,6 +632,11 @@ class Baseline:
                     customer_service_pb2.ListCustomersRequest,
                     customer_service_pb2.ListCustomersResponse,
                 ),
+                "UpdateCustomer": (
+                    self.UpdateCustomer,
+                    customer_service_pb2.UpdateCustomerRequest,
+                    customer_service_pb2.UpdateCustomerResponse,
+                ),
                 "AuthenticateCustomer": (
                     self.AuthenticateCustomer,
                     customer_service_pb2.AuthenticateCustomerRequest,
@@ -565,6 +653,16 @@ class Baseline:
                     self.CreateOrder,
                     order_service_pb2.CreateOrderRequest,
                     order_service_pb2.CreateOrderResponse,
+                ),
+                "GetOrder": (
+                    self.GetOrder,
+                    order_service_pb2.GetOrderRequest,
+                    order_service_pb2.GetOrderResponse,
+                ),
+                "UpdateOrderStatus": (
+                    self.UpdateOrderStatus,
+                    order_service_pb2.UpdateOrderStatusRequest,
+                    order_service_pb2.UpdateOrderStatusResponse,
                 ),
             },
             customer_order_service_pb2.DESCRIPTOR.services_by_name["CustomerOrderService"]: {
@@ -636,6 +734,16 @@ async def _page_line_items(
     return by_order
 
 
+async def _order_message(connection: PoolConnection, order: Row) -> order_pb2.Order:
+    """One order's message: its lines and its customer read on `connection`."""
+    lines = await connection.fetch(ORDER_LINE_ITEMS, order["store_id"], order["order_id"])
+    customer = None
+    if order["customer_id"] is not None:
+        row = await connection.fetchrow(GET_CUSTOMER, order["store_id"], order["customer_id"])
+        customer = customer_to_proto(row)
+    return order_to_proto(order, lines, customer)
+
+
 async def _customer_not_found(context: Context, customer_id: int) -> Never:
     await context.abort(grpc.StatusCode.NOT_FOUND, f"customer {customer_id} not found")
 
@@ -652,7 +760,7 @@ async def _email_taken(context: Context) -> Never:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.baseline",
-        description="The benchmark's bare baseline: seven RPCs of the real server on raw "
+        description="The benchmark's bare baseline: ten RPCs of the real server on raw "
         "asyncpg, without its layers.",
     )
     parser.add_argument(

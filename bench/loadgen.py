@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from commerce.customers.v1 import customer_pb2
 from commerce.customers.v1 import customer_service_pb2 as customers_pb
 from commerce.customers.v1 import customer_service_pb2_grpc as customers_grpc
 from commerce.orders.v1 import customer_order_service_pb2 as history_pb
@@ -28,8 +29,11 @@ from commerce.orders.v1 import customer_order_service_pb2_grpc as history_grpc
 from commerce.orders.v1 import order_pb2
 from commerce.orders.v1 import order_service_pb2 as orders_pb
 from commerce.orders.v1 import order_service_pb2_grpc as orders_grpc
+from google.protobuf import field_mask_pb2
 
 Call = Callable[[], Awaitable[Any]]
+# The statuses an order of UpdateOrderStatus goes through, one pass of the orders each.
+STATUS_PASSES = (order_pb2.ORDER_STATUS_PAID, order_pb2.ORDER_STATUS_SHIPPED)
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,9 @@ class Plan:
     warmup: float
     duration: float
     concurrency: int
-    data: dict[str, Any]  # the seeded store: ids, emails (see bench.seed)
+    # The seeded store (ids, emails: see bench.seed), and for UpdateOrderStatus
+    # "pending_orders": one list of PENDING order ids for each process.
+    data: dict[str, Any]
 
 
 @dataclass
@@ -75,8 +81,8 @@ def order_request(store_id: int, customer_id: int) -> orders_pb.CreateOrderReque
     )
 
 
-def _calls(plan: Plan, channel: grpc.aio.Channel, process: int) -> Callable[[], Call]:
-    """A factory of the scenario's next call."""
+def _calls(plan: Plan, channel: grpc.aio.Channel, process: int) -> Callable[[], Call | None]:
+    """A factory of the scenario's next call; None when the scenario has no more."""
     data = plan.data
     store = data["store_id"]
     customers = customers_grpc.CustomerServiceStub(channel)
@@ -105,6 +111,29 @@ def _calls(plan: Plan, channel: grpc.aio.Channel, process: int) -> Callable[[], 
         request = customers_pb.GetCustomerRequest(store_id=store, customer_id=a_customer())
         return lambda: customers.GetCustomer(request)
 
+    def update_customer() -> Call:
+        request = customers_pb.UpdateCustomerRequest(
+            store_id=store,
+            customer_id=a_customer(),
+            customer=customer_pb2.Customer(first_name=f"Bench {process}-{next(serial)}"),
+            update_mask=field_mask_pb2.FieldMask(paths=["first_name"]),
+        )
+        return lambda: customers.UpdateCustomer(request)
+
+    # Each order of this process's share moves one step a pass: every order has
+    # become PAID before the first one is SHIPPED, so no step overtakes its forerunner.
+    own_orders = data.get("pending_orders", [[]] * (process + 1))[process]
+    steps = ((order, status) for status in STATUS_PASSES for order in own_orders)
+
+    def update_order_status() -> Call | None:
+        step = next(steps, None)
+        if step is None:
+            return None
+        request = orders_pb.UpdateOrderStatusRequest(
+            store_id=store, order_id=step[0], status=step[1]
+        )
+        return lambda: orders.UpdateOrderStatus(request)
+
     def mixed() -> Call:
         # A storefront's shape: mostly reads of customers and their history, some orders.
         roll = rng.random()
@@ -123,9 +152,14 @@ def _calls(plan: Plan, channel: grpc.aio.Channel, process: int) -> Callable[[], 
             )
         return lambda: orders.CreateOrder(order_request(store, customer))
 
-    return {"create_customer": create_customer, "get_customer": get_customer, "mixed": mixed}[
-        plan.scenario
-    ]
+    scenarios: dict[str, Callable[[], Call | None]] = {
+        "create_customer": create_customer,
+        "get_customer": get_customer,
+        "update_customer": update_customer,
+        "update_order_status": update_order_status,
+        "mixed": mixed,
+    }
+    return scenarios[plan.scenario]
 
 
 async def _drive(plan: Plan, process: int) -> Tally:
@@ -138,8 +172,11 @@ async def _drive(plan: Plan, process: int) -> Tally:
 
         async def loop() -> None:
             while (began := time.time()) < stop_at:
+                call = next_call()
+                if call is None:
+                    return
                 try:
-                    await next_call()()
+                    await call()
                     failed = None
                 except grpc.aio.AioRpcError as error:
                     failed = error.code().name

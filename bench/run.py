@@ -156,6 +156,33 @@ def prepared_store(url: str, scale: Scale, *, reseed: bool) -> SeededStore:
     return store
 
 
+async def _fetch_column(url: str, query: str, *args: Any) -> list[Any]:
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return [row[0] for row in await connection.fetch(query, *args)]
+    finally:
+        await connection.close()
+
+
+def typical_order_id(url: str, store: SeededStore) -> int:
+    """The typical customer's latest order: GetOrder's order."""
+    newest = "SELECT max(order_id) FROM orders WHERE store_id = $1 AND customer_id = $2"
+    (order_id,) = asyncio.run(_fetch_column(url, newest, store.store_id, store.typical_customer_id))
+    return int(order_id)
+
+
+def pending_orders(url: str, store_id: int, processes: int, limit: int) -> list[list[int]]:
+    """Up to `limit` PENDING orders, for UpdateOrderStatus to move along, dealt out to
+    the load generator's processes. Each run moves those it reaches, so the next run
+    finds others."""
+    query = (
+        "SELECT order_id FROM orders WHERE store_id = $1 AND status = 'pending'"
+        " ORDER BY order_id LIMIT $2"
+    )
+    ids = asyncio.run(_fetch_column(url, query, store_id, limit))
+    return [ids[process::processes] for process in range(processes)]
+
+
 async def _counter(url: str, store_id: int, name: str) -> int:
     connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
@@ -202,6 +229,7 @@ _response_types: dict[str, type[Message]] = {
     _CUSTOMERS + "ListCustomers": customers_pb.ListCustomersResponse,
     _CUSTOMERS + "AuthenticateCustomer": customers_pb.AuthenticateCustomerResponse,
     _ORDERS + "CreateOrder": orders_pb.CreateOrderResponse,
+    _ORDERS + "GetOrder": orders_pb.GetOrderResponse,
     _HISTORY + "GetCustomerOrderStats": history_pb.GetCustomerOrderStatsResponse,
     _HISTORY + "ListCustomerOrders": history_pb.ListCustomerOrdersResponse,
 }
@@ -212,7 +240,7 @@ def customers_scope(store_id: int) -> dict[str, Any]:
     return {"list": "customers", "store_id": store_id, "active": None, "query": ""}
 
 
-def unary_scenarios(store: SeededStore, scale: Scale) -> dict[str, Unary]:
+def unary_scenarios(store: SeededStore, scale: Scale, order_id: int) -> dict[str, Unary]:
     deep_after = store.customers * 9 // 10
     deep_token = PageTokenCodec(servers.PAGE_TOKEN_SECRET).encode(
         customers_scope(store.store_id), [deep_after]
@@ -233,6 +261,9 @@ def unary_scenarios(store: SeededStore, scale: Scale) -> dict[str, Unary]:
         ),
         "CreateOrder": Unary(
             _ORDERS + "CreateOrder", loadgen.order_request(s, store.typical_customer_id)
+        ),
+        "GetOrder": Unary(
+            _ORDERS + "GetOrder", orders_pb.GetOrderRequest(store_id=s, order_id=order_id)
         ),
         f"GetCustomerOrderStats, {scale.big_customer_orders:,} orders": Unary(
             _HISTORY + "GetCustomerOrderStats",
@@ -313,10 +344,20 @@ class Bench:
         self.report.add(name, server.name, result)
 
     def generated(
-        self, name: str, scenario: str, server: servers.Running, *, concurrency: int
+        self,
+        name: str,
+        scenario: str,
+        server: servers.Running,
+        *,
+        concurrency: int,
     ) -> None:
         """A scenario of bench/loadgen.py: requests that differ call by call."""
         processes = loadgen.processes_for()
+        data = asdict(self.store) | {"run": f"{time.time_ns()}"}
+        if scenario == "update_order_status":
+            # More than the fastest server moves in a window, warm-up included.
+            limit = 40_000 if self.scale.duration >= 10 else 4_000
+            data["pending_orders"] = pending_orders(self.url, self.store.store_id, processes, limit)
         spawn = 3.0  # seconds for the client processes to start before the load does
         plan = loadgen.Plan(
             scenario=scenario,
@@ -325,7 +366,7 @@ class Bench:
             warmup=self.scale.warmup,
             duration=self.scale.duration,
             concurrency=concurrency,
-            data=asdict(self.store) | {"run": f"{time.time_ns()}"},
+            data=data,
         )
         with cpu_window(server.pid, spawn + self.scale.warmup) as cpu:
             tally = loadgen.run(plan, processes)
@@ -388,7 +429,7 @@ def run(url: str, scale_name: str, *, reseed: bool) -> Report:
     )
     probe = (store.store_id, store.typical_customer_id)
     bench = Bench(url, scale, store, report)
-    calls = unary_scenarios(store, scale)
+    calls = unary_scenarios(store, scale, typical_order_id(url, store))
     with tempfile.TemporaryDirectory(prefix="bench-logs-") as logs, ExitStack() as stack:
         log_dir = Path(logs)
         ours = stack.enter_context(
@@ -409,6 +450,8 @@ def run(url: str, scale_name: str, *, reseed: bool) -> Report:
 
         for server in (ours, base):
             bench.generated("CreateCustomer", "create_customer", server, concurrency=4)
+            bench.generated("UpdateCustomer", "update_customer", server, concurrency=16)
+            bench.generated("UpdateOrderStatus", "update_order_status", server, concurrency=16)
             bench.generated(
                 "Mixed: 60% reads of customers, 25% of orders, 15% CreateOrder",
                 "mixed",

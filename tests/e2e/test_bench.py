@@ -47,7 +47,15 @@ def test_every_scenario_is_served_by_every_server(tmp_path):
 
     rows = json.loads(figures.read_text())["rows"]
     served = {(row["scenario"], row["target"]) for row in rows}
-    for scenario in ("GetCustomer", "CreateOrder", "AuthenticateCustomer", "CreateCustomer"):
+    for scenario in (
+        "GetCustomer",
+        "CreateOrder",
+        "GetOrder",
+        "UpdateCustomer",
+        "UpdateOrderStatus",
+        "AuthenticateCustomer",
+        "CreateCustomer",
+    ):
         assert (scenario, "suite-1w") in served
         assert (scenario, "baseline") in served
     assert ("GetCustomer", "rest-peer") in served
