@@ -74,9 +74,9 @@ from bench.urls import asyncpg_dsn
 
 # The real codec and page sizes, so tokens and page lengths are the real server's.
 # Neither module imports SQLAlchemy.
-from services.core.errors import InvalidArgument
-from services.core.grpc_support import timestamp  # the suite's own conversion
-from services.core.pagination import PageTokenCodec, resolve_page_size
+from services.core.domain.errors import InvalidArgument
+from services.core.domain.pagination import PageTokenCodec, resolve_page_size
+from services.core.rpc.convert import timestamp  # the suite's own conversion
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"

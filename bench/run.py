@@ -40,7 +40,7 @@ from bench.measure import GRPC_HEADERS, H2Load, Result, cpu_window, grpc_frame
 from bench.seed import BENCH_PASSWORD as LOGIN_PASSWORD
 from bench.seed import SeededStore, seed_store
 from bench.urls import asyncpg_dsn, sqlalchemy_url
-from services.core.pagination import PageTokenCodec
+from services.core.domain.pagination import PageTokenCodec
 
 ROOT = servers.ROOT
 

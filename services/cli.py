@@ -11,17 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.core.callers import load_callers, new_token, token_digest
-from services.core.database import UnitOfWork, create_engine, create_session_factory
-from services.core.errors import DomainError
+from services.core.db.engine import create_engine
+from services.core.db.statements import Transaction
+from services.core.db.stores import create_store, list_stores, set_store_active
+from services.core.db.unit_of_work import TenantDatabase
+from services.core.domain.errors import DomainError
 from services.core.logs import configure_logging
+from services.core.rpc.callers import load_callers, new_token, token_digest
 from services.core.settings import Settings, env_name
-from services.core.stores import create_store, list_stores, set_store_active
 
 Command = Callable[[argparse.Namespace, Settings], int]
-StoreAction = Callable[[AsyncSession, argparse.Namespace], Awaitable[None]]
+StoreAction = Callable[[Transaction, argparse.Namespace], Awaitable[None]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,9 +201,9 @@ def _store_command(action: StoreAction) -> Command:
         async def in_transaction() -> None:
             engine = create_engine(settings.database_url, pool_size=1)
             try:
-                async with UnitOfWork(create_session_factory(engine)) as uow:
-                    await action(uow.session, args)
-                    await uow.commit()
+                async with TenantDatabase(engine).maintenance() as statements:
+                    await action(statements, args)
+                    await statements.commit()
             finally:
                 await engine.dispose()
 
@@ -212,18 +213,18 @@ def _store_command(action: StoreAction) -> Command:
     return run
 
 
-async def _create_store(session: AsyncSession, args: argparse.Namespace) -> None:
-    store = await create_store(session, args.name)
+async def _create_store(statements: Transaction, args: argparse.Namespace) -> None:
+    store = await create_store(statements, args.name)
     print(f"created store {store.id} ({store.name})")
 
 
-async def _list_stores(session: AsyncSession, args: argparse.Namespace) -> None:
-    for store in await list_stores(session):
+async def _list_stores(statements: Transaction, args: argparse.Namespace) -> None:
+    for store in await list_stores(statements):
         print(f"{store.id}\t{'active' if store.is_active else 'inactive'}\t{store.name}")
 
 
-async def _set_active(session: AsyncSession, args: argparse.Namespace) -> None:
-    store = await set_store_active(session, args.store_id, args.active)
+async def _set_active(statements: Transaction, args: argparse.Namespace) -> None:
+    store = await set_store_active(statements, args.store_id, args.active)
     print(f"store {store.id} is now {'active' if store.is_active else 'inactive'}")
 
 

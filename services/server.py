@@ -17,24 +17,18 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-from services.core.callers import CallerAuthInterceptor, load_callers
-from services.core.customer_metrics import CustomerMetricsRegistry
-from services.core.database import (
-    UnitOfWork,
-    create_engine,
-    create_session_factory,
-    is_sqlite,
-    utc_now,
-)
-from services.core.idempotency import forget_expired
-from services.core.interceptor import RpcInterceptor
-from services.core.metrics import serve_metrics
+from services.core.db.engine import create_engine, is_sqlite, utc_now
+from services.core.db.idempotency import forget_expired
+from services.core.db.unit_of_work import TenantDatabase
+from services.core.domain.customer_metrics import CustomerMetricsRegistry
+from services.core.domain.pagination import PageTokenCodec
+from services.core.domain.passwords import PasswordHasher
 from services.core.modules import ModuleContext, MountFunction
-from services.core.pagination import PageTokenCodec
-from services.core.passwords import PasswordHasher
-from services.core.reflection import enable_reflection
+from services.core.rpc.callers import CallerAuthInterceptor, load_callers
+from services.core.rpc.interceptor import RpcInterceptor
+from services.core.rpc.metrics import serve_metrics
+from services.core.rpc.reflection import enable_reflection
 from services.core.settings import Settings
-from services.core.tenancy import TenantDatabase
 from services.customers.servicer import mount as mount_customers
 from services.loyalty.servicer import mount as mount_loyalty
 from services.orders.servicer import mount as mount_orders
@@ -79,8 +73,10 @@ class Application:
             pool_size=settings.db_pool_size,
             connect_timeout=settings.db_connect_timeout,
         )
+        self.database = TenantDatabase(
+            self.engine, store_cache_seconds=settings.store_cache_seconds
+        )
         self.customer_metrics = CustomerMetricsRegistry()
-        self._sessions = create_session_factory(self.engine)
         self.passwords = PasswordHasher(settings.bcrypt_rounds, settings.password_hash_workers)
         self.health = health.aio.HealthServicer()
         interceptors: list[grpc.aio.ServerInterceptor] = [
@@ -104,9 +100,7 @@ class Application:
         Returns the bound port, useful with port 0."""
         context = ModuleContext(
             settings=self.settings,
-            database=TenantDatabase(
-                self.engine, store_cache_seconds=self.settings.store_cache_seconds
-            ),
+            database=self.database,
             passwords=self.passwords,
             page_tokens=PageTokenCodec(self.settings.page_token_secret),
             customer_metrics=self.customer_metrics,
@@ -185,9 +179,9 @@ class Application:
         before = utc_now() - timedelta(hours=self.settings.request_id_retention_hours)
         forgotten = 0
         while True:
-            async with UnitOfWork(self._sessions) as uow:
-                deleted = await forget_expired(uow.session, before, batch=PURGE_BATCH)
-                await uow.commit()
+            async with self.database.maintenance() as statements:
+                deleted = await forget_expired(statements, before, batch=PURGE_BATCH)
+                await statements.commit()
             forgotten += deleted
             if deleted < PURGE_BATCH:
                 return forgotten

@@ -77,7 +77,7 @@ class Supervisor:
             signal.signal(signum, self.forward)
         if self.settings.metrics_address:
             # Imported only now: prometheus_client reads PROMETHEUS_MULTIPROC_DIR on import.
-            from services.core.metrics import serve_metrics
+            from services.core.rpc.metrics import serve_metrics
 
             serve_metrics(self.settings.metrics_address)
         for _ in range(self.settings.workers):

@@ -25,12 +25,12 @@ from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.core.database import UnitOfWork, create_engine, create_session_factory
+from services.core.db.engine import create_engine
+from services.core.db.unit_of_work import TenantDatabase
 from services.core.settings import Settings
-from services.core.stores import create_store, set_store_active
-from services.core.tenancy import TenantDatabase
 from services.migrations import upgrade
 from services.server import Application
+from tests.orm import UnitOfWork, create_session_factory, create_store, set_store_active
 
 POSTGRES_URL = os.environ.get(
     "COMMERCE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

@@ -7,11 +7,11 @@ from typing import Protocol
 
 import grpc
 
-from services.core.customer_metrics import CustomerMetricsRegistry
-from services.core.pagination import PageTokenCodec
-from services.core.passwords import PasswordHasher
+from services.core.db.unit_of_work import TenantDatabase
+from services.core.domain.customer_metrics import CustomerMetricsRegistry
+from services.core.domain.pagination import PageTokenCodec
+from services.core.domain.passwords import PasswordHasher
 from services.core.settings import Settings
-from services.core.tenancy import TenantDatabase
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,21 @@
 """gRPC face of the customers module: translates protobuf to plain values and back.
-Rules live in the service layer; errors become statuses in services.core.grpc_errors."""
+Rules live in the service layer; errors become statuses in services.core.rpc.statuses."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, TypeAlias
 
 import grpc
 from commerce.customers.v1 import customer_pb2, customer_service_pb2_grpc
 from commerce.customers.v1 import customer_service_pb2 as pb
 
-from services.core.customer_metrics import CustomerMetric
-from services.core.errors import InvalidArgument
-from services.core.grpc_support import masked_changes, timestamp
+from services.core.domain.errors import InvalidArgument
 from services.core.modules import ModuleContext
-from services.customers.models import Customer, CustomerAddress, CustomerSnapshot
-from services.customers.service import (
-    ADDRESS_WRITABLE_FIELDS,
-    CUSTOMER_WRITABLE_FIELDS,
-    CustomerService,
-    NewCustomer,
-    customer_etag,
-)
+from services.core.rpc.convert import masked_changes
+from services.customers.addresses import AddressService
+from services.customers.messages import address_to_proto, customer_to_proto, metric_to_proto
+from services.customers.rules import ADDRESS_WRITABLE_FIELDS, CUSTOMER_WRITABLE_FIELDS
+from services.customers.service import CustomerService, NewCustomer
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -29,47 +23,6 @@ _ACTIVE_BY_STATUS: dict[int, bool] = {
     customer_pb2.CUSTOMER_STATUS_ACTIVE: True,
     customer_pb2.CUSTOMER_STATUS_INACTIVE: False,
 }
-
-
-def customer_to_proto(customer: Customer | CustomerSnapshot) -> customer_pb2.Customer:
-    return customer_pb2.Customer(
-        store_id=customer.store_id,
-        customer_id=customer.customer_id,
-        customer_number=customer.customer_number,
-        email=customer.email,
-        first_name=customer.first_name,
-        last_name=customer.last_name,
-        phone=customer.phone,
-        marketing_consent=customer.marketing_consent,
-        preferred_language=customer.preferred_language,
-        status=customer_pb2.CUSTOMER_STATUS_ACTIVE
-        if customer.is_active
-        else customer_pb2.CUSTOMER_STATUS_INACTIVE,
-        has_password=customer.hashed_password is not None,
-        create_time=timestamp(customer.created_at),
-        update_time=timestamp(customer.updated_at),
-        etag=customer_etag(customer),
-    )
-
-
-def address_to_proto(address: CustomerAddress) -> customer_pb2.CustomerAddress:
-    return customer_pb2.CustomerAddress(
-        store_id=address.store_id,
-        customer_id=address.customer_id,
-        address_id=address.address_id,
-        recipient_name=address.recipient_name,
-        address_line1=address.address_line1,
-        address_line2=address.address_line2,
-        city=address.city,
-        postal_code=address.postal_code,
-        region=address.region,
-        country_code=address.country_code,
-        phone=address.phone,
-        default_shipping=address.default_shipping,
-        default_billing=address.default_billing,
-        create_time=timestamp(address.created_at),
-        update_time=timestamp(address.updated_at),
-    )
 
 
 def _active_filter(status: int) -> bool | None:
@@ -88,8 +41,9 @@ def _active_from_status(status: int) -> bool:
 
 
 class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
-    def __init__(self, service: CustomerService) -> None:
+    def __init__(self, service: CustomerService, addresses: AddressService) -> None:
         self._service = service
+        self._addresses = addresses
 
     async def CreateCustomer(
         self, request: pb.CreateCustomerRequest, context: Context
@@ -169,7 +123,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         self, request: pb.CreateCustomerAddressRequest, context: Context
     ) -> pb.CreateCustomerAddressResponse:
         fields = {name: getattr(request.address, name) for name in ADDRESS_WRITABLE_FIELDS}
-        address = await self._service.create_address(
+        address = await self._addresses.create_address(
             request.store_id, request.customer_id, fields, request_id=request.request_id
         )
         return pb.CreateCustomerAddressResponse(address=address_to_proto(address))
@@ -178,7 +132,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         self, request: pb.UpdateCustomerAddressRequest, context: Context
     ) -> pb.UpdateCustomerAddressResponse:
         changes = masked_changes(request.update_mask, request.address, ADDRESS_WRITABLE_FIELDS)
-        address = await self._service.update_address(
+        address = await self._addresses.update_address(
             request.store_id, request.customer_id, request.address_id, changes
         )
         return pb.UpdateCustomerAddressResponse(address=address_to_proto(address))
@@ -186,7 +140,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     async def DeleteCustomerAddress(
         self, request: pb.DeleteCustomerAddressRequest, context: Context
     ) -> pb.DeleteCustomerAddressResponse:
-        await self._service.delete_address(
+        await self._addresses.delete_address(
             request.store_id, request.customer_id, request.address_id
         )
         return pb.DeleteCustomerAddressResponse()
@@ -194,7 +148,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     async def ListCustomerAddresses(
         self, request: pb.ListCustomerAddressesRequest, context: Context
     ) -> pb.ListCustomerAddressesResponse:
-        addresses = await self._service.list_addresses(request.store_id, request.customer_id)
+        addresses = await self._addresses.list_addresses(request.store_id, request.customer_id)
         return pb.ListCustomerAddressesResponse(
             addresses=[address_to_proto(address) for address in addresses]
         )
@@ -212,23 +166,12 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         )
 
 
-def metric_to_proto(source: str, metric: CustomerMetric) -> customer_pb2.CustomerMetric:
-    message = customer_pb2.CustomerMetric(
-        source=source, name=metric.name, label=metric.label, currency_code=metric.currency_code
-    )
-    if isinstance(metric.value, datetime):
-        message.time_value.CopyFrom(timestamp(metric.value))
-    elif metric.value is not None:
-        message.int_value = metric.value
-    return message
-
-
 def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     """Adds CustomerService to `server`; returns its full name."""
     service = CustomerService(
         context.database, context.passwords, context.page_tokens, context.customer_metrics
     )
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(
-        CustomerServicer(service), server
+        CustomerServicer(service, AddressService(context.database)), server
     )
     return [pb.DESCRIPTOR.services_by_name["CustomerService"].full_name]

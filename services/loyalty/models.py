@@ -6,6 +6,7 @@ always agree, and the database refuses a negative balance or an empty movement."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
@@ -18,7 +19,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.core.database import Base, UtcDateTime, utc_now
+from services.core.db.engine import Base, UtcDateTime, utc_now
+from services.core.db.snapshots import RowSnapshot, columns_of
 
 
 class LoyaltyAccount(Base):
@@ -69,3 +71,20 @@ class LoyaltyMovement(Base):
         # A customer's history, newest first: one index range scan.
         Index("ix_loyalty_movements_customer", "store_id", "customer_id", "movement_id"),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class MovementSnapshot(RowSnapshot):
+    """A ledger row as the queries return it: LoyaltyMovement's fields, without the ORM."""
+
+    store_id: int
+    movement_id: int
+    customer_id: int
+    points: int
+    balance_after: int
+    reason: str
+    created_at: datetime
+
+
+# The columns a MovementSnapshot is made of, in its field order.
+MOVEMENT_COLUMNS = columns_of(LoyaltyMovement, MovementSnapshot)

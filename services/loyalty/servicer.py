@@ -1,7 +1,7 @@
 """gRPC face of the loyalty module: CustomerLoyaltyService. It translates protobuf to
 plain values and back; rules live in the service layer, errors become statuses in
-services.core.grpc_errors. The customer is shown with the customers package's own
-message, converted by the customers servicer's function."""
+services.core.rpc.statuses. The customer is shown with the customers package's own
+message, converted by services.customers.messages."""
 
 from __future__ import annotations
 
@@ -11,17 +11,12 @@ import grpc
 from commerce.loyalty.v1 import customer_loyalty_service_pb2 as pb
 from commerce.loyalty.v1 import customer_loyalty_service_pb2_grpc, loyalty_pb2
 
-from services.core.grpc_support import timestamp
 from services.core.modules import ModuleContext
-from services.customers.servicer import customer_to_proto
-from services.loyalty.models import LoyaltyMovement
-from services.loyalty.service import (
-    LoyaltyMetricsProvider,
-    LoyaltyService,
-    Movement,
-    Standing,
-    Tier,
-)
+from services.core.rpc.convert import timestamp
+from services.customers.messages import customer_to_proto
+from services.loyalty.models import MovementSnapshot
+from services.loyalty.rules import Standing, Tier
+from services.loyalty.service import LoyaltyMetricsProvider, LoyaltyService, Movement
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -40,7 +35,7 @@ def standing_to_proto(standing: Standing) -> loyalty_pb2.CustomerLoyalty:
     )
 
 
-def movement_to_proto(movement: LoyaltyMovement) -> loyalty_pb2.LoyaltyMovement:
+def movement_to_proto(movement: MovementSnapshot) -> loyalty_pb2.LoyaltyMovement:
     return loyalty_pb2.LoyaltyMovement(
         store_id=movement.store_id,
         movement_id=movement.movement_id,

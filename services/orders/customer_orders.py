@@ -1,74 +1,29 @@
 """The customer side of orders (the seed's CustomerOrderService): a customer's order
-history, count and statistics. It lives in the orders module because orders owns the
-relationship; customers never asks for it."""
+history, count and statistics, and the orders module's customer metrics provider
+built on them. It lives in the orders module because orders owns the relationship;
+customers never asks for it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, and_, bindparam, func, select, tuple_
-
-from services.core.database import UtcDateTime
-from services.core.errors import InvalidArgument
-from services.core.pagination import PageTokenCodec, resolve_page_size
-from services.core.sql import Statement
-from services.core.tenancy import TenantDatabase
-from services.customers.service import find_customer, load_customer
-from services.orders.models import (
-    LINE_ITEM_COLUMNS,
-    ORDER_COLUMNS,
-    LineItemSnapshot,
-    Order,
-    OrderLineItem,
-    OrderSnapshot,
-    OrderStatus,
+from services.core.db.unit_of_work import TenantDatabase
+from services.core.domain.customer_metrics import CustomerMetric
+from services.core.domain.errors import InvalidArgument
+from services.core.domain.pagination import PageTokenCodec, resolve_page_size
+from services.customers.api import check_customer_id, get_customer
+from services.orders import queries
+from services.orders.models import OrderSnapshot, OrderStatus
+from services.orders.rules import (
+    CustomerOrderStats,
+    OrderFilter,
+    OrderPage,
+    cut_page,
+    page_request,
 )
-from services.orders.service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, OrderPage
-from services.orders.statistics import CustomerOrderStats, OrderMetricsProvider
 
 DEFAULT_RECENT_LIMIT = 5
 MAX_RECENT_LIMIT = 50
-
-
-def _customer_orders(*conditions: ColumnElement[bool]) -> Statement:
-    """A page of the customer's orders, newest first by the keyset (created_at,
-    order_id): one backwards range of ix_orders_customer however deep."""
-    return Statement(
-        select(*ORDER_COLUMNS)
-        .where(
-            Order.store_id == bindparam("store_id"),
-            Order.customer_id == bindparam("customer_id"),
-            *conditions,
-        )
-        .order_by(Order.created_at.desc(), Order.order_id.desc())
-        .limit(bindparam("limit"))
-    )
-
-
-def _keyset(time: str, order_id: str) -> ColumnElement[Any]:
-    return tuple_(bindparam(time, type_=UtcDateTime()), bindparam(order_id, type_=BigInteger()))
-
-
-_ORDER_KEY = tuple_(Order.created_at, Order.order_id)
-_FIRST_PAGE = _customer_orders()
-_NEXT_PAGE = _customer_orders(_keyset("before_time", "before_id") > _ORDER_KEY)
-# The lines of the customer's orders between two keys of the keyset, both included.
-_PAGE_LINES = Statement(
-    select(*LINE_ITEM_COLUMNS)
-    .join(
-        Order,
-        and_(Order.store_id == OrderLineItem.store_id, Order.order_id == OrderLineItem.order_id),
-    )
-    .where(
-        Order.store_id == bindparam("store_id"),
-        Order.customer_id == bindparam("customer_id"),
-        _keyset("newest_time", "newest_id") >= _ORDER_KEY,
-        _keyset("oldest_time", "oldest_id") <= _ORDER_KEY,
-    )
-    .order_by(OrderLineItem.order_id, OrderLineItem.line_number)
-)
 
 
 class CustomerOrderService:
@@ -85,44 +40,19 @@ class CustomerOrderService:
     async def list_orders(
         self, store_id: int, customer_id: int, *, page_size: int = 0, page_token: str = ""
     ) -> OrderPage:
-        """The customer's orders, newest first, one page at a time: the customer, the
-        page and the page's lines, three fixed statements (services.core.sql)."""
+        """The customer's orders, newest first, one page at a time."""
         scope = {"list": "customer_orders", "store_id": store_id, "customer_id": customer_id}
-        size = resolve_page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
-        params: dict[str, Any] = {"store_id": store_id, "customer_id": customer_id}
-        page_query = _FIRST_PAGE
-        if page_token:
-            created_at, order_id = self._page_tokens.decode(page_token, scope)
-            params |= {"before_time": datetime.fromisoformat(created_at), "before_id": order_id}
-            page_query = _NEXT_PAGE
-        async with self._db.statements(store_id, transaction=False) as statements:
-            customer = await find_customer(statements, store_id, customer_id)
-            rows, token = self._page_tokens.cut(
-                list(await statements.fetch(page_query, params | {"limit": size + 1})),
-                size,
-                scope,
-                lambda last: [last["created_at"].isoformat(), last["order_id"]],
+        request = page_request(self._page_tokens, scope, page_size, page_token)
+        async with self._db.reading(store_id) as uow:
+            customer = await get_customer(uow, customer_id)
+            orders = await queries.orders_page(
+                uow, OrderFilter(customer_id=customer_id), request, customer=customer
             )
-            lines: dict[int, list[LineItemSnapshot]] = {}
-            if rows:
-                # The page is one range of the customer's keyset: its lines in one read.
-                newest, oldest = rows[0], rows[-1]
-                bounds = {
-                    "newest_time": newest["created_at"],
-                    "newest_id": newest["order_id"],
-                    "oldest_time": oldest["created_at"],
-                    "oldest_id": oldest["order_id"],
-                }
-                for line in await statements.fetch(_PAGE_LINES, params | bounds):
-                    lines.setdefault(line["order_id"], []).append(LineItemSnapshot.of(line))
-        orders = [
-            OrderSnapshot.of(row, tuple(lines.get(row["order_id"], ())), customer) for row in rows
-        ]
-        return OrderPage(orders, token)
+        return cut_page(self._page_tokens, request, orders)
 
     async def recent_orders(
         self, store_id: int, customer_id: int, limit: int = 0
-    ) -> Sequence[Order | OrderSnapshot]:
+    ) -> Sequence[OrderSnapshot]:
         """The customer's latest `limit` orders (0: the default of 5), newest first."""
         if limit < 0:
             raise InvalidArgument.of("limit", "must not be negative")
@@ -134,14 +64,40 @@ class CustomerOrderService:
         self, store_id: int, customer_id: int, status: OrderStatus | None = None
     ) -> int:
         """How many orders the customer placed (with `status`, when given)."""
-        statement = select(func.count()).where(
-            Order.store_id == store_id, Order.customer_id == customer_id
-        )
-        if status is not None:
-            statement = statement.where(Order.status == status.value)
         async with self._db.reading(store_id) as uow:
-            await load_customer(uow.session, store_id, customer_id)
-            return (await uow.session.execute(statement)).scalar_one()
+            await get_customer(uow, customer_id)
+            return await queries.count_customer_orders(uow, customer_id, status)
 
     async def order_stats(self, store_id: int, customer_id: int) -> CustomerOrderStats:
         return await self._statistics.customer_order_stats(store_id, customer_id)
+
+
+class OrderMetricsProvider:
+    """The orders module's CustomerMetricsProvider (services.core.domain.customer_metrics)."""
+
+    source = "orders"
+
+    def __init__(self, database: TenantDatabase) -> None:
+        self._db = database
+
+    async def customer_order_stats(self, store_id: int, customer_id: int) -> CustomerOrderStats:
+        async with self._db.reading(store_id) as uow:
+            check_customer_id(customer_id)
+            return await queries.customer_order_stats(uow, customer_id)
+
+    async def customer_metrics(self, store_id: int, customer_id: int) -> list[CustomerMetric]:
+        stats = await self.customer_order_stats(store_id, customer_id)
+        metrics = [CustomerMetric("total_orders", "Total orders", stats.total_orders)]
+        for totals in stats.currencies:
+            code = totals.currency_code
+            metrics += [
+                CustomerMetric("total_spent", "Total spent", totals.total_spent_minor, code),
+                CustomerMetric(
+                    "avg_order_value", "Average order value", totals.avg_order_value_minor, code
+                ),
+            ]
+        return [
+            *metrics,
+            CustomerMetric("first_order_time", "First order", stats.first_order_time),
+            CustomerMetric("last_order_time", "Last order", stats.last_order_time),
+        ]

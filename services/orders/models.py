@@ -8,7 +8,7 @@ even through a bug."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -23,10 +23,11 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column
 
-from services.core.database import Base, UtcDateTime, utc_now
-from services.customers.models import Customer, CustomerSnapshot
+from services.core.db.engine import Base, UtcDateTime, utc_now
+from services.core.db.snapshots import RowSnapshot, columns_of
+from services.customers.models import CustomerSnapshot
 
 
 class OrderStatus(StrEnum):
@@ -58,19 +59,6 @@ class Order(Base):
     contact_email: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
-
-    # Loaded only when a query asks for it (async sessions cannot load lazily).
-    customer: Mapped[Customer | None] = relationship(
-        Customer,
-        primaryjoin="and_(Order.store_id == Customer.store_id, "
-        "Order.customer_id == Customer.customer_id)",
-        foreign_keys="[Order.store_id, Order.customer_id]",
-        viewonly=True,
-        lazy="raise",
-    )
-    line_items: Mapped[list[OrderLineItem]] = relationship(
-        order_by="OrderLineItem.line_number", lazy="raise", cascade="all, delete-orphan"
-    )
 
     __table_args__ = (
         ForeignKeyConstraint(
@@ -120,8 +108,8 @@ class OrderLineItem(Base):
 
 
 @dataclass(frozen=True, slots=True)
-class LineItemSnapshot:
-    """A line as the hot paths return it: OrderLineItem's fields, without the ORM."""
+class LineItemSnapshot(RowSnapshot):
+    """A line as the queries return it: OrderLineItem's fields, without the ORM."""
 
     store_id: int
     order_id: int
@@ -132,17 +120,12 @@ class LineItemSnapshot:
     unit_price_minor: int
     line_total_minor: int
 
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> LineItemSnapshot:
-        """From a row of LINE_ITEM_COLUMNS, by position (see CustomerSnapshot.of)."""
-        return cls(*row.values())
-
 
 @dataclass(frozen=True, slots=True)
 class OrderSnapshot:
-    """An order as the hot paths return it (CreateOrder, a customer's history):
-    Order's fields, its lines and its customer, read-only and without the ORM, whose
-    instances cost more CPU to build than the queries took (docs/performance.md)."""
+    """An order as the queries return it: Order's fields, its lines and its customer
+    (None for a guest order), read-only and without the ORM, whose instances cost
+    more CPU to build than the queries took (docs/performance.md)."""
 
     store_id: int
     order_id: int
@@ -164,14 +147,10 @@ class OrderSnapshot:
         line_items: tuple[LineItemSnapshot, ...],
         customer: CustomerSnapshot | None,
     ) -> OrderSnapshot:
-        """From a row of ORDER_COLUMNS, by position (see CustomerSnapshot.of)."""
+        """From a row of ORDER_COLUMNS, by position (see RowSnapshot.of)."""
         return cls(*[*row.values(), line_items, customer])
 
 
 # The columns the snapshots are made of, in their field order.
-ORDER_COLUMNS = [
-    Order.__table__.c[field.name]
-    for field in fields(OrderSnapshot)
-    if field.name not in ("line_items", "customer")
-]
-LINE_ITEM_COLUMNS = [OrderLineItem.__table__.c[field.name] for field in fields(LineItemSnapshot)]
+ORDER_COLUMNS = columns_of(Order, OrderSnapshot, besides=("line_items", "customer"))
+LINE_ITEM_COLUMNS = columns_of(OrderLineItem, LineItemSnapshot)

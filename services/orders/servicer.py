@@ -1,9 +1,10 @@
 """gRPC face of the orders module: OrderService and CustomerOrderService. They
 translate protobuf to plain values and back; rules live in the service layer, errors
-become statuses in services.core.grpc_errors.
+become statuses in services.core.rpc.statuses.
 
 Orders show their customer with the customers package's own message, converted by
-the customers servicer's function: one definition of what a customer looks like."""
+customers' own function (services.customers.messages): one definition of what a
+customer looks like."""
 
 from __future__ import annotations
 
@@ -23,20 +24,14 @@ from commerce.orders.v1 import order_service_pb2 as orders_pb
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
-from services.core.errors import InvalidArgument
-from services.core.grpc_support import timestamp
+from services.core.domain.errors import InvalidArgument
 from services.core.modules import ModuleContext
-from services.customers.servicer import customer_to_proto
-from services.orders.customer_orders import CustomerOrderService
-from services.orders.models import (
-    LineItemSnapshot,
-    Order,
-    OrderLineItem,
-    OrderSnapshot,
-    OrderStatus,
-)
-from services.orders.service import NewLineItem, NewOrder, OrderFilter, OrderService
-from services.orders.statistics import CustomerOrderStats, OrderMetricsProvider
+from services.core.rpc.convert import timestamp
+from services.customers.messages import customer_to_proto
+from services.orders.customer_orders import CustomerOrderService, OrderMetricsProvider
+from services.orders.models import LineItemSnapshot, OrderSnapshot, OrderStatus
+from services.orders.rules import CustomerOrderStats, NewLineItem, NewOrder, OrderFilter
+from services.orders.service import OrderService
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -49,7 +44,7 @@ _STATUS_FROM_PROTO: dict[int, OrderStatus] = {
 
 
 def order_to_proto(
-    order: Order | OrderSnapshot, customer: customer_pb2.Customer | None = None
+    order: OrderSnapshot, customer: customer_pb2.Customer | None = None
 ) -> order_pb2.Order:
     """The order's message; `customer` is its customer's message when already built."""
     if customer is None and order.customer is not None:
@@ -70,7 +65,7 @@ def order_to_proto(
     )
 
 
-def orders_to_proto(orders: Sequence[Order | OrderSnapshot]) -> list[order_pb2.Order]:
+def orders_to_proto(orders: Sequence[OrderSnapshot]) -> list[order_pb2.Order]:
     """The orders' messages. The orders of a customer's page share one customer
     object: its message is built once, not once per order."""
     customers: dict[int, customer_pb2.Customer] = {}
@@ -80,7 +75,7 @@ def orders_to_proto(orders: Sequence[Order | OrderSnapshot]) -> list[order_pb2.O
     return [order_to_proto(order, customers.get(id(order.customer))) for order in orders]
 
 
-def _line_to_proto(line: OrderLineItem | LineItemSnapshot) -> order_pb2.OrderLineItem:
+def _line_to_proto(line: LineItemSnapshot) -> order_pb2.OrderLineItem:
     return order_pb2.OrderLineItem(
         line_number=line.line_number,
         sku=line.sku,

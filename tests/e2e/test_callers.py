@@ -13,7 +13,7 @@ from commerce.customers.v1 import customer_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.core.callers import load_callers, token_digest
+from services.core.rpc.callers import load_callers, token_digest
 from tests.e2e.helpers import create_customer, pb, serving
 from tests.errors import rpc_error
 from tests.process import clean_environment, commerce

@@ -7,7 +7,7 @@ import pytest
 from commerce.customers.v1 import customer_pb2
 from google.protobuf import field_mask_pb2
 
-from services.customers.service import MAX_ADDRESSES_PER_CUSTOMER
+from services.customers.rules import MAX_ADDRESSES_PER_CUSTOMER
 from tests.e2e.helpers import create_customer, pb
 from tests.errors import rpc_error
 

@@ -11,8 +11,8 @@ from commerce.customers.v1 import customer_pb2
 from commerce.orders.v1 import order_service_pb2
 from sqlalchemy import func, select, update
 
-from services.core.database import utc_now
-from services.core.idempotency import IdempotencyKey
+from services.core.db.engine import utc_now
+from services.core.db.idempotency import IdempotencyKey
 from services.server import Application
 from tests.e2e.helpers import line, pb, unique_email
 from tests.e2e.test_customers import count_customers

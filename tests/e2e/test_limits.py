@@ -14,11 +14,11 @@ from commerce.customers.v1 import customer_pb2, customer_service_pb2_grpc
 from google.protobuf import field_mask_pb2
 from sqlalchemy import update
 
-from services.core import metrics
-from services.core.database import UnitOfWork
+from services.core.rpc import metrics
 from services.customers.models import Customer
 from tests.e2e.helpers import create_customer, pb, serving
 from tests.errors import rpc_error
+from tests.orm import UnitOfWork
 
 Code = grpc.StatusCode
 

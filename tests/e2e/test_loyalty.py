@@ -14,11 +14,11 @@ from commerce.loyalty.v1 import customer_loyalty_service_pb2 as pb
 from commerce.loyalty.v1 import loyalty_pb2
 from sqlalchemy import func, select
 
-from services.core.database import UnitOfWork
 from services.loyalty.models import LoyaltyAccount, LoyaltyMovement
 from tests.e2e.helpers import create_customer
 from tests.e2e.helpers import pb as customers_pb
 from tests.errors import rpc_error
+from tests.orm import UnitOfWork
 
 Code = grpc.StatusCode
 T = loyalty_pb2.LoyaltyTier

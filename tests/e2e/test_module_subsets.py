@@ -17,13 +17,13 @@ from commerce.orders.v1 import order_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import inspect
 
-from services.core.database import UnitOfWork, create_engine, create_session_factory
+from services.core.db.engine import create_engine
 from services.core.settings import Settings
-from services.core.stores import create_store
 from services.migrations import upgrade
 from tests.conftest import TEST_BCRYPT_ROUNDS
 from tests.e2e.helpers import PASSWORD, create_customer, create_order, pb, serving
 from tests.errors import rpc_error
+from tests.orm import UnitOfWork, create_session_factory, create_store
 
 SERVICES = {
     "customers": {"commerce.customers.v1.CustomerService"},

@@ -11,7 +11,7 @@ from commerce.orders.v1 import order_service_pb2 as pb
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
-from services.core.database import utc_now
+from services.core.db.engine import utc_now
 from services.orders.models import Order
 from tests.e2e.helpers import create_customer, create_order
 from tests.e2e.helpers import pb as customers_pb

@@ -12,7 +12,7 @@ from commerce.orders.v1 import order_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.core.interceptor import RpcInterceptor
+from services.core.rpc.interceptor import RpcInterceptor
 from services.core.settings import Settings
 from services.server import Application
 from tests.e2e.helpers import create_customer, create_order, pb, serving

@@ -7,9 +7,15 @@ import asyncio
 import bcrypt
 import pytest
 
-from services.core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, Unauthenticated
-from services.core.pagination import PageTokenCodec
-from services.core.passwords import PasswordHasher
+from services.core.domain.errors import (
+    Aborted,
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
+from services.core.domain.pagination import PageTokenCodec
+from services.core.domain.passwords import PasswordHasher
 from services.customers.service import CustomerService, NewCustomer
 
 PASSWORD = "correct horse battery"

@@ -7,13 +7,16 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from services.core.database import UnitOfWork, utc_now
-from services.core.idempotency import IdempotencyKey, forget_expired
+from services.core.db.engine import utc_now
+from services.core.db.idempotency import IdempotencyKey, forget_expired
+from tests.orm import UnitOfWork
 
 OLD = 24 * 365 * 10  # hours: ten years
 
 
-async def test_forget_expired_deletes_old_keys_in_batches(sessions, store_id, other_store_id):
+async def test_forget_expired_deletes_old_keys_in_batches(
+    sessions, database, store_id, other_store_id
+):
     now = utc_now()
     async with UnitOfWork(sessions) as uow:
         for store, age_hours in [(store_id, OLD)] * 5 + [
@@ -35,9 +38,9 @@ async def test_forget_expired_deletes_old_keys_in_batches(sessions, store_id, ot
     cutoff = now - timedelta(hours=OLD - 1)
     rounds = []
     while True:
-        async with UnitOfWork(sessions) as uow:
-            rounds.append(await forget_expired(uow.session, cutoff, batch=4))
-            await uow.commit()
+        async with database.maintenance() as statements:
+            rounds.append(await forget_expired(statements, cutoff, batch=4))
+            await statements.commit()
         if rounds[-1] < 4:
             break
     # No other test's key is this old: exactly these six go, four at a time at most.

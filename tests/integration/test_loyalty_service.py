@@ -7,13 +7,14 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from services.core.database import UnitOfWork
-from services.core.errors import FailedPrecondition, NotFound
-from services.core.pagination import PageTokenCodec
-from services.core.passwords import PasswordHasher
+from services.core.domain.errors import FailedPrecondition, NotFound
+from services.core.domain.pagination import PageTokenCodec
+from services.core.domain.passwords import PasswordHasher
 from services.customers.service import CustomerService, NewCustomer
 from services.loyalty.models import LoyaltyAccount
-from services.loyalty.service import LoyaltyMetricsProvider, LoyaltyService, Standing, Tier
+from services.loyalty.rules import Standing, Tier
+from services.loyalty.service import LoyaltyMetricsProvider, LoyaltyService
+from tests.orm import UnitOfWork
 
 
 @pytest.fixture

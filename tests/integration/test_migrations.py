@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from services.core.database import Base, create_engine
+from services.core.db.engine import Base, create_engine
 from services.migrations import alembic_config
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from services.core.customer_metrics import CustomerMetric, CustomerMetricsRegistry
-from services.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.core.pagination import PageTokenCodec
-from services.core.passwords import PasswordHasher
+from services.core.domain.customer_metrics import CustomerMetric, CustomerMetricsRegistry
+from services.core.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.core.domain.pagination import PageTokenCodec
+from services.core.domain.passwords import PasswordHasher
 from services.customers.service import CustomerService, NewCustomer
-from services.orders.customer_orders import CustomerOrderService
+from services.orders.customer_orders import CustomerOrderService, OrderMetricsProvider
 from services.orders.models import OrderStatus
-from services.orders.service import NewLineItem, NewOrder, OrderFilter, OrderService
-from services.orders.statistics import OrderMetricsProvider
+from services.orders.rules import NewLineItem, NewOrder, OrderFilter
+from services.orders.service import OrderService
 
 
 @pytest.fixture

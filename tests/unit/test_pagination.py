@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.core.errors import InvalidArgument
-from services.core.pagination import PageTokenCodec, resolve_page_size
+from services.core.domain.errors import InvalidArgument
+from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 
 QUERY = {"list": "customers", "store_id": 1, "active": None, "query": ""}
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from services.core.passwords import PasswordHasher, password_problem
+from services.core.domain.passwords import PasswordHasher, password_problem
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from commerce.customers.v1 import customer_pb2
 from google.protobuf import field_mask_pb2
 from pydantic import ValidationError
 
-from services.core.errors import InvalidArgument
-from services.core.grpc_support import masked_changes
+from services.core.domain.errors import InvalidArgument
+from services.core.rpc.convert import masked_changes
 from services.core.settings import Settings
 
 WRITABLE = ("email", "first_name", "last_name", "marketing_consent")

@@ -1,4 +1,4 @@
-"""services.core.grpc_support.timestamp: the same Timestamp as protobuf's own
+"""services.core.rpc.convert.timestamp: the same Timestamp as protobuf's own
 FromDatetime, computed faster, for any aware datetime."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from google.protobuf import timestamp_pb2
 
-from services.core.grpc_support import timestamp
+from services.core.rpc.convert import timestamp
 
 
 @pytest.mark.parametrize(

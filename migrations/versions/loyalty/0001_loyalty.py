@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from services.core.database import UtcDateTime
+from services.core.db.engine import UtcDateTime
 
 revision: str = "loyalty_0001"
 down_revision: str | Sequence[str] | None = None

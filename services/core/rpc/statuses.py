@@ -1,5 +1,5 @@
 """The one place where errors become gRPC statuses (applied by
-services.core.interceptor).
+services.core.rpc.interceptor).
 
 Domain errors get their code and rich details (google.rpc.ErrorInfo always,
 BadRequest for invalid arguments, ResourceInfo for missing resources). A lost
@@ -18,7 +18,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from sqlalchemy import exc as sa_exc
 
-from services.core.errors import (
+from services.core.domain.errors import (
     Aborted,
     AlreadyExists,
     DomainError,
@@ -79,13 +79,13 @@ def is_unavailable(error: BaseException) -> bool:
 
 
 # PostgreSQL's query_canceled and lock_not_available: the statement and lock timeouts
-# a transaction takes from the caller's deadline (services.core.tenancy).
+# a transaction takes from the caller's deadline (services.core.db.unit_of_work).
 _DEADLINE_SQLSTATES = {"57014", "55P03"}
 
 
 def is_deadline_timeout(error: BaseException) -> bool:
     """Whether PostgreSQL stopped a statement at the timeout set from the deadline:
-    as SQLAlchemy reports it, or as asyncpg does on the fast path (services.core.sql)."""
+    as SQLAlchemy reports it, or as asyncpg does on the fast path (services.core.db.statements)."""
     driver_error = error.orig if isinstance(error, sa_exc.DBAPIError) else error
     code = getattr(driver_error, "pgcode", None) or getattr(driver_error, "sqlstate", None)
     return code in _DEADLINE_SQLSTATES

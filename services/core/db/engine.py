@@ -1,20 +1,15 @@
-"""Database engine, declarative base and the unit of work used by every service."""
+"""The database engine, the declarative base every module's models share, and the
+column types they have in common."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -104,36 +99,3 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.close()
-
-
-def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-
-
-class UnitOfWork:
-    """One transaction: rolls back unless `commit()` was called. Use one per RPC:
-
-    async with UnitOfWork(sessions) as uow:
-        uow.session.add(...)
-        await uow.commit()
-    """
-
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
-
-    async def __aenter__(self) -> Self:
-        self.session = self._sessions()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        # close() ends the transaction with a rollback (unless commit() ran) and
-        # detaches the loaded objects without expiring them, so they stay readable.
-        await self.session.close()
-
-    async def commit(self) -> None:
-        await self.session.commit()

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from services.core.errors import InvalidArgument
+from services.core.domain.errors import InvalidArgument
 
 _MAC_BYTES = 16
 

@@ -1,10 +1,10 @@
-"""The hot paths' statements, run the fastest way each database allows.
+"""Statements, run the fastest way each database allows.
 
 The ORM and SQLAlchemy's statement execution cost more CPU than the database work of
-a hot call: GetCustomer spent more time building a Customer than reading it, and
+a call: GetCustomer spent more time building a Customer than reading it, and
 CreateOrder's five statements spent more in SQLAlchemy than in asyncpg (profiles and
-figures in docs/performance.md). So the calls every store makes all day (GetCustomer,
-CreateOrder) use fixed Core statements through a small `Transaction` interface:
+figures in docs/performance.md). So every query is a fixed Core statement, run
+through a small `Transaction` interface:
 
 - on PostgreSQL, `DriverTransaction` sends each statement, compiled once by
   SQLAlchemy, straight to the pooled asyncpg connection, which prepares it once per
@@ -12,8 +12,8 @@ CreateOrder) use fixed Core statements through a small `Transaction` interface:
 - on SQLite (the embedded default), `CoreTransaction` runs the same statements
   through SQLAlchemy Core, whose type processing that database needs.
 
-The service code is written once against `Transaction`; rows are read-only mappings
-from column name to value. Everything else keeps the ORM, where it costs little."""
+The queries are written once against `Transaction`; rows are read-only mappings from
+column name to value."""
 
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import Table, bindparam, insert
+from sqlalchemy import BindParameter, Table, Update, bindparam, insert
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 from sqlalchemy.sql.expression import ClauseElement, Executable
+from sqlalchemy.sql.visitors import replacement_traverse
 
 Row = Mapping[str, Any]
 
@@ -37,6 +38,7 @@ class Statement:
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
         self._for_asyncpg: tuple[str, tuple[str, ...], dict[str, Any]] | None = None
+        self._for_core: tuple[Executable, Mapping[str, str] | None] | None = None
 
     def for_asyncpg(self, dialect: Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """The SQL text with $1, $2..., the parameter names in that order, and the
@@ -53,10 +55,42 @@ class Statement:
             self._for_asyncpg = (compiled.string, names, fixed)
         return self._for_asyncpg
 
+    def for_core(self) -> tuple[Executable, Mapping[str, str] | None]:
+        """The statement to run through SQLAlchemy Core and, for an UPDATE, the name
+        each of its parameters is bound as. SQLAlchemy reads an execution parameter
+        named after a column of an UPDATE's table as one more column to SET, which
+        collides with a WHERE bind of that name (store_id, in every statement): so
+        on this path an UPDATE's binds named after its columns take a prefix, and
+        it gets only the parameters it binds."""
+        if self._for_core is None:
+            self._for_core = _renamed_update_binds(self.statement)
+        return self._for_core
+
     def arguments(self, dialect: Dialect, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
         """The SQL text and its positional arguments for asyncpg."""
         sql, names, fixed = self.for_asyncpg(dialect)
         return sql, [params[name] if name in params else fixed[name] for name in names]
+
+
+_RENAMED = "bound_"
+
+
+def _renamed_update_binds(statement: Executable) -> tuple[Executable, Mapping[str, str] | None]:
+    if not isinstance(statement, Update):
+        return statement, None
+    columns = set(statement.table.c.keys())
+    names: dict[str, str] = {}
+
+    def rename(element: Any, **_: Any) -> BindParameter[Any] | None:
+        if not (isinstance(element, BindParameter) and element.required):
+            return None
+        if element.key not in columns:
+            names[element.key] = element.key
+            return None
+        names[element.key] = _RENAMED + element.key
+        return bindparam(names[element.key], type_=element.type)
+
+    return cast(Executable, replacement_traverse(statement, {}, rename)), names
 
 
 def insert_row(table: Table) -> Statement:
@@ -67,9 +101,13 @@ def insert_row(table: Table) -> Statement:
 
 
 class Transaction(ABC):
-    """Statements in one transaction (or, for reads, on one connection)."""
+    """Statements in one transaction (or, for reads, on one connection, each statement
+    on its own). Whoever opens it rolls it back unless `commit()` ran."""
 
     dialect: str  # the database's dialect name: "postgresql", "sqlite"
+
+    @abstractmethod
+    async def commit(self) -> None: ...
 
     @abstractmethod
     async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Row]: ...
@@ -96,10 +134,15 @@ class DriverTransaction(Transaction):
     """On an asyncpg connection. Integrity errors become SQLAlchemy's IntegrityError,
     as callers catch them on every path."""
 
-    def __init__(self, connection: Any, dialect: Dialect) -> None:
+    def __init__(self, connection: Any, dialect: Dialect, transaction: Any = None) -> None:
         self._connection = connection
+        self._transaction = transaction  # asyncpg's; None: each statement on its own
         self._dialect = dialect
         self.dialect = dialect.name
+
+    async def commit(self) -> None:
+        if self._transaction is not None:
+            await self._transaction.commit()
 
     async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Row]:
         sql, arguments = statement.arguments(self._dialect, params)
@@ -122,20 +165,30 @@ class DriverTransaction(Transaction):
 
 
 class CoreTransaction(Transaction):
-    """On a SQLAlchemy connection: SQLite's path, and any session's connection."""
+    """On a SQLAlchemy connection: SQLite's path."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(
+        self, connection: AsyncConnection, transaction: AsyncTransaction | None = None
+    ) -> None:
         self._connection = connection
+        self._transaction = transaction  # None: each statement on its own
         self.dialect = connection.dialect.name
 
-    @classmethod
-    async def of(cls, session: AsyncSession) -> CoreTransaction:
-        """The statements in the session's own transaction."""
-        return cls(await session.connection())
+    async def commit(self) -> None:
+        if self._transaction is not None:
+            await self._transaction.commit()
 
     async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Row]:
-        result = await self._connection.execute(statement.statement, dict(params))
+        runnable, names = statement.for_core()
+        result = await self._connection.execute(runnable, _core_params(names, params))
         return cast(Sequence[Row], result.mappings().all())
 
     async def execute_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
-        await self._connection.execute(statement.statement, [dict(row) for row in rows])
+        runnable, names = statement.for_core()
+        await self._connection.execute(runnable, [_core_params(names, row) for row in rows])
+
+
+def _core_params(names: Mapping[str, str] | None, params: Mapping[str, Any]) -> dict[str, Any]:
+    if names is None:
+        return dict(params)
+    return {names[name]: value for name, value in params.items() if name in names}

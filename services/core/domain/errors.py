@@ -1,5 +1,5 @@
 """The domain's error hierarchy. Service layers raise these; one interceptor maps them
-to gRPC status codes (services.core.grpc_errors), so no service knows about gRPC."""
+to gRPC status codes (services.core.rpc.statuses), so no service knows about gRPC."""
 
 from __future__ import annotations
 

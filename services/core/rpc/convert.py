@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from services.core.errors import Violations
+from services.core.domain.errors import Violations
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

@@ -9,7 +9,7 @@ import email_validator
 import iso3166
 import langcodes
 
-from services.core.errors import Violations
+from services.core.domain.errors import Violations
 
 EMAIL_MAX = 255
 NAME_MAX = 100

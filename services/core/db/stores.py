@@ -5,15 +5,19 @@ numbers, order numbers) without a race, on PostgreSQL and SQLite alike."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, bindparam, insert, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.core.database import Base, UtcDateTime, upsert_insert, utc_now
-from services.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.core.sql import Statement, Transaction
+from services.core.db.engine import Base, UtcDateTime, upsert_insert, utc_now
+from services.core.db.statements import Statement, Transaction
+from services.core.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from services.core.db.unit_of_work import UnitOfWork
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 StoreIdType = BigInteger().with_variant(Integer(), "sqlite")
@@ -47,14 +51,6 @@ def check_store_id(store_id: int) -> None:
         raise InvalidArgument.of("store_id", "must be a positive store id")
 
 
-async def store_is_active(session: AsyncSession, store_id: int) -> bool:
-    """Whether the store is active; NOT_FOUND when there is no such store."""
-    is_active = await session.scalar(select(Store.is_active).where(Store.id == store_id))
-    if is_active is None:
-        raise NotFound("store", str(store_id))
-    return is_active
-
-
 def store_inactive(store_id: int) -> FailedPrecondition:
     return FailedPrecondition(
         f"store {store_id} is inactive", reason="STORE_INACTIVE", metadata={"store_id": store_id}
@@ -79,30 +75,52 @@ _NEXT_NUMBER = {dialect: _next_number(dialect) for dialect in ("postgresql", "sq
 STORE_IS_ACTIVE = Statement(select(Store.is_active).where(Store.id == bindparam("store_id")))
 
 
-async def next_store_number(statements: Transaction, store_id: int, counter: str) -> int:
-    """Allocates the next number of `counter` in the store, inside the caller's
-    transaction (a unit of work's `statements` for its session's). The counter row
-    stays locked until that transaction ends, so concurrent callers (in any process)
-    get distinct numbers, and a rolled-back transaction gives its number back. Call
-    it late to hold the lock briefly."""
-    params = {"store_id": store_id, "name": counter}
-    return int(await statements.scalar(_NEXT_NUMBER[statements.dialect], params))
+async def next_store_number(uow: UnitOfWork, counter: str) -> int:
+    """Allocates the next number of `counter` in the unit of work's store. The counter
+    row stays locked until its transaction ends, so concurrent callers (in any
+    process) get distinct numbers, and a rolled-back transaction gives its number
+    back. Call it late to hold the lock briefly."""
+    return int(await uow.scalar(_NEXT_NUMBER[uow.dialect], {"name": counter}))
 
 
-async def create_store(session: AsyncSession, name: str) -> Store:
-    store = Store(name=name, is_active=True)
-    session.add(store)
-    await session.flush()
-    return store
+# -- the operator's commands (commerce stores ...) ----------------------------------------
 
 
-async def list_stores(session: AsyncSession) -> list[Store]:
-    return list(await session.scalars(select(Store).order_by(Store.id)))
+@dataclass(frozen=True)
+class StoreSnapshot:
+    id: int
+    name: str
+    is_active: bool
 
 
-async def set_store_active(session: AsyncSession, store_id: int, active: bool) -> Store:
-    store = await session.get(Store, store_id)
-    if store is None:
+_STORE_COLUMNS = (Store.id, Store.name, Store.is_active)
+_CREATE_STORE = Statement(
+    insert(Store)
+    .values(name=bindparam("name"), is_active=True, created_at=bindparam("created_at"))
+    .returning(*_STORE_COLUMNS)
+)
+_LIST_STORES = Statement(select(*_STORE_COLUMNS).order_by(Store.id))
+_SET_STORE_ACTIVE = Statement(
+    update(Store)
+    .where(Store.id == bindparam("store_id"))
+    .values(is_active=bindparam("is_active"))
+    .returning(*_STORE_COLUMNS)
+)
+
+
+async def create_store(statements: Transaction, name: str) -> StoreSnapshot:
+    row = await statements.fetch_one(_CREATE_STORE, {"name": name, "created_at": utc_now()})
+    assert row is not None  # INSERT ... RETURNING returns its row
+    return StoreSnapshot(*row.values())
+
+
+async def list_stores(statements: Transaction) -> list[StoreSnapshot]:
+    return [StoreSnapshot(*row.values()) for row in await statements.fetch(_LIST_STORES, {})]
+
+
+async def set_store_active(statements: Transaction, store_id: int, active: bool) -> StoreSnapshot:
+    params = {"store_id": store_id, "is_active": active}
+    row = await statements.fetch_one(_SET_STORE_ACTIVE, params)
+    if row is None:
         raise NotFound("store", str(store_id))
-    store.is_active = active
-    return store
+    return StoreSnapshot(*row.values())

@@ -22,8 +22,8 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from services.core.errors import Unauthenticated
-from services.core.grpc_errors import status_for
+from services.core.domain.errors import Unauthenticated
+from services.core.rpc.statuses import status_for
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The one server interceptor: around every unary RPC it bounds the work by the
-caller's deadline, turns every failure into a status (services.core.grpc_errors),
+caller's deadline, turns every failure into a status (services.core.rpc.statuses),
 writes one log line and updates the Prometheus metrics. One wrapper, built once per
 method, so the per-call cost stays small."""
 
@@ -14,9 +14,10 @@ from typing import Any, TypeAlias, cast
 
 import grpc
 
-from services.core import deadlines, metrics
-from services.core.errors import DomainError
-from services.core.grpc_errors import (
+from services.core import deadlines
+from services.core.domain.errors import DomainError
+from services.core.rpc import metrics
+from services.core.rpc.statuses import (
     POOL_EXHAUSTED_ERRORS,
     domain_of,
     is_deadline_timeout,
@@ -90,7 +91,7 @@ def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
         try:
             # The caller stops waiting at its deadline; so does the work, database
             # statements included (asyncpg cancels them; PostgreSQL transactions also
-            # carry the deadline as their statement timeout, services.core.tenancy).
+            # carry the deadline as their statement timeout, services.core.db.unit_of_work).
             time_remaining = context.time_remaining()
             deadline = asyncio.timeout(time_remaining)
             try:

@@ -1,0 +1,149 @@
+"""Idempotent creates (AIP-155): a create that carries a `request_id` claims it in its
+own transaction, and remembers there what it created. A retry with the same
+request_id gets the first result back instead of a duplicate or an error.
+
+The key is (store_id, operation, request_id). A fingerprint of the request guards
+against a request_id reused for a different request (INVALID_ARGUMENT). Secrets are
+never part of the fingerprint: a fast hash of a password would weaken it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String, bindparam, delete, select, tuple_
+from sqlalchemy import update as sql_update
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.core.db.engine import Base, UtcDateTime, upsert_insert, utc_now
+from services.core.db.statements import Statement, Transaction
+from services.core.db.unit_of_work import UnitOfWork
+from services.core.domain.errors import InvalidArgument
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    store_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True
+    )
+    operation: Mapped[str] = mapped_column(String(100), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+    # Expired keys are found by age across every store (forget_expired).
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    operation: str
+    request_id: str
+    fingerprint: str
+
+    @classmethod
+    def parse(
+        cls, operation: str, request_id: str, request: Mapping[str, Any]
+    ) -> RequestKey | None:
+        """The key of a create request; None when it carries no request_id."""
+        if not request_id:
+            return None
+        try:
+            canonical = str(uuid.UUID(request_id))
+        except ValueError:
+            raise InvalidArgument.of(
+                "request_id", "must be a UUID such as 123e4567-e89b-42d3-a456-426614174000"
+            ) from None
+        body = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
+        return cls(operation, canonical, hashlib.sha256(body.encode()).hexdigest())
+
+
+_KEY_COLUMNS = (IdempotencyKey.store_id, IdempotencyKey.operation, IdempotencyKey.request_id)
+_THIS_KEY = (
+    IdempotencyKey.store_id == bindparam("store_id"),
+    IdempotencyKey.operation == bindparam("operation"),
+    IdempotencyKey.request_id == bindparam("request_id"),
+)
+# Until `remember` runs, a claimed key points at no resource.
+_UNKNOWN_RESOURCE = 0
+
+
+def _claim(dialect: str) -> Statement:
+    return Statement(
+        upsert_insert(dialect, IdempotencyKey)
+        .values(
+            store_id=bindparam("store_id"),
+            operation=bindparam("operation"),
+            request_id=bindparam("request_id"),
+            fingerprint=bindparam("fingerprint"),
+            resource_id=_UNKNOWN_RESOURCE,
+            created_at=bindparam("created_at"),
+        )
+        .on_conflict_do_nothing(index_elements=list(_KEY_COLUMNS))
+        .returning(IdempotencyKey.resource_id)
+    )
+
+
+# Each database spells the insert that tolerates a conflict its own way.
+_CLAIM = {dialect: _claim(dialect) for dialect in ("postgresql", "sqlite")}
+_EARLIER = Statement(
+    select(IdempotencyKey.fingerprint, IdempotencyKey.resource_id).where(*_THIS_KEY)
+)
+_REMEMBER = Statement(
+    sql_update(IdempotencyKey).where(*_THIS_KEY).values(resource_id=bindparam("resource_id"))
+)
+
+
+def _key_params(key: RequestKey) -> dict[str, Any]:
+    return {"operation": key.operation, "request_id": key.request_id}
+
+
+async def claim(uow: UnitOfWork, key: RequestKey | None) -> int | None:
+    """Claims the request's key in the unit of work's transaction. Returns the id of
+    what an earlier request with this key created: the caller answers with that and
+    creates nothing. None: the caller creates, and `remember`s the id before it
+    commits (without a key, always None).
+
+    A concurrent request with the same key waits here until the first one's
+    transaction ends: then it gets that one's id, or, if it rolled back, the claim."""
+    if key is None:
+        return None
+    params = _key_params(key) | {"fingerprint": key.fingerprint, "created_at": utc_now()}
+    if await uow.fetch(_CLAIM[uow.dialect], params):
+        return None
+    earlier = await uow.fetch_one(_EARLIER, _key_params(key))
+    assert earlier is not None  # the conflicting key is committed, or we would wait
+    if earlier["fingerprint"] != key.fingerprint:
+        raise InvalidArgument.of("request_id", "was already used for a different request")
+    return int(earlier["resource_id"])
+
+
+async def remember(uow: UnitOfWork, key: RequestKey | None, resource_id: int) -> None:
+    """Records what the claimed key's request created, in the same transaction."""
+    if key is not None:
+        await uow.execute(_REMEMBER, _key_params(key) | {"resource_id": resource_id})
+
+
+_EXPIRED = (
+    select(*_KEY_COLUMNS)
+    .where(IdempotencyKey.created_at < bindparam("before", type_=UtcDateTime()))
+    .limit(bindparam("batch"))
+)
+_FORGET = Statement(
+    delete(IdempotencyKey)
+    .where(tuple_(*_KEY_COLUMNS).in_(_EXPIRED))
+    .returning(IdempotencyKey.request_id)
+)
+
+
+async def forget_expired(statements: Transaction, before: datetime, *, batch: int = 1000) -> int:
+    """Deletes up to `batch` keys created before `before`, in the caller's transaction;
+    returns how many. Small batches keep each transaction, and its locks, short."""
+    return len(await statements.fetch(_FORGET, {"before": before, "batch": batch}))

@@ -1,0 +1,205 @@
+"""One way to a store's data: the unit of work.
+
+Every RPC reaches its store's rows through one `UnitOfWork`, opened by
+`TenantDatabase.writing(store_id)` (one transaction, rolled back unless committed) or
+`TenantDatabase.reading(store_id)` (each statement on its own: reads skip the
+transaction round trips they do not need). Opening one checks the store first, so no
+module can forget to; and every statement it runs gets the store's id bound as
+`store_id`, so no query can name another store's rows by mistake. The queries of
+each module take the unit of work and nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.core import deadlines
+from services.core.db.statements import (
+    CoreTransaction,
+    DriverTransaction,
+    Row,
+    Statement,
+    Transaction,
+)
+from services.core.db.stores import STORE_IS_ACTIVE, check_store_id, store_inactive
+from services.core.domain.errors import NotFound
+
+NO_PARAMS: Mapping[str, Any] = {}
+
+
+class UnitOfWork:
+    """One store's statements, in one transaction or (for reads) one connection.
+
+    `store_id` is bound into every statement's parameters: a query says
+    `bindparam("store_id")` and never passes it."""
+
+    def __init__(self, store_id: int, transaction: Transaction) -> None:
+        self.store_id = store_id
+        self._transaction = transaction
+        self.dialect = transaction.dialect
+
+    def _scoped(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {**params, "store_id": self.store_id}
+
+    async def fetch(
+        self, statement: Statement, params: Mapping[str, Any] = NO_PARAMS
+    ) -> Sequence[Row]:
+        return await self._transaction.fetch(statement, self._scoped(params))
+
+    async def fetch_one(
+        self, statement: Statement, params: Mapping[str, Any] = NO_PARAMS
+    ) -> Row | None:
+        return await self._transaction.fetch_one(statement, self._scoped(params))
+
+    async def scalar(self, statement: Statement, params: Mapping[str, Any] = NO_PARAMS) -> Any:
+        return await self._transaction.scalar(statement, self._scoped(params))
+
+    async def execute(self, statement: Statement, params: Mapping[str, Any] = NO_PARAMS) -> None:
+        await self._transaction.execute(statement, self._scoped(params))
+
+    async def execute_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
+        await self._transaction.execute_many(statement, [self._scoped(row) for row in rows])
+
+    async def commit(self) -> None:
+        await self._transaction.commit()
+
+
+class StoreStatusCache:
+    """Remembers, for `ttl` seconds, whether a store is active: the check runs on every
+    RPC and store status changes rarely. A store that does not exist is never
+    remembered, so a new store is usable at once; a deactivation takes effect within
+    `ttl` seconds in every process. A ttl of 0 checks the database every time."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._known: dict[int, tuple[bool, float]] = {}
+
+    async def require_active(self, uow: UnitOfWork) -> None:
+        await self._require(uow.store_id, lambda: _store_is_active(uow))
+
+    async def _require(self, store_id: int, look_up: Callable[[], Awaitable[bool]]) -> None:
+        check_store_id(store_id)
+        now = self._clock()
+        known = self._known.get(store_id)
+        if known is not None and known[1] > now:
+            active = known[0]
+        else:
+            active = await look_up()
+            if self._ttl > 0:
+                self._known[store_id] = (active, now + self._ttl)
+        if not active:
+            raise store_inactive(store_id)
+
+
+async def _store_is_active(uow: UnitOfWork) -> bool:
+    is_active = await uow.scalar(STORE_IS_ACTIVE)
+    if is_active is None:
+        raise NotFound("store", str(uow.store_id))
+    return bool(is_active)
+
+
+# How long after the caller's deadline PostgreSQL stops a statement of a transaction on
+# its own. The client-side cancel normally ends it first, at the deadline; this is the
+# backstop for when that cancel request is lost.
+DEADLINE_GRACE_MS = 100
+
+_BOUND_TRANSACTION = Statement(
+    text("SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)")
+)
+
+
+class TenantDatabase:
+    """What a module's service layer gets instead of an engine."""
+
+    def __init__(self, engine: AsyncEngine, *, store_cache_seconds: float = 0.0) -> None:
+        self.engine = engine
+        self.stores = StoreStatusCache(store_cache_seconds)
+        # Each statement commits on its own: no BEGIN and ROLLBACK round trips around
+        # reads that need no transaction.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._on_asyncpg = engine.dialect.driver == "asyncpg"
+
+    def writing(self, store_id: int) -> AbstractAsyncContextManager[UnitOfWork]:
+        """A transaction in the store, bounded by the caller's deadline: rolled back
+        unless committed."""
+        return self._unit_of_work(store_id, transaction=True)
+
+    def reading(self, store_id: int) -> AbstractAsyncContextManager[UnitOfWork]:
+        """Reads in the store, each statement on its own (no snapshot across them)."""
+        return self._unit_of_work(store_id, transaction=False)
+
+    @asynccontextmanager
+    async def _unit_of_work(self, store_id: int, *, transaction: bool) -> AsyncIterator[UnitOfWork]:
+        check_store_id(store_id)
+        async with self.maintenance(transaction=transaction) as statements:
+            uow = UnitOfWork(store_id, statements)
+            await self.stores.require_active(uow)
+            yield uow
+
+    @asynccontextmanager
+    async def maintenance(self, *, transaction: bool = True) -> AsyncIterator[Transaction]:
+        """Statements outside any store: the operator's commands and housekeeping
+        (stores themselves, expired request_ids). With `transaction`, one transaction
+        bounded by the caller's deadline, rolled back unless committed."""
+        if not self._on_asyncpg:
+            async with (self.engine if transaction else self._autocommit).connect() as connection:
+                if not transaction:
+                    yield CoreTransaction(connection)
+                    return
+                began = await connection.begin()
+                try:
+                    yield CoreTransaction(connection, began)
+                finally:
+                    if began.is_active:  # not committed
+                        await began.rollback()
+            return
+        pooled = await self.engine.raw_connection()
+        driver = pooled.driver_connection
+        assert driver is not None  # a checked-out connection always has one
+        try:
+            if not transaction:
+                yield DriverTransaction(driver, self.engine.dialect)
+                return
+            began = driver.transaction()
+            await began.start()
+            try:
+                statements = DriverTransaction(driver, self.engine.dialect, began)
+                await _bound_by_deadline(statements)
+                yield statements
+            finally:
+                if driver.is_in_transaction() and not driver.is_closed():
+                    # A failed rollback leaves the connection in its transaction: it
+                    # is dropped below, and the error that brought us here stands.
+                    with contextlib.suppress(Exception):
+                        await began.rollback()
+        finally:
+            # asyncpg itself waits out a cancelled statement before the next one. A
+            # transaction whose rollback did not finish (its task cancelled again)
+            # must not reach the next caller.
+            if driver.is_closed() or driver.is_in_transaction():
+                pooled.invalidate()
+            pooled.close()
+
+
+def _deadline_milliseconds() -> int | None:
+    """The statement and lock timeout a transaction takes from the caller's deadline."""
+    left = deadlines.remaining()
+    if left is None:
+        return None
+    # PostgreSQL takes at most 2**31 - 1 ms (about 24 days); 0 would mean "no limit".
+    return min(max(1, int(left * 1000)) + DEADLINE_GRACE_MS, 2**31 - 1)
+
+
+async def _bound_by_deadline(statements: Transaction) -> None:
+    """Makes PostgreSQL end the transaction's statements shortly after the caller's
+    deadline (SET LOCAL: the settings end with the transaction)."""
+    milliseconds = _deadline_milliseconds()
+    if milliseconds is not None:
+        await statements.fetch(_BOUND_TRANSACTION, {"ms": str(milliseconds)})

@@ -1,0 +1,67 @@
+"""Customers' protobuf messages from its snapshots: the one definition of what a
+customer looks like on the wire. The customers servicer uses it, and so do the
+servicers of consumer modules that show an embedded commerce.customers.v1.Customer
+(their service layers never see a message)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from commerce.customers.v1 import customer_pb2
+
+from services.core.domain.customer_metrics import CustomerMetric
+from services.core.rpc.convert import timestamp
+from services.customers.models import AddressSnapshot, CustomerSnapshot
+from services.customers.rules import customer_etag
+
+
+def customer_to_proto(customer: CustomerSnapshot) -> customer_pb2.Customer:
+    return customer_pb2.Customer(
+        store_id=customer.store_id,
+        customer_id=customer.customer_id,
+        customer_number=customer.customer_number,
+        email=customer.email,
+        first_name=customer.first_name,
+        last_name=customer.last_name,
+        phone=customer.phone,
+        marketing_consent=customer.marketing_consent,
+        preferred_language=customer.preferred_language,
+        status=customer_pb2.CUSTOMER_STATUS_ACTIVE
+        if customer.is_active
+        else customer_pb2.CUSTOMER_STATUS_INACTIVE,
+        has_password=customer.hashed_password is not None,
+        create_time=timestamp(customer.created_at),
+        update_time=timestamp(customer.updated_at),
+        etag=customer_etag(customer),
+    )
+
+
+def address_to_proto(address: AddressSnapshot) -> customer_pb2.CustomerAddress:
+    return customer_pb2.CustomerAddress(
+        store_id=address.store_id,
+        customer_id=address.customer_id,
+        address_id=address.address_id,
+        recipient_name=address.recipient_name,
+        address_line1=address.address_line1,
+        address_line2=address.address_line2,
+        city=address.city,
+        postal_code=address.postal_code,
+        region=address.region,
+        country_code=address.country_code,
+        phone=address.phone,
+        default_shipping=address.default_shipping,
+        default_billing=address.default_billing,
+        create_time=timestamp(address.created_at),
+        update_time=timestamp(address.updated_at),
+    )
+
+
+def metric_to_proto(source: str, metric: CustomerMetric) -> customer_pb2.CustomerMetric:
+    message = customer_pb2.CustomerMetric(
+        source=source, name=metric.name, label=metric.label, currency_code=metric.currency_code
+    )
+    if isinstance(metric.value, datetime):
+        message.time_value.CopyFrom(timestamp(metric.value))
+    elif metric.value is not None:
+        message.int_value = metric.value
+    return message

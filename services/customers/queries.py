@@ -1,0 +1,336 @@
+"""Every statement of the customers module, in one place: fixed Core statements
+(services.core.db.statements) that take the unit of work and return snapshots. Each
+statement is compiled once; the unit of work binds `store_id` into every one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Table,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from services.core.db.engine import utc_now
+from services.core.db.statements import Statement, insert_row
+from services.core.db.unit_of_work import UnitOfWork
+from services.core.domain.errors import NotFound
+from services.customers.models import (
+    ADDRESS_COLUMNS,
+    DEFAULT_ADDRESS_FLAGS,
+    SNAPSHOT_COLUMNS,
+    AddressSnapshot,
+    Customer,
+    CustomerAddress,
+    CustomerSnapshot,
+)
+from services.customers.rules import ADDRESS_WRITABLE_FIELDS, email_taken
+
+# -- customers ---------------------------------------------------------------------------
+
+_IN_STORE = Customer.store_id == bindparam("store_id")
+_CUSTOMER_KEY = (_IN_STORE, Customer.customer_id == bindparam("customer_id"))
+_CUSTOMER = select(*SNAPSHOT_COLUMNS).where(*_CUSTOMER_KEY)
+_GET_CUSTOMER = Statement(_CUSTOMER)
+_GET_CUSTOMER_FOR_SHARE = Statement(_CUSTOMER.with_for_update(read=True))
+_GET_CUSTOMER_FOR_UPDATE = Statement(_CUSTOMER.with_for_update())
+_BY_EMAIL_KEY = Customer.email_key == bindparam("email_key")
+_FIND_BY_EMAIL_KEY = Statement(select(*SNAPSHOT_COLUMNS).where(_IN_STORE, _BY_EMAIL_KEY))
+_EMAIL_KEY_OWNER = Statement(select(Customer.customer_id).where(_IN_STORE, _BY_EMAIL_KEY))
+_INSERT_CUSTOMER = insert_row(cast(Table, Customer.__table__))
+
+
+def _change(*columns: str, only_if: ColumnElement[bool] | None = None) -> Statement:
+    """An UPDATE of one customer (if `only_if` holds) that sets `columns` (bound as
+    new_<column>), a new update time and the next revision, and returns the customer."""
+    condition = () if only_if is None else (only_if,)
+    return Statement(
+        update(Customer)
+        .where(*_CUSTOMER_KEY, *condition)
+        .values(
+            {column: bindparam(f"new_{column}") for column in (*columns, "updated_at")}
+            | {"revision": Customer.revision + 1}
+        )
+        .returning(*SNAPSHOT_COLUMNS)
+    )
+
+
+PROFILE_COLUMNS = (
+    "email",
+    "email_key",
+    "first_name",
+    "last_name",
+    "phone",
+    "marketing_consent",
+    "preferred_language",
+)
+_CHANGE_PROFILE = _change(*PROFILE_COLUMNS)
+_CHANGE_STATUS = _change("is_active")
+# Only while the hash is still the one the caller checked the current password against.
+_CHANGE_PASSWORD = _change(
+    "hashed_password",
+    only_if=Customer.hashed_password.is_not_distinct_from(
+        bindparam("old_hashed_password", type_=String())
+    ),
+)
+
+
+async def get_customer(uow: UnitOfWork, customer_id: int) -> CustomerSnapshot:
+    """The store's customer, or NOT_FOUND."""
+    return await _customer(uow, _GET_CUSTOMER, customer_id)
+
+
+async def get_customer_for_share(uow: UnitOfWork, customer_id: int) -> CustomerSnapshot:
+    """The store's customer, or NOT_FOUND, its row share-locked (FOR SHARE) until the
+    transaction ends: it stays as it is while the transaction writes a row of another
+    module that references it."""
+    return await _customer(uow, _GET_CUSTOMER_FOR_SHARE, customer_id)
+
+
+async def get_customer_for_update(uow: UnitOfWork, customer_id: int) -> CustomerSnapshot:
+    """The store's customer, or NOT_FOUND, its row locked (FOR UPDATE) until the
+    transaction ends: checking it and changing it become one atomic step."""
+    return await _customer(uow, _GET_CUSTOMER_FOR_UPDATE, customer_id)
+
+
+async def _customer(uow: UnitOfWork, query: Statement, customer_id: int) -> CustomerSnapshot:
+    row = await uow.fetch_one(query, {"customer_id": customer_id})
+    if row is None:
+        raise NotFound("customer", str(customer_id))
+    return CustomerSnapshot.of(row)
+
+
+async def find_customer_by_email_key(uow: UnitOfWork, email_key: str) -> CustomerSnapshot | None:
+    row = await uow.fetch_one(_FIND_BY_EMAIL_KEY, {"email_key": email_key})
+    return None if row is None else CustomerSnapshot.of(row)
+
+
+async def ensure_email_free(uow: UnitOfWork, email_key: str) -> None:
+    """ALREADY_EXISTS when a customer of the store has this email."""
+    if await uow.scalar(_EMAIL_KEY_OWNER, {"email_key": email_key}) is not None:
+        raise email_taken()
+
+
+async def insert_customer(uow: UnitOfWork, row: Mapping[str, Any]) -> CustomerSnapshot:
+    """Inserts a customer given every column but the store's."""
+    async with _email_stays_unique():
+        await uow.execute(_INSERT_CUSTOMER, row)
+    return CustomerSnapshot(**{**row, "store_id": uow.store_id})
+
+
+async def change_profile(
+    uow: UnitOfWork, customer_id: int, profile: Mapping[str, Any]
+) -> CustomerSnapshot:
+    """Writes every column of PROFILE_COLUMNS from `profile`."""
+    params = {f"new_{column}": profile[column] for column in PROFILE_COLUMNS}
+    async with _email_stays_unique():
+        return await _changed(uow, _CHANGE_PROFILE, customer_id, params)
+
+
+async def change_status(uow: UnitOfWork, customer_id: int, active: bool) -> CustomerSnapshot:
+    return await _changed(uow, _CHANGE_STATUS, customer_id, {"new_is_active": active})
+
+
+async def change_password(
+    uow: UnitOfWork, customer_id: int, old_hash: str | None, new_hash: str
+) -> CustomerSnapshot | None:
+    """Replaces the password hash if it is still `old_hash`; None if it is not (or the
+    customer is gone)."""
+    row = await uow.fetch_one(
+        _CHANGE_PASSWORD,
+        {
+            "customer_id": customer_id,
+            "old_hashed_password": old_hash,
+            "new_hashed_password": new_hash,
+            "new_updated_at": utc_now(),
+        },
+    )
+    return None if row is None else CustomerSnapshot.of(row)
+
+
+async def _changed(
+    uow: UnitOfWork, statement: Statement, customer_id: int, params: dict[str, Any]
+) -> CustomerSnapshot:
+    row = await uow.fetch_one(
+        statement, params | {"customer_id": customer_id, "new_updated_at": utc_now()}
+    )
+    if row is None:
+        raise NotFound("customer", str(customer_id))
+    return CustomerSnapshot.of(row)
+
+
+@asynccontextmanager
+async def _email_stays_unique() -> AsyncIterator[None]:
+    """Turns the unique email key's violation into ALREADY_EXISTS: a concurrent
+    request that took the same email between the check and the write loses here
+    instead of leaving a half-written row."""
+    try:
+        yield
+    except IntegrityError as error:
+        if "email_key" in str(error.orig):
+            raise email_taken() from None
+        raise
+
+
+# -- a page of customers --------------------------------------------------------------------
+
+
+def _matches_pattern() -> ColumnElement[bool]:
+    """Case-insensitive substring match on email, names, full name and phone, of the
+    LIKE pattern bound as "pattern" (rules.contains_pattern)."""
+    pattern = bindparam("pattern", type_=String())
+    full_name = func.lower(Customer.first_name + " " + Customer.last_name)
+    return or_(
+        *(
+            column.like(pattern, escape="/")
+            for column in (
+                Customer.email_key,
+                func.lower(Customer.first_name),
+                func.lower(Customer.last_name),
+                full_name,
+                Customer.phone,
+            )
+        )
+    )
+
+
+def _customer_page(active: bool | None, search: bool) -> Statement:
+    """ListCustomers' page query for one combination of filters: the keyset is the
+    customer id, so a page is one range of the primary key however deep."""
+    conditions = [_IN_STORE, Customer.customer_id > bindparam("after_id")]
+    if active is not None:
+        conditions.append(Customer.is_active.is_(active))
+    if search:
+        conditions.append(_matches_pattern())
+    return Statement(
+        select(*SNAPSHOT_COLUMNS)
+        .where(*conditions)
+        .order_by(Customer.customer_id)
+        .limit(bindparam("limit"))
+    )
+
+
+_CUSTOMER_PAGES = {
+    (active, search): _customer_page(active, search)
+    for active in (None, True, False)
+    for search in (False, True)
+}
+
+
+async def customers_after(
+    uow: UnitOfWork, after_id: int, limit: int, *, active: bool | None, pattern: str
+) -> list[CustomerSnapshot]:
+    """Up to `limit` customers with ids above `after_id`, in id order; only active (or
+    inactive) ones when `active` says so, only those matching the LIKE `pattern`
+    unless it is empty."""
+    params: dict[str, Any] = {"after_id": after_id, "limit": limit}
+    if pattern:
+        params["pattern"] = pattern
+    rows = await uow.fetch(_CUSTOMER_PAGES[active, bool(pattern)], params)
+    return [CustomerSnapshot.of(row) for row in rows]
+
+
+# -- addresses ------------------------------------------------------------------------------
+
+_ADDRESS_IN_STORE = CustomerAddress.store_id == bindparam("store_id")
+_OF_CUSTOMER = CustomerAddress.customer_id == bindparam("customer_id")
+_ADDRESS_KEY = (_ADDRESS_IN_STORE, CustomerAddress.address_id == bindparam("address_id"))
+_GET_ADDRESS = Statement(select(*ADDRESS_COLUMNS).where(*_ADDRESS_KEY))
+_ADDRESSES_OF = Statement(
+    select(*ADDRESS_COLUMNS)
+    .where(_ADDRESS_IN_STORE, _OF_CUSTOMER)
+    .order_by(CustomerAddress.address_id)
+)
+_COUNT_ADDRESSES = Statement(select(func.count()).where(_ADDRESS_IN_STORE, _OF_CUSTOMER))
+_INSERT_ADDRESS = insert_row(cast(Table, CustomerAddress.__table__))
+_CHANGE_ADDRESS = Statement(
+    update(CustomerAddress)
+    .where(*_ADDRESS_KEY)
+    .values(
+        {column: bindparam(f"new_{column}") for column in (*ADDRESS_WRITABLE_FIELDS, "updated_at")}
+    )
+    .returning(*ADDRESS_COLUMNS)
+)
+_DELETE_ADDRESS = Statement(
+    delete(CustomerAddress).where(*_ADDRESS_KEY, _OF_CUSTOMER).returning(CustomerAddress.address_id)
+)
+# A new default shipping (billing) address takes the flag from the customer's others.
+_CLEAR_DEFAULT = {
+    flag: Statement(
+        update(CustomerAddress)
+        .where(
+            _ADDRESS_IN_STORE,
+            _OF_CUSTOMER,
+            CustomerAddress.address_id != bindparam("address_id"),
+            getattr(CustomerAddress, flag).is_(True),
+        )
+        .values({flag: False})
+    )
+    for flag in DEFAULT_ADDRESS_FLAGS
+}
+
+
+async def get_address(uow: UnitOfWork, address_id: int) -> AddressSnapshot | None:
+    row = await uow.fetch_one(_GET_ADDRESS, {"address_id": address_id})
+    return None if row is None else AddressSnapshot.of(row)
+
+
+async def get_customer_address(
+    uow: UnitOfWork, customer_id: int, address_id: int
+) -> AddressSnapshot:
+    """The customer's address, or NOT_FOUND (also when it is another customer's)."""
+    address = await get_address(uow, address_id)
+    if address is None or address.customer_id != customer_id:
+        raise NotFound("address", str(address_id))
+    return address
+
+
+async def addresses_of(uow: UnitOfWork, customer_id: int) -> list[AddressSnapshot]:
+    rows = await uow.fetch(_ADDRESSES_OF, {"customer_id": customer_id})
+    return [AddressSnapshot.of(row) for row in rows]
+
+
+async def count_addresses(uow: UnitOfWork, customer_id: int) -> int:
+    return int(await uow.scalar(_COUNT_ADDRESSES, {"customer_id": customer_id}))
+
+
+async def insert_address(uow: UnitOfWork, row: Mapping[str, Any]) -> AddressSnapshot:
+    """Inserts an address given every column but the store's."""
+    await uow.execute(_INSERT_ADDRESS, row)
+    return AddressSnapshot(**{**row, "store_id": uow.store_id})
+
+
+async def change_address(uow: UnitOfWork, address: AddressSnapshot) -> AddressSnapshot:
+    """Writes the address's writable fields and update time as given."""
+    params = {f"new_{name}": getattr(address, name) for name in ADDRESS_WRITABLE_FIELDS}
+    params |= {"address_id": address.address_id, "new_updated_at": address.updated_at}
+    row = await uow.fetch_one(_CHANGE_ADDRESS, params)
+    if row is None:
+        raise NotFound("address", str(address.address_id))
+    return AddressSnapshot.of(row)
+
+
+async def delete_address(uow: UnitOfWork, customer_id: int, address_id: int) -> None:
+    params = {"customer_id": customer_id, "address_id": address_id}
+    if await uow.scalar(_DELETE_ADDRESS, params) is None:
+        raise NotFound("address", str(address_id))
+
+
+async def clear_other_defaults(
+    uow: UnitOfWork, customer_id: int, address_id: int, flags: Mapping[str, bool]
+) -> None:
+    """Takes each default flag set in `flags` from the customer's other addresses."""
+    for flag in DEFAULT_ADDRESS_FLAGS:
+        if flags.get(flag):
+            params = {"customer_id": customer_id, "address_id": address_id}
+            await uow.execute(_CLEAR_DEFAULT[flag], params)

@@ -1,0 +1,148 @@
+"""The customers module's rules, as plain functions of plain values: which fields a
+caller may write and how each is checked and normalized, what a customer's etag and
+number are. No database and no gRPC here, so each is tested on its own
+(tests/unit/test_customer_rules.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import email_validator
+
+from services.core.domain import validation
+from services.core.domain.errors import Aborted, AlreadyExists, InvalidArgument, Violations
+from services.customers.models import DEFAULT_ADDRESS_FLAGS, CustomerSnapshot
+
+MAX_ADDRESSES_PER_CUSTOMER = 20
+
+# What UpdateCustomer and UpdateCustomerAddress may change, in the API's field names.
+CUSTOMER_WRITABLE_FIELDS = (
+    "email",
+    "first_name",
+    "last_name",
+    "phone",
+    "marketing_consent",
+    "preferred_language",
+)
+ADDRESS_WRITABLE_FIELDS = (
+    "recipient_name",
+    "address_line1",
+    "address_line2",
+    "city",
+    "postal_code",
+    "region",
+    "country_code",
+    "phone",
+    "default_shipping",
+    "default_billing",
+)
+# country_code is required too: an empty one is not a valid code.
+_REQUIRED_ADDRESS_FIELDS = {"recipient_name", "address_line1", "city"}
+
+
+def check_customer_id(customer_id: int) -> None:
+    if customer_id <= 0:
+        raise InvalidArgument.of("customer_id", "must be a positive customer id")
+
+
+def check_address_id(address_id: int) -> None:
+    if address_id <= 0:
+        raise InvalidArgument.of("address_id", "must be a positive address id")
+
+
+def customer_number(customer_id: int) -> str:
+    return f"C-{customer_id:06d}"
+
+
+def email_key(address: str) -> str:
+    """The key an email is unique and looked up by: case never makes two customers."""
+    return address.lower()
+
+
+def login_key(email: str) -> str | None:
+    """The key a login's email would be stored under; None when no customer could have it."""
+    try:
+        valid = email_validator.validate_email(email.strip(), check_deliverability=False)
+    except email_validator.EmailNotValidError:
+        return None
+    return email_key(valid.normalized)
+
+
+def customer_etag(customer: CustomerSnapshot) -> str:
+    """The customer's version as callers see it (AIP-154): opaque to them."""
+    return f"r{customer.revision}"
+
+
+def check_etag(customer: CustomerSnapshot, etag: str) -> None:
+    """ABORTED when the caller sent an etag and the customer has moved on since."""
+    if etag and etag != customer_etag(customer):
+        raise Aborted(
+            "the customer changed since this etag was read; read it again and retry",
+            reason="ETAG_MISMATCH",
+            metadata={"current_etag": customer_etag(customer)},
+        )
+
+
+def email_taken() -> AlreadyExists:
+    return AlreadyExists(
+        "a customer with this email already exists in the store",
+        reason="EMAIL_TAKEN",
+        metadata={"field": "email"},
+    )
+
+
+def customer_values(problems: Violations, items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Validated, normalized column values for the given API fields of a customer
+    (an email brings its email_key along)."""
+    values: dict[str, Any] = {}
+    for name, value in items:
+        if name == "email":
+            values["email"] = validation.email(problems, name, value)
+            values["email_key"] = email_key(values["email"])
+        elif name in ("first_name", "last_name"):
+            values[name] = validation.text(problems, name, value, max_length=validation.NAME_MAX)
+        elif name == "phone":
+            values[name] = validation.phone(problems, name, value)
+        elif name == "preferred_language":
+            values[name] = validation.language_tag(problems, name, value)
+        elif name == "marketing_consent":
+            values[name] = bool(value)
+        else:
+            raise ValueError(f"not a customer field: {name}")
+    return values
+
+
+def address_values(problems: Violations, items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Validated, normalized column values for the given API fields of an address."""
+    values: dict[str, Any] = {}
+    for name, value in items:
+        required = name in _REQUIRED_ADDRESS_FIELDS
+        if name in ("recipient_name", "city", "region"):
+            values[name] = validation.text(
+                problems, name, value, max_length=validation.NAME_MAX, required=required
+            )
+        elif name in ("address_line1", "address_line2"):
+            values[name] = validation.text(
+                problems, name, value, max_length=validation.LINE_MAX, required=required
+            )
+        elif name == "postal_code":
+            values[name] = validation.text(
+                problems, name, value, max_length=validation.POSTAL_CODE_MAX
+            )
+        elif name == "country_code":
+            values[name] = validation.country_code(problems, name, value)
+        elif name == "phone":
+            values[name] = validation.phone(problems, name, value)
+        elif name in DEFAULT_ADDRESS_FLAGS:
+            values[name] = bool(value)
+        else:
+            raise ValueError(f"not an address field: {name}")
+    return values
+
+
+def contains_pattern(needle: str) -> str:
+    """The LIKE pattern (escape character "/") that finds `needle` anywhere, its own
+    wildcards taken literally."""
+    escaped = needle.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return f"%{escaped}%"

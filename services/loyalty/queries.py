@@ -1,0 +1,108 @@
+"""Every statement of the loyalty module, in one place: fixed Core statements that
+take the unit of work and return snapshots; the unit of work binds `store_id` into
+every one."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import Table, bindparam, select, update
+
+from services.core.db.engine import upsert_insert
+from services.core.db.statements import Statement, insert_row
+from services.core.db.unit_of_work import UnitOfWork
+from services.loyalty.models import (
+    MOVEMENT_COLUMNS,
+    LoyaltyAccount,
+    LoyaltyMovement,
+    MovementSnapshot,
+)
+from services.loyalty.rules import Standing
+
+_ACCOUNT_KEY = (
+    LoyaltyAccount.store_id == bindparam("store_id"),
+    LoyaltyAccount.customer_id == bindparam("customer_id"),
+)
+_STANDING_COLUMNS = (
+    LoyaltyAccount.points_balance,
+    LoyaltyAccount.lifetime_points,
+    LoyaltyAccount.updated_at,
+)
+_GET_STANDING = Statement(select(*_STANDING_COLUMNS).where(*_ACCOUNT_KEY))
+
+
+def _open_account(dialect: str) -> Statement:
+    return Statement(
+        upsert_insert(dialect, LoyaltyAccount)
+        .values(
+            store_id=bindparam("store_id"),
+            customer_id=bindparam("customer_id"),
+            points_balance=0,
+            lifetime_points=0,
+            updated_at=bindparam("now"),
+        )
+        .on_conflict_do_nothing(index_elements=["store_id", "customer_id"])
+    )
+
+
+# Each database spells the insert that tolerates a conflict its own way.
+_OPEN_ACCOUNT = {dialect: _open_account(dialect) for dialect in ("postgresql", "sqlite")}
+# Earned points count toward the lifetime total; redeemed ones do not lower it.
+_MOVE_BALANCE = Statement(
+    update(LoyaltyAccount)
+    .where(*_ACCOUNT_KEY, LoyaltyAccount.points_balance + bindparam("delta") >= 0)
+    .values(
+        points_balance=LoyaltyAccount.points_balance + bindparam("delta"),
+        lifetime_points=LoyaltyAccount.lifetime_points + bindparam("earned"),
+        updated_at=bindparam("now"),
+    )
+    .returning(*_STANDING_COLUMNS)
+)
+_INSERT_MOVEMENT = insert_row(cast(Table, LoyaltyMovement.__table__))
+_MOVEMENTS = select(*MOVEMENT_COLUMNS).where(LoyaltyMovement.store_id == bindparam("store_id"))
+_GET_MOVEMENT = Statement(_MOVEMENTS.where(LoyaltyMovement.movement_id == bindparam("movement_id")))
+# Newest first: one range scan of ix_loyalty_movements_customer.
+_RECENT_MOVEMENTS = Statement(
+    _MOVEMENTS.where(LoyaltyMovement.customer_id == bindparam("customer_id"))
+    .order_by(LoyaltyMovement.movement_id.desc())
+    .limit(bindparam("limit"))
+)
+
+
+async def get_standing(uow: UnitOfWork, customer_id: int) -> Standing:
+    """The customer's account; zeros when they never had a movement."""
+    row = await uow.fetch_one(_GET_STANDING, {"customer_id": customer_id})
+    if row is None:
+        return Standing(uow.store_id, customer_id)
+    return Standing(uow.store_id, customer_id, *row.values())
+
+
+async def move_balance(
+    uow: UnitOfWork, customer_id: int, delta: int, now: datetime
+) -> Standing | None:
+    """Moves the balance by `delta` in one conditional UPDATE, which also locks the
+    account until the transaction ends: concurrent movements of one customer queue
+    there. None, and nothing changed, when the balance would fall below zero."""
+    await uow.execute(_OPEN_ACCOUNT[uow.dialect], {"customer_id": customer_id, "now": now})
+    moved = await uow.fetch_one(
+        _MOVE_BALANCE,
+        {"customer_id": customer_id, "delta": delta, "earned": max(delta, 0), "now": now},
+    )
+    return None if moved is None else Standing(uow.store_id, customer_id, *moved.values())
+
+
+async def insert_movement(uow: UnitOfWork, movement: MovementSnapshot) -> None:
+    await uow.execute(_INSERT_MOVEMENT, asdict(movement))
+
+
+async def get_movement(uow: UnitOfWork, movement_id: int) -> MovementSnapshot | None:
+    row = await uow.fetch_one(_GET_MOVEMENT, {"movement_id": movement_id})
+    return None if row is None else MovementSnapshot.of(row)
+
+
+async def recent_movements(uow: UnitOfWork, customer_id: int, limit: int) -> list[MovementSnapshot]:
+    """The customer's last `limit` movements, newest first."""
+    rows = await uow.fetch(_RECENT_MOVEMENTS, {"customer_id": customer_id, "limit": limit})
+    return [MovementSnapshot.of(row) for row in rows]
