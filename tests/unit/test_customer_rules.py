@@ -1,0 +1,126 @@
+"""The customers module's pure rules (services.customers.rules): no database, no server."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.core.domain.errors import Aborted, InvalidArgument, Violations
+from services.customers.rules import (
+    address_values,
+    check_customer_id,
+    check_etag,
+    contains_pattern,
+    customer_etag,
+    customer_number,
+    customer_values,
+    email_key,
+    login_key,
+)
+
+
+def test_an_email_brings_its_case_blind_key():
+    problems = Violations()
+    values = customer_values(problems, [("email", "Ann.Lee@Example.COM")])
+    problems.raise_if_any()
+    assert values == {"email": "Ann.Lee@example.com", "email_key": "ann.lee@example.com"}
+    assert email_key("A@B.C") == "a@b.c"
+
+
+def test_a_login_key_is_what_the_email_would_be_stored_under():
+    assert login_key(" Ann.Lee@Example.COM ") == "ann.lee@example.com"
+    assert login_key("not an email") is None
+
+
+def test_customer_values_are_normalised_and_every_problem_named():
+    problems = Violations()
+    values = customer_values(
+        problems,
+        [
+            ("first_name", "  Ann "),
+            ("preferred_language", "pt-br"),
+            ("phone", "+49 (30) 1234-56"),
+            ("marketing_consent", 1),
+        ],
+    )
+    problems.raise_if_any()
+    assert values == {
+        "first_name": "Ann",
+        "preferred_language": "pt-BR",
+        "phone": "+49 (30) 1234-56",
+        "marketing_consent": True,
+    }
+    problems = Violations()
+    customer_values(
+        problems,
+        [
+            ("email", "nope"),
+            ("last_name", "a\x00b"),
+            ("phone", "call me"),
+            ("preferred_language", "??"),
+        ],
+    )
+    with pytest.raises(InvalidArgument) as raised:
+        problems.raise_if_any()
+    assert [v.field for v in raised.value.violations] == [
+        "email",
+        "last_name",
+        "phone",
+        "preferred_language",
+    ]
+
+
+def test_an_unknown_field_is_a_programming_error_not_a_callers():
+    with pytest.raises(ValueError, match="not a customer field"):
+        customer_values(Violations(), [("hashed_password", "x")])
+    with pytest.raises(ValueError, match="not an address field"):
+        address_values(Violations(), [("customer_id", 1)])
+
+
+def test_an_address_needs_its_required_fields_and_a_real_country():
+    problems = Violations()
+    values = address_values(
+        problems,
+        [
+            ("recipient_name", " "),
+            ("address_line1", "Main St 1"),
+            ("city", "Berlin"),
+            ("country_code", "de"),
+        ],
+    )
+    assert values["country_code"] == "DE"
+    with pytest.raises(InvalidArgument) as raised:
+        problems.raise_if_any()
+    assert [v.field for v in raised.value.violations] == ["recipient_name"]
+    problems = Violations()
+    address_values(problems, [("country_code", "XX")])
+    with pytest.raises(InvalidArgument):
+        problems.raise_if_any()
+
+
+@pytest.mark.parametrize(
+    ("needle", "pattern"),
+    [("ann", "%ann%"), ("50%", "%50/%%"), ("a_b", "%a/_b%"), ("x/y", "%x//y%")],
+)
+def test_a_search_takes_its_own_wildcards_literally(needle, pattern):
+    assert contains_pattern(needle) == pattern
+
+
+def test_ids_numbers_and_etags():
+    assert customer_number(7) == "C-000007"
+    with pytest.raises(InvalidArgument):
+        check_customer_id(0)
+
+
+class Revised:
+    def __init__(self, revision: int) -> None:
+        self.revision = revision
+
+
+def test_a_stale_etag_is_refused_and_an_empty_one_skips_the_check():
+    customer = Revised(3)
+    assert customer_etag(customer) == "r3"
+    check_etag(customer, "")
+    check_etag(customer, "r3")
+    with pytest.raises(Aborted) as raised:
+        check_etag(customer, "r2")
+    assert raised.value.metadata == {"current_etag": "r3"}
