@@ -12,7 +12,7 @@ from services.core.db.engine import utc_now
 from services.core.db.idempotency import RequestKey, claim, remember
 from services.core.db.stores import next_store_number
 from services.core.db.unit_of_work import TenantDatabase
-from services.core.domain.errors import FailedPrecondition, NotFound, Violations
+from services.core.domain.errors import FailedPrecondition, NotFound
 from services.customers import queries
 from services.customers.models import AddressSnapshot
 from services.customers.rules import (
@@ -20,6 +20,7 @@ from services.customers.rules import (
     address_values,
     check_address_id,
     check_customer_id,
+    valid_values,
 )
 
 ADDRESS_COUNTER = "customer_address"
@@ -35,9 +36,7 @@ class AddressService:
     async def create_address(
         self, store_id: int, customer_id: int, fields: dict[str, Any], *, request_id: str = ""
     ) -> AddressSnapshot:
-        problems = Violations(prefix="address.")
-        values = address_values(problems, ({"country_code": ""} | fields).items())
-        problems.raise_if_any()
+        values = valid_values(address_values, "address", {"country_code": ""} | fields)
         key = RequestKey.parse(CREATE_ADDRESS, request_id, {"customer_id": customer_id} | values)
         async with self._db.writing(store_id) as uow:
             if (earlier := await claim(uow, key)) is not None:
@@ -73,9 +72,7 @@ class AddressService:
     async def update_address(
         self, store_id: int, customer_id: int, address_id: int, changes: dict[str, Any]
     ) -> AddressSnapshot:
-        problems = Violations(prefix="address.")
-        values = address_values(problems, changes.items())
-        problems.raise_if_any()
+        values = valid_values(address_values, "address", changes)
         async with self._db.writing(store_id) as uow:
             check_customer_id(customer_id)
             await queries.get_customer_for_update(uow, customer_id)

@@ -10,12 +10,15 @@ from datetime import datetime
 from commerce.customers.v1 import customer_pb2
 
 from services.core.domain.customer_metrics import CustomerMetric
-from services.core.rpc.convert import timestamp
+from services.core.rpc.convert import MessageOf, timestamp
 from services.customers.models import AddressSnapshot, CustomerSnapshot
 from services.customers.rules import customer_etag
 
+_ADDRESS = MessageOf(customer_pb2.CustomerAddress, AddressSnapshot)
+
 
 def customer_to_proto(customer: CustomerSnapshot) -> customer_pb2.Customer:
+    # Each field named: the hottest message of all (a page of customers, every order).
     return customer_pb2.Customer(
         store_id=customer.store_id,
         customer_id=customer.customer_id,
@@ -37,20 +40,8 @@ def customer_to_proto(customer: CustomerSnapshot) -> customer_pb2.Customer:
 
 
 def address_to_proto(address: AddressSnapshot) -> customer_pb2.CustomerAddress:
-    return customer_pb2.CustomerAddress(
-        store_id=address.store_id,
-        customer_id=address.customer_id,
-        address_id=address.address_id,
-        recipient_name=address.recipient_name,
-        address_line1=address.address_line1,
-        address_line2=address.address_line2,
-        city=address.city,
-        postal_code=address.postal_code,
-        region=address.region,
-        country_code=address.country_code,
-        phone=address.phone,
-        default_shipping=address.default_shipping,
-        default_billing=address.default_billing,
+    return _ADDRESS(
+        address,
         create_time=timestamp(address.created_at),
         update_time=timestamp(address.updated_at),
     )

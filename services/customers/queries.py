@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from services.core.db.engine import utc_now
-from services.core.db.statements import Statement, insert_row
+from services.core.db.statements import Statement, in_store, insert_row
 from services.core.db.unit_of_work import UnitOfWork
 from services.core.domain.errors import NotFound
 from services.customers.models import (
@@ -38,8 +38,8 @@ from services.customers.rules import ADDRESS_WRITABLE_FIELDS, email_taken
 
 # -- customers ---------------------------------------------------------------------------
 
-_IN_STORE = Customer.store_id == bindparam("store_id")
-_CUSTOMER_KEY = (_IN_STORE, Customer.customer_id == bindparam("customer_id"))
+(_IN_STORE,) = in_store(Customer)
+_CUSTOMER_KEY = in_store(Customer, "customer_id")
 _CUSTOMER = select(*SNAPSHOT_COLUMNS).where(*_CUSTOMER_KEY)
 _GET_CUSTOMER = Statement(_CUSTOMER)
 _GET_CUSTOMER_FOR_SHARE = Statement(_CUSTOMER.with_for_update(read=True))
@@ -242,9 +242,9 @@ async def customers_after(
 
 # -- addresses ------------------------------------------------------------------------------
 
-_ADDRESS_IN_STORE = CustomerAddress.store_id == bindparam("store_id")
+(_ADDRESS_IN_STORE,) = in_store(CustomerAddress)
 _OF_CUSTOMER = CustomerAddress.customer_id == bindparam("customer_id")
-_ADDRESS_KEY = (_ADDRESS_IN_STORE, CustomerAddress.address_id == bindparam("address_id"))
+_ADDRESS_KEY = in_store(CustomerAddress, "address_id")
 _GET_ADDRESS = Statement(select(*ADDRESS_COLUMNS).where(*_ADDRESS_KEY))
 _ADDRESSES_OF = Statement(
     select(*ADDRESS_COLUMNS)

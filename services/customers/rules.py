@@ -5,7 +5,7 @@ number are. No database and no gRPC here, so each is tested on its own
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import email_validator
@@ -138,6 +138,19 @@ def address_values(problems: Violations, items: Iterable[tuple[str, Any]]) -> di
             values[name] = bool(value)
         else:
             raise ValueError(f"not an address field: {name}")
+    return values
+
+
+def valid_values(
+    values_of: Callable[[Violations, Iterable[tuple[str, Any]]], dict[str, Any]],
+    message: str,
+    fields: Mapping[str, Any],
+) -> dict[str, Any]:
+    """`values_of(fields)`, or INVALID_ARGUMENT naming each bad field as a field of the
+    request's `message` ("customer.email")."""
+    problems = Violations(prefix=f"{message}.")
+    values = values_of(problems, fields.items())
+    problems.raise_if_any()
     return values
 
 

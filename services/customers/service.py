@@ -26,6 +26,7 @@ from services.customers.rules import (
     customer_number,
     customer_values,
     login_key,
+    valid_values,
 )
 
 DEFAULT_PAGE_SIZE = 50
@@ -112,9 +113,7 @@ class CustomerService:
     async def update_customer(
         self, store_id: int, customer_id: int, changes: dict[str, Any], *, etag: str = ""
     ) -> CustomerSnapshot:
-        problems = Violations(prefix="customer.")
-        values = customer_values(problems, changes.items())
-        problems.raise_if_any()
+        values = valid_values(customer_values, "customer", changes)
         async with self._db.writing(store_id) as uow:
             check_customer_id(customer_id)
             # The row lock makes the etag check and the change one atomic step.

@@ -11,7 +11,7 @@ from commerce.customers.v1 import customer_service_pb2 as pb
 
 from services.core.domain.errors import InvalidArgument
 from services.core.modules import ModuleContext
-from services.core.rpc.convert import masked_changes
+from services.core.rpc.convert import masked_changes, values_from
 from services.customers.addresses import AddressService
 from services.customers.messages import address_to_proto, customer_to_proto, metric_to_proto
 from services.customers.rules import ADDRESS_WRITABLE_FIELDS, CUSTOMER_WRITABLE_FIELDS
@@ -48,15 +48,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     async def CreateCustomer(
         self, request: pb.CreateCustomerRequest, context: Context
     ) -> pb.CreateCustomerResponse:
-        new = NewCustomer(
-            email=request.email,
-            password=request.password,
-            first_name=request.first_name,
-            last_name=request.last_name,
-            phone=request.phone,
-            marketing_consent=request.marketing_consent,
-            preferred_language=request.preferred_language,
-        )
+        new = values_from(NewCustomer, request)
         customer = await self._service.create_customer(
             request.store_id, new, request_id=request.request_id
         )

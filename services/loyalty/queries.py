@@ -10,8 +10,7 @@ from typing import cast
 
 from sqlalchemy import Table, bindparam, select, update
 
-from services.core.db.engine import upsert_insert
-from services.core.db.statements import Statement, insert_row
+from services.core.db.statements import Statement, in_store, insert_row, insert_unless_present
 from services.core.db.unit_of_work import UnitOfWork
 from services.loyalty.models import (
     MOVEMENT_COLUMNS,
@@ -21,34 +20,18 @@ from services.loyalty.models import (
 )
 from services.loyalty.rules import Standing
 
-_ACCOUNT_KEY = (
-    LoyaltyAccount.store_id == bindparam("store_id"),
-    LoyaltyAccount.customer_id == bindparam("customer_id"),
-)
+_ACCOUNT_KEY = in_store(LoyaltyAccount, "customer_id")
 _STANDING_COLUMNS = (
     LoyaltyAccount.points_balance,
     LoyaltyAccount.lifetime_points,
     LoyaltyAccount.updated_at,
 )
 _GET_STANDING = Statement(select(*_STANDING_COLUMNS).where(*_ACCOUNT_KEY))
-
-
-def _open_account(dialect: str) -> Statement:
-    return Statement(
-        upsert_insert(dialect, LoyaltyAccount)
-        .values(
-            store_id=bindparam("store_id"),
-            customer_id=bindparam("customer_id"),
-            points_balance=0,
-            lifetime_points=0,
-            updated_at=bindparam("now"),
-        )
-        .on_conflict_do_nothing(index_elements=["store_id", "customer_id"])
-    )
-
-
-# Each database spells the insert that tolerates a conflict its own way.
-_OPEN_ACCOUNT = {dialect: _open_account(dialect) for dialect in ("postgresql", "sqlite")}
+_OPEN_ACCOUNT = insert_unless_present(
+    LoyaltyAccount,
+    ("store_id", "customer_id"),
+    fixed={"points_balance": 0, "lifetime_points": 0},
+)
 # Earned points count toward the lifetime total; redeemed ones do not lower it.
 _MOVE_BALANCE = Statement(
     update(LoyaltyAccount)
@@ -56,12 +39,12 @@ _MOVE_BALANCE = Statement(
     .values(
         points_balance=LoyaltyAccount.points_balance + bindparam("delta"),
         lifetime_points=LoyaltyAccount.lifetime_points + bindparam("earned"),
-        updated_at=bindparam("now"),
+        updated_at=bindparam("updated_at"),
     )
     .returning(*_STANDING_COLUMNS)
 )
 _INSERT_MOVEMENT = insert_row(cast(Table, LoyaltyMovement.__table__))
-_MOVEMENTS = select(*MOVEMENT_COLUMNS).where(LoyaltyMovement.store_id == bindparam("store_id"))
+_MOVEMENTS = select(*MOVEMENT_COLUMNS).where(*in_store(LoyaltyMovement))
 _GET_MOVEMENT = Statement(_MOVEMENTS.where(LoyaltyMovement.movement_id == bindparam("movement_id")))
 # Newest first: one range scan of ix_loyalty_movements_customer.
 _RECENT_MOVEMENTS = Statement(
@@ -85,11 +68,9 @@ async def move_balance(
     """Moves the balance by `delta` in one conditional UPDATE, which also locks the
     account until the transaction ends: concurrent movements of one customer queue
     there. None, and nothing changed, when the balance would fall below zero."""
-    await uow.execute(_OPEN_ACCOUNT[uow.dialect], {"customer_id": customer_id, "now": now})
-    moved = await uow.fetch_one(
-        _MOVE_BALANCE,
-        {"customer_id": customer_id, "delta": delta, "earned": max(delta, 0), "now": now},
-    )
+    account = {"customer_id": customer_id, "updated_at": now}
+    await uow.execute(_OPEN_ACCOUNT[uow.dialect], account)
+    moved = await uow.fetch_one(_MOVE_BALANCE, account | {"delta": delta, "earned": max(delta, 0)})
     return None if moved is None else Standing(uow.store_id, customer_id, *moved.values())
 
 

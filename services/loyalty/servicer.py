@@ -5,6 +5,7 @@ message, converted by services.customers.messages."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -12,7 +13,7 @@ from commerce.loyalty.v1 import customer_loyalty_service_pb2 as pb
 from commerce.loyalty.v1 import customer_loyalty_service_pb2_grpc, loyalty_pb2
 
 from services.core.modules import ModuleContext
-from services.core.rpc.convert import timestamp
+from services.core.rpc.convert import MessageOf, timestamp
 from services.customers.messages import customer_to_proto
 from services.loyalty.models import MovementSnapshot
 from services.loyalty.rules import Standing, Tier
@@ -21,13 +22,14 @@ from services.loyalty.service import LoyaltyMetricsProvider, LoyaltyService, Mov
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
+_STANDING = MessageOf(loyalty_pb2.CustomerLoyalty, Standing)
+_MOVEMENT = MessageOf(loyalty_pb2.LoyaltyMovement, MovementSnapshot)
+
+
 def standing_to_proto(standing: Standing) -> loyalty_pb2.CustomerLoyalty:
     next_tier = standing.next_tier
-    return loyalty_pb2.CustomerLoyalty(
-        store_id=standing.store_id,
-        customer_id=standing.customer_id,
-        points_balance=standing.points_balance,
-        lifetime_points=standing.lifetime_points,
+    return _STANDING(
+        standing,
         tier=_tier(standing.tier),
         next_tier=_tier(next_tier) if next_tier else loyalty_pb2.LOYALTY_TIER_UNSPECIFIED,
         points_to_next_tier=standing.points_to_next_tier,
@@ -36,15 +38,7 @@ def standing_to_proto(standing: Standing) -> loyalty_pb2.CustomerLoyalty:
 
 
 def movement_to_proto(movement: MovementSnapshot) -> loyalty_pb2.LoyaltyMovement:
-    return loyalty_pb2.LoyaltyMovement(
-        store_id=movement.store_id,
-        movement_id=movement.movement_id,
-        customer_id=movement.customer_id,
-        points=movement.points,
-        balance_after=movement.balance_after,
-        reason=movement.reason,
-        create_time=timestamp(movement.created_at),
-    )
+    return _MOVEMENT(movement, create_time=timestamp(movement.created_at))
 
 
 def _tier(tier: Tier) -> loyalty_pb2.LoyaltyTier.ValueType:
@@ -70,33 +64,31 @@ class CustomerLoyaltyServicer(customer_loyalty_service_pb2_grpc.CustomerLoyaltyS
     async def AddLoyaltyPoints(
         self, request: pb.AddLoyaltyPointsRequest, context: Context
     ) -> pb.AddLoyaltyPointsResponse:
-        moved = await self._service.add_points(
-            request.store_id,
-            request.customer_id,
-            request.points,
-            request.reason,
-            request_id=request.request_id,
-        )
-        return pb.AddLoyaltyPointsResponse(**_moved(moved))
+        return pb.AddLoyaltyPointsResponse(**await self._move(self._service.add_points, request))
 
     async def RedeemLoyaltyPoints(
         self, request: pb.RedeemLoyaltyPointsRequest, context: Context
     ) -> pb.RedeemLoyaltyPointsResponse:
-        moved = await self._service.redeem_points(
+        moved = await self._move(self._service.redeem_points, request)
+        return pb.RedeemLoyaltyPointsResponse(**moved)
+
+    async def _move(
+        self,
+        move: Callable[..., Awaitable[Movement]],
+        request: pb.AddLoyaltyPointsRequest | pb.RedeemLoyaltyPointsRequest,
+    ) -> dict[str, Any]:
+        """The response's fields for a movement (both requests have the same fields)."""
+        moved = await move(
             request.store_id,
             request.customer_id,
             request.points,
             request.reason,
             request_id=request.request_id,
         )
-        return pb.RedeemLoyaltyPointsResponse(**_moved(moved))
-
-
-def _moved(moved: Movement) -> dict[str, Any]:
-    return {
-        "movement": movement_to_proto(moved.movement),
-        "loyalty": standing_to_proto(moved.standing),
-    }
+        return {
+            "movement": movement_to_proto(moved.movement),
+            "loyalty": standing_to_proto(moved.standing),
+        }
 
 
 def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 
 from services.core.db.engine import UtcDateTime, utc_now
-from services.core.db.statements import Statement, insert_row
+from services.core.db.statements import Statement, in_store, insert_row
 from services.core.db.unit_of_work import UnitOfWork
 from services.core.domain.errors import NotFound
 from services.customers.api import CustomerSnapshot, get_customer
@@ -50,16 +50,13 @@ from services.orders.rules import (
     sources_of,
 )
 
-_IN_STORE = Order.store_id == bindparam("store_id")
-_ORDER_KEY = (_IN_STORE, Order.order_id == bindparam("order_id"))
+(_IN_STORE,) = in_store(Order)
+_ORDER_KEY = in_store(Order, "order_id")
 _GET_ORDER = Statement(select(*ORDER_COLUMNS).where(*_ORDER_KEY))
 _ORDER_STATUS = Statement(select(Order.status).where(*_ORDER_KEY))
 _ORDER_LINES = Statement(
     select(*LINE_ITEM_COLUMNS)
-    .where(
-        OrderLineItem.store_id == bindparam("store_id"),
-        OrderLineItem.order_id == bindparam("order_id"),
-    )
+    .where(*in_store(OrderLineItem, "order_id"))
     .order_by(OrderLineItem.line_number)
 )
 _INSERT_ORDER = insert_row(cast(Table, Order.__table__))
@@ -214,7 +211,7 @@ def _page_lines(shape: _Shape) -> Statement:
 def _page_customers(shape: _Shape) -> Statement:
     return Statement(
         select(*SNAPSHOT_COLUMNS).where(
-            Customer.store_id == bindparam("store_id"),
+            *in_store(Customer),
             Customer.customer_id.in_(select(Order.customer_id).where(*_in_page(shape))),
         )
     )
@@ -276,7 +273,7 @@ async def orders_page(
 
 # -- a customer's orders, counted ----------------------------------------------------------
 
-_OF_CUSTOMER = (_IN_STORE, Order.customer_id == bindparam("customer_id"))
+_OF_CUSTOMER = in_store(Order, "customer_id")
 _COUNT = Statement(select(func.count()).where(*_OF_CUSTOMER))
 _COUNT_WITH_STATUS = Statement(
     select(func.count()).where(*_OF_CUSTOMER, Order.status == bindparam("status"))
@@ -318,10 +315,7 @@ def _statistics_statement() -> Statement:
         select(per_currency)
         .select_from(Customer)
         .outerjoin(per_currency, true())
-        .where(
-            Customer.store_id == bindparam("store_id"),
-            Customer.customer_id == bindparam("customer_id"),
-        )
+        .where(*in_store(Customer, "customer_id"))
         .order_by(per_currency.c.currency_code)
     )
 

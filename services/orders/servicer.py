@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 
 from services.core.domain.errors import InvalidArgument
 from services.core.modules import ModuleContext
-from services.core.rpc.convert import timestamp
+from services.core.rpc.convert import timestamp, values_from
 from services.customers.messages import customer_to_proto
 from services.orders.customer_orders import CustomerOrderService, OrderMetricsProvider
 from services.orders.models import LineItemSnapshot, OrderSnapshot, OrderStatus
@@ -141,15 +141,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         self, request: orders_pb.CreateOrderRequest, context: Context
     ) -> orders_pb.CreateOrderResponse:
         new = NewOrder(
-            line_items=[
-                NewLineItem(
-                    sku=line.sku,
-                    name=line.name,
-                    quantity=line.quantity,
-                    unit_price_minor=line.unit_price_minor,
-                )
-                for line in request.line_items
-            ],
+            line_items=[values_from(NewLineItem, line) for line in request.line_items],
             currency_code=request.currency_code,
             customer_id=request.customer_id,
             contact_email=request.contact_email,

@@ -20,8 +20,13 @@ from sqlalchemy import BigInteger, ForeignKey, Index, String, bindparam, delete,
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.core.db.engine import Base, UtcDateTime, upsert_insert, utc_now
-from services.core.db.statements import Statement, Transaction
+from services.core.db.engine import Base, UtcDateTime, utc_now
+from services.core.db.statements import (
+    Statement,
+    Transaction,
+    in_store,
+    insert_unless_present,
+)
 from services.core.db.unit_of_work import UnitOfWork
 from services.core.domain.errors import InvalidArgument
 
@@ -65,34 +70,16 @@ class RequestKey:
         return cls(operation, canonical, hashlib.sha256(body.encode()).hexdigest())
 
 
-_KEY_COLUMNS = (IdempotencyKey.store_id, IdempotencyKey.operation, IdempotencyKey.request_id)
-_THIS_KEY = (
-    IdempotencyKey.store_id == bindparam("store_id"),
-    IdempotencyKey.operation == bindparam("operation"),
-    IdempotencyKey.request_id == bindparam("request_id"),
-)
+_KEY = ("store_id", "operation", "request_id")
+_KEY_COLUMNS = [IdempotencyKey.__table__.c[name] for name in _KEY]
+_THIS_KEY = in_store(IdempotencyKey, "operation", "request_id")
 # Until `remember` runs, a claimed key points at no resource.
-_UNKNOWN_RESOURCE = 0
-
-
-def _claim(dialect: str) -> Statement:
-    return Statement(
-        upsert_insert(dialect, IdempotencyKey)
-        .values(
-            store_id=bindparam("store_id"),
-            operation=bindparam("operation"),
-            request_id=bindparam("request_id"),
-            fingerprint=bindparam("fingerprint"),
-            resource_id=_UNKNOWN_RESOURCE,
-            created_at=bindparam("created_at"),
-        )
-        .on_conflict_do_nothing(index_elements=list(_KEY_COLUMNS))
-        .returning(IdempotencyKey.resource_id)
-    )
-
-
-# Each database spells the insert that tolerates a conflict its own way.
-_CLAIM = {dialect: _claim(dialect) for dialect in ("postgresql", "sqlite")}
+_CLAIM = insert_unless_present(
+    IdempotencyKey,
+    _KEY,
+    fixed={"resource_id": 0},
+    returning=[IdempotencyKey.resource_id],
+)
 _EARLIER = Statement(
     select(IdempotencyKey.fingerprint, IdempotencyKey.resource_id).where(*_THIS_KEY)
 )

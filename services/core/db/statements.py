@@ -22,12 +22,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import BindParameter, Table, Update, bindparam, insert
+from sqlalchemy import BindParameter, ColumnElement, Table, Update, bindparam, insert
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlalchemy.sql.visitors import replacement_traverse
+
+from services.core.db.engine import Base, upsert_insert
 
 Row = Mapping[str, Any]
 
@@ -91,6 +93,38 @@ def _renamed_update_binds(statement: Executable) -> tuple[Executable, Mapping[st
         return bindparam(names[element.key], type_=element.type)
 
     return cast(Executable, replacement_traverse(statement, {}, rename)), names
+
+
+def in_store(model: type[Base], *keys: str) -> tuple[ColumnElement[bool], ...]:
+    """WHERE conditions for the unit of work's store's rows of `model` (it binds
+    `store_id`) whose `keys` columns equal the parameters of the same names."""
+    columns = model.__table__.c
+    return tuple(columns[name] == bindparam(name) for name in ("store_id", *keys))
+
+
+def insert_unless_present(
+    model: type[Base],
+    key: Sequence[str],
+    *,
+    fixed: Mapping[str, Any],
+    returning: Sequence[Any] = (),
+) -> dict[str, Statement]:
+    """An INSERT of one row (each column the parameter of its name, but the `fixed`
+    ones) that does nothing when a row with the same `key` exists: per dialect, as
+    each database spells ON CONFLICT with an insert() of its own."""
+    values = {
+        column.name: fixed[column.name] if column.name in fixed else bindparam(column.name)
+        for column in model.__table__.c
+    }
+    return {
+        dialect: Statement(
+            upsert_insert(dialect, model)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=list(key))
+            .returning(*returning)
+        )
+        for dialect in ("postgresql", "sqlite")
+    }
 
 
 def insert_row(table: Table) -> Statement:
