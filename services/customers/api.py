@@ -4,9 +4,9 @@ provider, the provider knows no consumer" reads in code: customers offers these,
 and never learns who calls them.
 
 Consumers may also import `services.customers.models` (for their foreign keys and
-joins) and, in their servicers only, `services.customers.messages` (to show an
-embedded commerce.customers.v1.Customer); nothing else of customers (import-linter
-contracts in pyproject.toml)."""
+joins) and, in their gRPC layer only (messages, servicer),
+`services.customers.messages` (to show an embedded commerce.customers.v1.Customer);
+nothing else of customers (import-linter contracts in pyproject.toml)."""
 
 from __future__ import annotations
 

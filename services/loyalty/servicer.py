@@ -1,7 +1,7 @@
 """gRPC face of the loyalty module: CustomerLoyaltyService. It translates protobuf to
 plain values and back; rules live in the service layer, errors become statuses in
-services.core.rpc.statuses. The customer is shown with the customers package's own
-message, converted by services.customers.messages."""
+services.core.rpc.statuses. Messages come from services.loyalty.messages; the customer
+is shown with the customers package's own (services.customers.messages)."""
 
 from __future__ import annotations
 
@@ -10,39 +10,14 @@ from typing import Any, TypeAlias
 
 import grpc
 from commerce.loyalty.v1 import customer_loyalty_service_pb2 as pb
-from commerce.loyalty.v1 import customer_loyalty_service_pb2_grpc, loyalty_pb2
+from commerce.loyalty.v1 import customer_loyalty_service_pb2_grpc
 
 from services.core.modules import ModuleContext
-from services.core.rpc.convert import MessageOf, timestamp
 from services.customers.messages import customer_to_proto
-from services.loyalty.models import MovementSnapshot
-from services.loyalty.rules import Standing, Tier
+from services.loyalty.messages import movement_to_proto, standing_to_proto
 from services.loyalty.service import LoyaltyMetricsProvider, LoyaltyService, Movement
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-
-
-_STANDING = MessageOf(loyalty_pb2.CustomerLoyalty, Standing)
-_MOVEMENT = MessageOf(loyalty_pb2.LoyaltyMovement, MovementSnapshot)
-
-
-def standing_to_proto(standing: Standing) -> loyalty_pb2.CustomerLoyalty:
-    next_tier = standing.next_tier
-    return _STANDING(
-        standing,
-        tier=_tier(standing.tier),
-        next_tier=_tier(next_tier) if next_tier else loyalty_pb2.LOYALTY_TIER_UNSPECIFIED,
-        points_to_next_tier=standing.points_to_next_tier,
-        update_time=timestamp(standing.updated_at) if standing.updated_at else None,
-    )
-
-
-def movement_to_proto(movement: MovementSnapshot) -> loyalty_pb2.LoyaltyMovement:
-    return _MOVEMENT(movement, create_time=timestamp(movement.created_at))
-
-
-def _tier(tier: Tier) -> loyalty_pb2.LoyaltyTier.ValueType:
-    return loyalty_pb2.LoyaltyTier.Value(f"LOYALTY_TIER_{tier.name}")
 
 
 class CustomerLoyaltyServicer(customer_loyalty_service_pb2_grpc.CustomerLoyaltyServiceServicer):

@@ -43,11 +43,11 @@ from services.orders.models import (
     OrderStatus,
 )
 from services.orders.rules import (
-    CurrencyTotals,
     CustomerOrderStats,
     OrderFilter,
     PageRequest,
     sources_of,
+    stats_of,
 )
 
 (_IN_STORE,) = in_store(Order)
@@ -329,15 +329,4 @@ async def customer_order_stats(uow: UnitOfWork, customer_id: int) -> CustomerOrd
     rows = await uow.fetch(_STATISTICS, {"customer_id": customer_id})
     if not rows:
         raise NotFound("customer", str(customer_id))
-    counted = [row for row in rows if row["currency_code"] is not None]
-    return CustomerOrderStats(
-        store_id=uow.store_id,
-        customer_id=customer_id,
-        # PostgreSQL's sum(bigint) is numeric: back to int, exactly.
-        currencies=[
-            CurrencyTotals(row["currency_code"], row["order_count"], int(row["total_minor"]))
-            for row in counted
-        ],
-        first_order_time=min((row["first_time"] for row in counted), default=None),
-        last_order_time=max((row["last_time"] for row in counted), default=None),
-    )
+    return stats_of(uow.store_id, customer_id, rows)

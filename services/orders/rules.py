@@ -5,7 +5,7 @@ tested on its own (tests/unit/test_order_rules.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -254,3 +254,23 @@ class CustomerOrderStats:
     @property
     def total_orders(self) -> int:
         return sum(totals.order_count for totals in self.currencies)
+
+
+def stats_of(
+    store_id: int, customer_id: int, per_currency: Sequence[Mapping[str, Any]]
+) -> CustomerOrderStats:
+    """The statistics from the database's per-currency aggregates (currency_code,
+    order_count, total_minor, first_time, last_time); a row without a currency stands
+    for a customer without orders."""
+    counted = [row for row in per_currency if row["currency_code"] is not None]
+    return CustomerOrderStats(
+        store_id=store_id,
+        customer_id=customer_id,
+        # PostgreSQL's sum(bigint) is numeric: back to int, exactly.
+        currencies=[
+            CurrencyTotals(row["currency_code"], row["order_count"], int(row["total_minor"]))
+            for row in counted
+        ],
+        first_order_time=min((row["first_time"] for row in counted), default=None),
+        last_order_time=max((row["last_time"] for row in counted), default=None),
+    )

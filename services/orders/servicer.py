@@ -1,19 +1,13 @@
 """gRPC face of the orders module: OrderService and CustomerOrderService. They
-translate protobuf to plain values and back; rules live in the service layer, errors
-become statuses in services.core.rpc.statuses.
-
-Orders show their customer with the customers package's own message, converted by
-customers' own function (services.customers.messages): one definition of what a
-customer looks like."""
+translate requests to plain values and answers to messages (services.orders.messages);
+rules live in the service layer, errors become statuses in services.core.rpc.statuses."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import grpc
-from commerce.customers.v1 import customer_pb2
 from commerce.orders.v1 import customer_order_service_pb2 as customer_orders_pb
 from commerce.orders.v1 import (
     customer_order_service_pb2_grpc,
@@ -26,85 +20,32 @@ from google.protobuf.message import Message
 
 from services.core.domain.errors import InvalidArgument
 from services.core.modules import ModuleContext
-from services.core.rpc.convert import timestamp, values_from
-from services.customers.messages import customer_to_proto
+from services.core.rpc.convert import values_from
 from services.orders.customer_orders import CustomerOrderService, OrderMetricsProvider
-from services.orders.models import LineItemSnapshot, OrderSnapshot, OrderStatus
-from services.orders.rules import CustomerOrderStats, NewLineItem, NewOrder, OrderFilter
+from services.orders.messages import (
+    PROTO_STATUS,
+    order_to_proto,
+    orders_to_proto,
+    page_fields,
+    stats_to_proto,
+)
+from services.orders.models import OrderStatus
+from services.orders.rules import NewLineItem, NewOrder, OrderFilter
 from services.orders.service import OrderService
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
-_PROTO_STATUS: dict[OrderStatus, order_pb2.OrderStatus.ValueType] = {
-    status: order_pb2.OrderStatus.Value(f"ORDER_STATUS_{status.name}") for status in OrderStatus
-}
 _STATUS_FROM_PROTO: dict[int, OrderStatus] = {
-    value: status for status, value in _PROTO_STATUS.items()
+    value: status for status, value in PROTO_STATUS.items()
 }
 
 
-def order_to_proto(
-    order: OrderSnapshot, customer: customer_pb2.Customer | None = None
-) -> order_pb2.Order:
-    """The order's message; `customer` is its customer's message when already built."""
-    if customer is None and order.customer is not None:
-        customer = customer_to_proto(order.customer)
-    return order_pb2.Order(
-        store_id=order.store_id,
-        order_id=order.order_id,
-        order_number=order.order_number,
-        customer_id=order.customer_id or 0,
-        customer=customer,
-        status=_PROTO_STATUS[OrderStatus(order.status)],
-        currency_code=order.currency_code,
-        line_items=[_line_to_proto(line) for line in order.line_items],
-        total_minor=order.total_minor,
-        contact_email=order.contact_email,
-        create_time=timestamp(order.created_at),
-        update_time=timestamp(order.updated_at),
-    )
-
-
-def orders_to_proto(orders: Sequence[OrderSnapshot]) -> list[order_pb2.Order]:
-    """The orders' messages. The orders of a customer's page share one customer
-    object: its message is built once, not once per order."""
-    customers: dict[int, customer_pb2.Customer] = {}
-    for order in orders:
-        if order.customer is not None and id(order.customer) not in customers:
-            customers[id(order.customer)] = customer_to_proto(order.customer)
-    return [order_to_proto(order, customers.get(id(order.customer))) for order in orders]
-
-
-def _line_to_proto(line: LineItemSnapshot) -> order_pb2.OrderLineItem:
-    return order_pb2.OrderLineItem(
-        line_number=line.line_number,
-        sku=line.sku,
-        name=line.name,
-        quantity=line.quantity,
-        unit_price_minor=line.unit_price_minor,
-        line_total_minor=line.line_total_minor,
-    )
-
-
-def stats_to_proto(stats: CustomerOrderStats) -> order_pb2.CustomerOrderStats:
-    return order_pb2.CustomerOrderStats(
-        store_id=stats.store_id,
-        customer_id=stats.customer_id,
-        total_orders=stats.total_orders,
-        total_spent=[
-            order_pb2.Money(
-                currency_code=totals.currency_code, amount_minor=totals.total_spent_minor
-            )
-            for totals in stats.currencies
-        ],
-        avg_order_value=[
-            order_pb2.Money(
-                currency_code=totals.currency_code, amount_minor=totals.avg_order_value_minor
-            )
-            for totals in stats.currencies
-        ],
-        first_order_time=timestamp(stats.first_order_time) if stats.first_order_time else None,
-        last_order_time=timestamp(stats.last_order_time) if stats.last_order_time else None,
+def _new_order(request: orders_pb.CreateOrderRequest) -> NewOrder:
+    return NewOrder(
+        line_items=[values_from(NewLineItem, line) for line in request.line_items],
+        currency_code=request.currency_code,
+        customer_id=request.customer_id,
+        contact_email=request.contact_email,
     )
 
 
@@ -140,12 +81,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
     async def CreateOrder(
         self, request: orders_pb.CreateOrderRequest, context: Context
     ) -> orders_pb.CreateOrderResponse:
-        new = NewOrder(
-            line_items=[values_from(NewLineItem, line) for line in request.line_items],
-            currency_code=request.currency_code,
-            customer_id=request.customer_id,
-            contact_email=request.contact_email,
-        )
+        new = _new_order(request)
         order = await self._service.create_order(
             request.store_id, new, request_id=request.request_id
         )
@@ -172,10 +108,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
             page_token=request.page_token,
             filters=filters,
         )
-        return orders_pb.ListOrdersResponse(
-            orders=orders_to_proto(page.orders),
-            next_page_token=page.next_page_token,
-        )
+        return orders_pb.ListOrdersResponse(**page_fields(page))
 
     async def UpdateOrderStatus(
         self, request: orders_pb.UpdateOrderStatusRequest, context: Context
@@ -199,10 +132,7 @@ class CustomerOrderServicer(customer_order_service_pb2_grpc.CustomerOrderService
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return customer_orders_pb.ListCustomerOrdersResponse(
-            orders=orders_to_proto(page.orders),
-            next_page_token=page.next_page_token,
-        )
+        return customer_orders_pb.ListCustomerOrdersResponse(**page_fields(page))
 
     async def GetRecentCustomerOrders(
         self, request: customer_orders_pb.GetRecentCustomerOrdersRequest, context: Context

@@ -27,6 +27,7 @@ from services.orders.rules import (
     order_total,
     page_request,
     sources_of,
+    stats_of,
     validated_order,
 )
 
@@ -159,3 +160,44 @@ def test_the_average_order_value_rounds_half_up_exactly():
     assert CurrencyTotals("EUR", 3, big).avg_order_value_minor == 10**12
     stats = CustomerOrderStats(1, 1, [CurrencyTotals("EUR", 2, 3), CurrencyTotals("USD", 5, 9)])
     assert stats.total_orders == 7
+
+
+def test_statistics_count_each_currency_and_span_all_of_them():
+    early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC)
+    rows = [
+        {
+            "currency_code": "EUR",
+            "order_count": 2,
+            "total_minor": 3,
+            "first_time": late,
+            "last_time": late,
+        },
+        {
+            "currency_code": "USD",
+            "order_count": 1,
+            "total_minor": 7,
+            "first_time": early,
+            "last_time": early,
+        },
+    ]
+    stats = stats_of(1, 5, rows)
+    assert [(t.currency_code, t.total_spent_minor) for t in stats.currencies] == [
+        ("EUR", 3),
+        ("USD", 7),
+    ]
+    assert (stats.first_order_time, stats.last_order_time, stats.total_orders) == (early, late, 3)
+    # The customer exists but has no counted orders: one row without a currency.
+    empty = stats_of(
+        1,
+        5,
+        [
+            {
+                "currency_code": None,
+                "order_count": 0,
+                "total_minor": None,
+                "first_time": None,
+                "last_time": None,
+            }
+        ],
+    )
+    assert (empty.currencies, empty.first_order_time, empty.total_orders) == ([], None, 0)

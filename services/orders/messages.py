@@ -1,0 +1,90 @@
+"""The orders module's protobuf messages from its snapshots. An order shows its
+customer with customers' own message (services.customers.messages): one definition
+of what a customer looks like."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from commerce.customers.v1 import customer_pb2
+from commerce.orders.v1 import order_pb2
+
+from services.core.rpc.convert import timestamp
+from services.customers.messages import customer_to_proto
+from services.orders.models import LineItemSnapshot, OrderSnapshot, OrderStatus
+from services.orders.rules import CustomerOrderStats, OrderPage
+
+PROTO_STATUS: dict[OrderStatus, order_pb2.OrderStatus.ValueType] = {
+    status: order_pb2.OrderStatus.Value(f"ORDER_STATUS_{status.name}") for status in OrderStatus
+}
+
+
+def order_to_proto(
+    order: OrderSnapshot, customer: customer_pb2.Customer | None = None
+) -> order_pb2.Order:
+    """The order's message; `customer` is its customer's message when already built."""
+    if customer is None and order.customer is not None:
+        customer = customer_to_proto(order.customer)
+    return order_pb2.Order(
+        store_id=order.store_id,
+        order_id=order.order_id,
+        order_number=order.order_number,
+        customer_id=order.customer_id or 0,
+        customer=customer,
+        status=PROTO_STATUS[OrderStatus(order.status)],
+        currency_code=order.currency_code,
+        line_items=[_line_to_proto(line) for line in order.line_items],
+        total_minor=order.total_minor,
+        contact_email=order.contact_email,
+        create_time=timestamp(order.created_at),
+        update_time=timestamp(order.updated_at),
+    )
+
+
+def orders_to_proto(orders: Sequence[OrderSnapshot]) -> list[order_pb2.Order]:
+    """The orders' messages. The orders of a customer's page share one customer
+    object: its message is built once, not once per order."""
+    customers: dict[int, customer_pb2.Customer] = {}
+    for order in orders:
+        if order.customer is not None and id(order.customer) not in customers:
+            customers[id(order.customer)] = customer_to_proto(order.customer)
+    return [order_to_proto(order, customers.get(id(order.customer))) for order in orders]
+
+
+def page_fields(page: OrderPage) -> dict[str, Any]:
+    """A List response's fields: the page's orders and the next page's token."""
+    return {"orders": orders_to_proto(page.orders), "next_page_token": page.next_page_token}
+
+
+def _line_to_proto(line: LineItemSnapshot) -> order_pb2.OrderLineItem:
+    return order_pb2.OrderLineItem(
+        line_number=line.line_number,
+        sku=line.sku,
+        name=line.name,
+        quantity=line.quantity,
+        unit_price_minor=line.unit_price_minor,
+        line_total_minor=line.line_total_minor,
+    )
+
+
+def stats_to_proto(stats: CustomerOrderStats) -> order_pb2.CustomerOrderStats:
+    return order_pb2.CustomerOrderStats(
+        store_id=stats.store_id,
+        customer_id=stats.customer_id,
+        total_orders=stats.total_orders,
+        total_spent=[
+            order_pb2.Money(
+                currency_code=totals.currency_code, amount_minor=totals.total_spent_minor
+            )
+            for totals in stats.currencies
+        ],
+        avg_order_value=[
+            order_pb2.Money(
+                currency_code=totals.currency_code, amount_minor=totals.avg_order_value_minor
+            )
+            for totals in stats.currencies
+        ],
+        first_order_time=timestamp(stats.first_order_time) if stats.first_order_time else None,
+        last_order_time=timestamp(stats.last_order_time) if stats.last_order_time else None,
+    )
