@@ -38,15 +38,14 @@ from services.customers.rules import ADDRESS_WRITABLE_FIELDS, email_taken
 
 # -- customers ---------------------------------------------------------------------------
 
-(_IN_STORE,) = in_store(Customer)
 _CUSTOMER_KEY = in_store(Customer, "customer_id")
 _CUSTOMER = select(*SNAPSHOT_COLUMNS).where(*_CUSTOMER_KEY)
 _GET_CUSTOMER = Statement(_CUSTOMER)
 _GET_CUSTOMER_FOR_SHARE = Statement(_CUSTOMER.with_for_update(read=True))
 _GET_CUSTOMER_FOR_UPDATE = Statement(_CUSTOMER.with_for_update())
-_BY_EMAIL_KEY = Customer.email_key == bindparam("email_key")
-_FIND_BY_EMAIL_KEY = Statement(select(*SNAPSHOT_COLUMNS).where(_IN_STORE, _BY_EMAIL_KEY))
-_EMAIL_KEY_OWNER = Statement(select(Customer.customer_id).where(_IN_STORE, _BY_EMAIL_KEY))
+_BY_EMAIL_KEY = in_store(Customer, "email_key")
+_FIND_BY_EMAIL_KEY = Statement(select(*SNAPSHOT_COLUMNS).where(*_BY_EMAIL_KEY))
+_EMAIL_KEY_OWNER = Statement(select(Customer.customer_id).where(*_BY_EMAIL_KEY))
 _INSERT_CUSTOMER = insert_row(cast(Table, Customer.__table__))
 
 
@@ -207,7 +206,7 @@ def _matches_pattern() -> ColumnElement[bool]:
 def _customer_page(active: bool | None, search: bool) -> Statement:
     """ListCustomers' page query for one combination of filters: the keyset is the
     customer id, so a page is one range of the primary key however deep."""
-    conditions = [_IN_STORE, Customer.customer_id > bindparam("after_id")]
+    conditions = [*in_store(Customer), Customer.customer_id > bindparam("after_id")]
     if active is not None:
         conditions.append(Customer.is_active.is_(active))
     if search:
@@ -242,16 +241,13 @@ async def customers_after(
 
 # -- addresses ------------------------------------------------------------------------------
 
-(_ADDRESS_IN_STORE,) = in_store(CustomerAddress)
-_OF_CUSTOMER = CustomerAddress.customer_id == bindparam("customer_id")
+_OF_CUSTOMER = in_store(CustomerAddress, "customer_id")
 _ADDRESS_KEY = in_store(CustomerAddress, "address_id")
 _GET_ADDRESS = Statement(select(*ADDRESS_COLUMNS).where(*_ADDRESS_KEY))
 _ADDRESSES_OF = Statement(
-    select(*ADDRESS_COLUMNS)
-    .where(_ADDRESS_IN_STORE, _OF_CUSTOMER)
-    .order_by(CustomerAddress.address_id)
+    select(*ADDRESS_COLUMNS).where(*_OF_CUSTOMER).order_by(CustomerAddress.address_id)
 )
-_COUNT_ADDRESSES = Statement(select(func.count()).where(_ADDRESS_IN_STORE, _OF_CUSTOMER))
+_COUNT_ADDRESSES = Statement(select(func.count()).where(*_OF_CUSTOMER))
 _INSERT_ADDRESS = insert_row(cast(Table, CustomerAddress.__table__))
 _CHANGE_ADDRESS = Statement(
     update(CustomerAddress)
@@ -262,15 +258,16 @@ _CHANGE_ADDRESS = Statement(
     .returning(*ADDRESS_COLUMNS)
 )
 _DELETE_ADDRESS = Statement(
-    delete(CustomerAddress).where(*_ADDRESS_KEY, _OF_CUSTOMER).returning(CustomerAddress.address_id)
+    delete(CustomerAddress)
+    .where(*in_store(CustomerAddress, "address_id", "customer_id"))
+    .returning(CustomerAddress.address_id)
 )
 # A new default shipping (billing) address takes the flag from the customer's others.
 _CLEAR_DEFAULT = {
     flag: Statement(
         update(CustomerAddress)
         .where(
-            _ADDRESS_IN_STORE,
-            _OF_CUSTOMER,
+            *_OF_CUSTOMER,
             CustomerAddress.address_id != bindparam("address_id"),
             getattr(CustomerAddress, flag).is_(True),
         )

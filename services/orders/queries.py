@@ -50,7 +50,6 @@ from services.orders.rules import (
     stats_of,
 )
 
-(_IN_STORE,) = in_store(Order)
 _ORDER_KEY = in_store(Order, "order_id")
 _GET_ORDER = Statement(select(*ORDER_COLUMNS).where(*_ORDER_KEY))
 _ORDER_STATUS = Statement(select(Order.status).where(*_ORDER_KEY))
@@ -157,7 +156,7 @@ def _position(time: str, order_id: str) -> ColumnElement[Any]:
 
 
 def _matching(shape: _Shape) -> list[ColumnElement[bool]]:
-    conditions = [_IN_STORE]
+    conditions = list(in_store(Order))
     if shape.status:
         conditions.append(Order.status == bindparam("status"))
     if shape.customer:
