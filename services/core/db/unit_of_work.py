@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -82,27 +82,21 @@ class StoreStatusCache:
         self._known: dict[int, tuple[bool, float]] = {}
 
     async def require_active(self, uow: UnitOfWork) -> None:
-        await self._require(uow.store_id, lambda: _store_is_active(uow))
-
-    async def _require(self, store_id: int, look_up: Callable[[], Awaitable[bool]]) -> None:
-        check_store_id(store_id)
+        """FAILED_PRECONDITION when the unit of work's store is inactive, NOT_FOUND
+        when there is no such store."""
         now = self._clock()
-        known = self._known.get(store_id)
+        known = self._known.get(uow.store_id)
         if known is not None and known[1] > now:
             active = known[0]
         else:
-            active = await look_up()
+            is_active = await uow.scalar(STORE_IS_ACTIVE)
+            if is_active is None:
+                raise NotFound("store", str(uow.store_id))
+            active = bool(is_active)
             if self._ttl > 0:
-                self._known[store_id] = (active, now + self._ttl)
+                self._known[uow.store_id] = (active, now + self._ttl)
         if not active:
-            raise store_inactive(store_id)
-
-
-async def _store_is_active(uow: UnitOfWork) -> bool:
-    is_active = await uow.scalar(STORE_IS_ACTIVE)
-    if is_active is None:
-        raise NotFound("store", str(uow.store_id))
-    return bool(is_active)
+            raise store_inactive(uow.store_id)
 
 
 # How long after the caller's deadline PostgreSQL stops a statement of a transaction on
