@@ -145,27 +145,28 @@ async def change_password(
 ) -> CustomerSnapshot | None:
     """Replaces the password hash if it is still `old_hash`; None if it is not (or the
     customer is gone)."""
-    row = await uow.fetch_one(
-        _CHANGE_PASSWORD,
-        {
-            "customer_id": customer_id,
-            "old_hashed_password": old_hash,
-            "new_hashed_password": new_hash,
-            "new_updated_at": utc_now(),
-        },
-    )
-    return None if row is None else CustomerSnapshot.of(row)
+    params = {"old_hashed_password": old_hash, "new_hashed_password": new_hash}
+    return await _changed_if_found(uow, _CHANGE_PASSWORD, customer_id, params)
 
 
 async def _changed(
     uow: UnitOfWork, statement: Statement, customer_id: int, params: dict[str, Any]
 ) -> CustomerSnapshot:
+    changed = await _changed_if_found(uow, statement, customer_id, params)
+    if changed is None:
+        raise NotFound("customer", str(customer_id))
+    return changed
+
+
+async def _changed_if_found(
+    uow: UnitOfWork, statement: Statement, customer_id: int, params: dict[str, Any]
+) -> CustomerSnapshot | None:
+    """Runs one of the _change statements with a new update time; the customer as
+    changed, or None when no row matched."""
     row = await uow.fetch_one(
         statement, params | {"customer_id": customer_id, "new_updated_at": utc_now()}
     )
-    if row is None:
-        raise NotFound("customer", str(customer_id))
-    return CustomerSnapshot.of(row)
+    return None if row is None else CustomerSnapshot.of(row)
 
 
 @asynccontextmanager
