@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from services.core.db.counters import next_store_number
 from services.core.db.engine import utc_now
 from services.core.db.idempotency import RequestKey, claim, remember
-from services.core.db.stores import next_store_number
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.errors import FailedPrecondition, NotFound
 from services.customers import queries

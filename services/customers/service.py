@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from services.core.db.counters import next_store_number
 from services.core.db.engine import utc_now
 from services.core.db.idempotency import RequestKey, claim, remember
-from services.core.db.stores import next_store_number
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain import validation
 from services.core.domain.customer_metrics import CustomerMetric, CustomerMetricsRegistry

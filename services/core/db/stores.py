@@ -1,23 +1,19 @@
 """Stores: the tenants. Owned by the core because every module is scoped to one.
 
-Also the per-store counters that give human-readable, gap-free numbers (customer
-numbers, order numbers) without a race, on PostgreSQL and SQLite alike."""
+Also the table of per-store counters (services.core.db.counters hands out their
+numbers)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy import BigInteger, ForeignKey, Integer, String, bindparam, insert, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.core.db.engine import Base, UtcDateTime, upsert_insert, utc_now
+from services.core.db.engine import Base, UtcDateTime, utc_now
 from services.core.db.statements import Statement, Transaction
 from services.core.domain.errors import FailedPrecondition, InvalidArgument, NotFound
-
-if TYPE_CHECKING:
-    from services.core.db.unit_of_work import UnitOfWork
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 StoreIdType = BigInteger().with_variant(Integer(), "sqlite")
@@ -57,30 +53,7 @@ def store_inactive(store_id: int) -> FailedPrecondition:
     )
 
 
-def _next_number(dialect: str) -> Statement:
-    return Statement(
-        upsert_insert(dialect, StoreCounter)
-        .values(store_id=bindparam("store_id"), name=bindparam("name"), value=1)
-        .on_conflict_do_update(
-            index_elements=[StoreCounter.store_id, StoreCounter.name],
-            set_={"value": StoreCounter.value + 1},
-        )
-        .returning(StoreCounter.value)
-    )
-
-
-# Each database spells an upsert its own way.
-_NEXT_NUMBER = {dialect: _next_number(dialect) for dialect in ("postgresql", "sqlite")}
-
 STORE_IS_ACTIVE = Statement(select(Store.is_active).where(Store.id == bindparam("store_id")))
-
-
-async def next_store_number(uow: UnitOfWork, counter: str) -> int:
-    """Allocates the next number of `counter` in the unit of work's store. The counter
-    row stays locked until its transaction ends, so concurrent callers (in any
-    process) get distinct numbers, and a rolled-back transaction gives its number
-    back. Call it late to hold the lock briefly."""
-    return int(await uow.scalar(_NEXT_NUMBER[uow.dialect], {"name": counter}))
 
 
 # -- the operator's commands (commerce stores ...) ----------------------------------------
