@@ -5,11 +5,11 @@ statement is compiled once; the unit of work binds `store_id` into every one.
 Every listing is newest first by the keyset (created_at, order_id), and each filter
 has an index that starts with it (services.orders.models), so a page is one index
 range however deep; its lines, and the customers of its orders, are read in one
-statement each over that same range."""
+statement each by the page's own keys."""
 
 from __future__ import annotations
 
-import functools
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
@@ -17,7 +17,6 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Table,
-    and_,
     bindparam,
     func,
     or_,
@@ -28,11 +27,11 @@ from sqlalchemy import (
 )
 
 from services.core.db.engine import UtcDateTime, utc_now
-from services.core.db.statements import Statement, in_store, insert_row
+from services.core.db.statements import Statement, in_store, insert_row, rows_of_keys
 from services.core.db.unit_of_work import UnitOfWork
 from services.core.domain.errors import NotFound
 from services.customers.api import CustomerSnapshot, get_customer
-from services.customers.models import SNAPSHOT_COLUMNS, Customer
+from services.customers.models import Customer
 from services.orders.models import (
     LINE_ITEM_COLUMNS,
     ORDER_COLUMNS,
@@ -168,7 +167,6 @@ def _matching(shape: _Shape) -> list[ColumnElement[bool]]:
     return conditions
 
 
-@functools.cache
 def _page(shape: _Shape, after: bool) -> Statement:
     conditions = _matching(shape)
     if after:
@@ -181,39 +179,21 @@ def _page(shape: _Shape, after: bool) -> Statement:
     )
 
 
-def _in_page(shape: _Shape) -> list[ColumnElement[bool]]:
-    """The orders between a page's newest and oldest, both included: the page."""
-    return [
-        *_matching(shape),
-        _position("newest_time", "newest_id") >= _KEYSET,
-        _position("oldest_time", "oldest_id") <= _KEYSET,
-    ]
+# Every combination of filters, built (not yet compiled) once at import.
+_ORDER_PAGES = {
+    (_Shape(*flags), after): _page(_Shape(*flags), after)
+    for flags in itertools.product((False, True), repeat=len(_Shape._fields))
+    for after in (False, True)
+}
 
 
-@functools.cache
-def _page_lines(shape: _Shape) -> Statement:
-    return Statement(
-        select(*LINE_ITEM_COLUMNS)
-        .join(
-            Order,
-            and_(
-                Order.store_id == OrderLineItem.store_id,
-                Order.order_id == OrderLineItem.order_id,
-            ),
-        )
-        .where(*_in_page(shape))
-        .order_by(OrderLineItem.order_id, OrderLineItem.line_number)
-    )
-
-
-@functools.cache
-def _page_customers(shape: _Shape) -> Statement:
-    return Statement(
-        select(*SNAPSHOT_COLUMNS).where(
-            *in_store(Customer),
-            Customer.customer_id.in_(select(Order.customer_id).where(*_in_page(shape))),
-        )
-    )
+# A page's lines and customers, by the page's own keys. (Deriving the lines from the
+# page's range instead, a generic plan cached while the tables were nearly empty
+# walked every line of the store for every call.)
+_PAGE_LINES = rows_of_keys(
+    OrderLineItem, "order_id", "order_ids", order_by=("order_id", "line_number")
+)
+_PAGE_CUSTOMERS = rows_of_keys(Customer, "customer_id", "customer_ids")
 
 
 async def orders_page(
@@ -242,26 +222,22 @@ async def orders_page(
     after = request.after is not None
     if request.after is not None:
         params["after_time"], params["after_id"] = request.after
-    rows = await uow.fetch(_page(shape, after), params)
+    rows = await uow.fetch(_ORDER_PAGES[shape, after], params)
     if not rows:
         return []
-    newest, oldest = rows[0], rows[min(len(rows), request.size) - 1]
-    params |= {
-        "newest_time": newest["created_at"],
-        "newest_id": newest["order_id"],
-        "oldest_time": oldest["created_at"],
-        "oldest_id": oldest["order_id"],
-    }
+    order_ids = [row["order_id"] for row in rows]
     lines: dict[int, list[LineItemSnapshot]] = {}
-    for line in await uow.fetch(_page_lines(shape), params):
+    for line in await uow.fetch(_PAGE_LINES[uow.dialect], {"order_ids": order_ids}):
         lines.setdefault(line["order_id"], []).append(LineItemSnapshot.of(line))
     customers: dict[int | None, CustomerSnapshot] = {}
     if customer is not None:
         customers[customer.customer_id] = customer
-    elif any(row["customer_id"] is not None for row in rows):
-        for found in await uow.fetch(_page_customers(shape), params):
-            snapshot = CustomerSnapshot.of(found)
-            customers[snapshot.customer_id] = snapshot
+    else:
+        customer_ids = sorted({row["customer_id"] for row in rows} - {None})
+        if customer_ids:
+            found = await uow.fetch(_PAGE_CUSTOMERS[uow.dialect], {"customer_ids": customer_ids})
+            for snapshot in map(CustomerSnapshot.of, found):
+                customers[snapshot.customer_id] = snapshot
     return [
         OrderSnapshot.of(
             row, tuple(lines.get(row["order_id"], ())), customers.get(row["customer_id"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import bindparam
 
 from services.core.db.engine import upsert_insert
-from services.core.db.statements import Statement
+from services.core.db.statements import DIALECTS, Statement
 from services.core.db.stores import StoreCounter
 from services.core.db.unit_of_work import UnitOfWork
 
@@ -24,7 +24,7 @@ def _next_number(dialect: str) -> Statement:
 
 
 # Each database spells an upsert its own way.
-_NEXT_NUMBER = {dialect: _next_number(dialect) for dialect in ("postgresql", "sqlite")}
+_NEXT_NUMBER = {dialect: _next_number(dialect) for dialect in DIALECTS}
 
 
 async def next_store_number(uow: UnitOfWork, counter: str) -> int:

@@ -66,7 +66,15 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 10.
 
     hide_parameters: a database error must never carry bound values (password hashes,
     emails) into a log line. `connect_timeout` bounds both opening a connection and
-    waiting for a free one, so a lost database fails calls fast."""
+    waiting for a free one, so a lost database fails calls fast.
+
+    On PostgreSQL every execution of a prepared statement is planned for the tables
+    as they are then (plan_cache_mode = force_custom_plan). Left to choose, PostgreSQL
+    keeps a generic plan per statement and connection once it looks no worse than the
+    first few custom ones; made while a store is small, such a plan (a scan of the
+    whole store by store_id, or a GetCustomer through the e-mail index) stays in use
+    as the store grows, until something analyzes the tables. Planning these short
+    statements costs the database a few tens of microseconds each."""
     if not is_sqlite(url):
         return create_async_engine(
             url,
@@ -74,7 +82,10 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 10.
             max_overflow=0,
             pool_timeout=connect_timeout,
             pool_recycle=3600,
-            connect_args={"timeout": connect_timeout},
+            connect_args={
+                "timeout": connect_timeout,
+                "server_settings": {"plan_cache_mode": "force_custom_plan"},
+            },
             hide_parameters=True,
         )
     # SQLite allows one writer at a time, and two connections that both upgrade from a

@@ -16,12 +16,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, bindparam, delete, select, tuple_
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    ForeignKey,
+    Index,
+    String,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    select,
+)
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.core.db.engine import Base, UtcDateTime, utc_now
 from services.core.db.statements import (
+    DIALECTS,
     Statement,
     Transaction,
     in_store,
@@ -118,19 +131,31 @@ async def remember(uow: UnitOfWork, key: RequestKey | None, resource_id: int) ->
         await uow.execute(_REMEMBER, _key_params(key) | {"resource_id": resource_id})
 
 
-_EXPIRED = (
-    select(*_KEY_COLUMNS)
-    .where(IdempotencyKey.created_at < bindparam("before", type_=UtcDateTime()))
-    .limit(bindparam("batch"))
-)
-_FORGET = Statement(
-    delete(IdempotencyKey)
-    .where(tuple_(*_KEY_COLUMNS).in_(_EXPIRED))
-    .returning(IdempotencyKey.request_id)
-)
+def _forget(dialect: str) -> Statement:
+    """Deletes the oldest expired keys, up to a batch, found by age through
+    ix_idempotency_keys_created_at (oldest first, so no plan scans the table for rows
+    that happen to be expired) and deleted by their physical row ids: PostgreSQL's
+    ctid (a TID scan, where a join back through the key could turn into a scan of
+    every key), SQLite's rowid."""
+    row_id: ColumnElement[Any] = literal_column("ctid" if dialect == "postgresql" else "rowid")
+    expired = (
+        select(row_id)
+        .where(IdempotencyKey.created_at < bindparam("before", type_=UtcDateTime()))
+        .order_by(IdempotencyKey.created_at)
+        .limit(bindparam("batch"))
+    )
+    if dialect == "postgresql":
+        chosen = row_id == any_(func.array(expired.scalar_subquery()))
+    else:
+        chosen = row_id.in_(expired)
+    return Statement(delete(IdempotencyKey).where(chosen).returning(IdempotencyKey.request_id))
+
+
+_FORGET = {dialect: _forget(dialect) for dialect in DIALECTS}
 
 
 async def forget_expired(statements: Transaction, before: datetime, *, batch: int = 1000) -> int:
     """Deletes up to `batch` keys created before `before`, in the caller's transaction;
     returns how many. Small batches keep each transaction, and its locks, short."""
-    return len(await statements.fetch(_FORGET, {"before": before, "batch": batch}))
+    params = {"before": before, "batch": batch}
+    return len(await statements.fetch(_FORGET[statements.dialect], params))

@@ -22,7 +22,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import BindParameter, ColumnElement, Table, Update, bindparam, insert
+from sqlalchemy import (
+    ARRAY,
+    BindParameter,
+    ColumnElement,
+    Table,
+    Update,
+    bindparam,
+    func,
+    insert,
+    select,
+    true,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
@@ -32,6 +43,9 @@ from sqlalchemy.sql.visitors import replacement_traverse
 from services.core.db.engine import Base, upsert_insert
 
 Row = Mapping[str, Any]
+
+# The databases a statement may be written for (a Transaction's `dialect`).
+DIALECTS = ("postgresql", "sqlite")
 
 
 class Statement:
@@ -102,6 +116,44 @@ def in_store(model: type[Base], *keys: str) -> tuple[ColumnElement[bool], ...]:
     return tuple(columns[name] == bindparam(name) for name in ("store_id", *keys))
 
 
+def rows_of_keys(
+    model: type[Base], key: str, keys_param: str, *, order_by: Sequence[str] = ()
+) -> dict[str, Statement]:
+    """Per dialect: the store's rows of `model` whose `key` column is one of the list
+    bound as `keys_param`, every column, in `order_by` order.
+
+    On PostgreSQL each key is a probe of its own through the index that starts with
+    (store_id, key), in a LATERAL subquery that OFFSET 0 keeps the planner from
+    flattening: the plan is the same whatever the planner believes of the table.
+    (Given the list as `= ANY(...)`, a plan made while the store looked small reads
+    the whole store by store_id and filters it.) SQLite gets an IN list, which its
+    planner always looks up by the key."""
+    table = model.__table__
+    order = [table.c[name] for name in order_by]
+    in_list = (
+        select(table)
+        .where(*in_store(model), table.c[key].in_(bindparam(keys_param, expanding=True)))
+        .order_by(*order)
+    )
+    keys_type = ARRAY(table.c[key].type)
+    wanted = (
+        func.unnest(bindparam(keys_param, type_=keys_type))
+        .table_valued(key)
+        .render_derived(name="wanted")
+    )
+    probe = (
+        select(table)
+        .where(*in_store(model), table.c[key] == wanted.c[key])
+        .offset(0)
+        .lateral("found")
+    )
+    probes = select(probe).select_from(wanted).join(probe, true())
+    return {
+        "postgresql": Statement(probes.order_by(*(probe.c[name] for name in order_by))),
+        "sqlite": Statement(in_list),
+    }
+
+
 def insert_unless_present(
     model: type[Base],
     key: Sequence[str],
@@ -123,7 +175,7 @@ def insert_unless_present(
             .on_conflict_do_nothing(index_elements=list(key))
             .returning(*returning)
         )
-        for dialect in ("postgresql", "sqlite")
+        for dialect in DIALECTS
     }
 
 
