@@ -71,3 +71,33 @@ def test_every_scenario_is_served_by_every_server(tmp_path):
     table = page.read_text()
     assert "| GetCustomer | " in table
     assert "throughput ratio" in table
+
+
+@pytest.mark.timeout(300)
+def test_the_soak_reports_every_window_of_a_load_that_succeeds(tmp_path):
+    database = f"commerce_soak_smoke_{uuid.uuid4().hex[:8]}"
+    url = make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+    figures = tmp_path / "soak.json"
+    command = [sys.executable, "-m", "bench.soak", "--minutes", "0.1", "--bucket-seconds", "2"]
+    command += ["--database-url", url, "--json", str(figures)]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False
+        )
+    finally:
+        asyncio.run(_drop(database))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| 0 to 2 s |" in done.stdout
+
+    report = json.loads(figures.read_text())
+    assert len(report["per_second"]) == 3
+    assert all(rate > 0 for rate in report["per_second"])
+    assert report["errors"] == {}
+    assert set(report["calls"]) == {
+        "GetCustomer",
+        "CreateOrder",
+        "ListCustomers",
+        "ListCustomerOrders",
+        "GetCustomerOrderStats",
+    }
+    assert report["orders_at_end"] > 0
