@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,29 +97,36 @@ async def _drive(plan: Plan, process: int) -> Outcome:
         history = history_grpc.CustomerOrderServiceStub(channel)
         store = plan.store_id
 
-        def call(name: str, customer: int) -> Any:
-            if name == "GetCustomer":
-                request = customers_pb.GetCustomerRequest(store_id=store, customer_id=customer)
-                return customers.GetCustomer(request, timeout=CALL_DEADLINE)
-            if name == "CreateOrder":
-                return orders.CreateOrder(order_request(store, customer), timeout=CALL_DEADLINE)
-            if name == "ListCustomers":
-                request = customers_pb.ListCustomersRequest(store_id=store, page_size=20)
-                return customers.ListCustomers(request, timeout=CALL_DEADLINE)
-            if name == "ListCustomerOrders":
-                request = history_pb.ListCustomerOrdersRequest(
+        calls_by_name: dict[str, Callable[[int], Any]] = {
+            "GetCustomer": lambda customer: customers.GetCustomer(
+                customers_pb.GetCustomerRequest(store_id=store, customer_id=customer),
+                timeout=CALL_DEADLINE,
+            ),
+            "CreateOrder": lambda customer: orders.CreateOrder(
+                order_request(store, customer), timeout=CALL_DEADLINE
+            ),
+            "ListCustomers": lambda _: customers.ListCustomers(
+                customers_pb.ListCustomersRequest(store_id=store, page_size=20),
+                timeout=CALL_DEADLINE,
+            ),
+            "ListCustomerOrders": lambda customer: history.ListCustomerOrders(
+                history_pb.ListCustomerOrdersRequest(
                     store_id=store, customer_id=customer, page_size=10
-                )
-                return history.ListCustomerOrders(request, timeout=CALL_DEADLINE)
-            request = history_pb.GetCustomerOrderStatsRequest(store_id=store, customer_id=customer)
-            return history.GetCustomerOrderStats(request, timeout=CALL_DEADLINE)
+                ),
+                timeout=CALL_DEADLINE,
+            ),
+            "GetCustomerOrderStats": lambda customer: history.GetCustomerOrderStats(
+                history_pb.GetCustomerOrderStatsRequest(store_id=store, customer_id=customer),
+                timeout=CALL_DEADLINE,
+            ),
+        }
 
         async def caller() -> None:
             while (now := time.time()) < end:
                 name = rng.choices(names, weights)[0]
                 calls[name] += 1
                 try:
-                    await call(name, rng.randint(1, CUSTOMERS))
+                    await calls_by_name[name](rng.randint(1, CUSTOMERS))
                 except grpc.aio.AioRpcError as error:
                     errors[error.code().name] += 1
                     continue
