@@ -102,21 +102,52 @@ async def test_order_count_with_and_without_a_status(orders, customers, customer
     assert await count(S.ORDER_STATUS_DELIVERED) == 0
 
 
+async def test_counts_and_statistics_are_of_the_store_asked(
+    orders, customers, customer_orders, store_id, other_store_id
+):
+    """The same customer id in two stores: each store counts only its own orders."""
+    ann = await create_customer(customers, store_id)
+    other = await create_customer(customers, other_store_id)
+    assert ann.customer_id == other.customer_id  # ids are numbered per store
+    for _ in range(3):
+        await create_order(orders, store_id, ann.customer_id, line_items=[line(quantity=2)])
+    await create_order(orders, other_store_id, other.customer_id, line_items=[line(quantity=5)])
+
+    expected = ((store_id, 3, 3 * 2000), (other_store_id, 1, 5000))
+    for store, expected_count, expected_spent in expected:
+        count = await customer_orders.GetCustomerOrderCount(
+            pb.GetCustomerOrderCountRequest(store_id=store, customer_id=ann.customer_id)
+        )
+        assert count.order_count == expected_count
+        stats = await customer_orders.GetCustomerOrderStats(
+            pb.GetCustomerOrderStatsRequest(store_id=store, customer_id=ann.customer_id)
+        )
+        assert stats.stats.total_orders == expected_count
+        assert [m.amount_minor for m in stats.stats.total_spent] == [expected_spent]
+
+
 async def test_statistics_match_a_python_oracle(orders, customers, customer_orders, store_id):
     rng = random.Random(20261126)  # noqa: S311  (reproducible test data, not secrets)
     ann = await create_customer(customers, store_id)
     bob = await create_customer(customers, store_id)
     placed: list[order_pb2.Order] = []
+    # Each order's total as the oracle computes it from the request's own lines (every
+    # quantity at least 2), never as the server reports it.
+    expected_total: dict[int, int] = {}
     for _ in range(40):
+        lines = [
+            line(f"SKU-{n}", rng.randint(2, 5), rng.randint(0, 99_999))
+            for n in range(rng.randint(1, 3))
+        ]
         order = await create_order(
             orders,
             store_id,
             ann.customer_id,
             currency_code=rng.choice(["EUR", "USD", "JPY"]),
-            line_items=[
-                line(f"SKU-{n}", rng.randint(1, 5), rng.randint(0, 99_999))
-                for n in range(rng.randint(1, 3))
-            ],
+            line_items=lines,
+        )
+        expected_total[order.order_id] = sum(
+            item.quantity * item.unit_price_minor for item in lines
         )
         path = rng.choice(
             [
@@ -136,7 +167,7 @@ async def test_statistics_match_a_python_oracle(orders, customers, customer_orde
     assert 0 < len(counted) < len(placed), "the random orders should include cancelled ones"
     by_currency: dict[str, list[int]] = defaultdict(list)
     for order in counted:
-        by_currency[order.currency_code].append(order.total_minor)
+        by_currency[order.currency_code].append(expected_total[order.order_id])
 
     def half_up(total: int, count: int) -> int:
         whole, rest = divmod(total, count)

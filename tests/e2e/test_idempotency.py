@@ -93,6 +93,34 @@ async def test_a_retried_address_create_adds_one_address(customers, store_id):
     assert len(listed.addresses) == 1
 
 
+async def test_an_address_request_id_reused_for_another_customer_is_invalid(customers, store_id):
+    """Same address, same request_id, another customer: not a retry, and nothing of
+    the first customer's address comes back."""
+    ann, bob = [
+        (await customers.CreateCustomer(create(store_id, unique_email(), ""))).customer
+        for _ in range(2)
+    ]
+    address = customer_pb2.CustomerAddress(
+        recipient_name="Ann", address_line1="Main St 1", city="Berlin", country_code="DE"
+    )
+    request_id = str(uuid.uuid4())
+
+    def request(customer_id: int) -> pb.CreateCustomerAddressRequest:
+        return pb.CreateCustomerAddressRequest(
+            store_id=store_id, customer_id=customer_id, request_id=request_id, address=address
+        )
+
+    await customers.CreateCustomerAddress(request(ann.customer_id))
+    failure = await rpc_error(
+        customers.CreateCustomerAddress(request(bob.customer_id)), Code.INVALID_ARGUMENT
+    )
+    assert failure.violated_fields == {"request_id"}
+    listed = await customers.ListCustomerAddresses(
+        pb.ListCustomerAddressesRequest(store_id=store_id, customer_id=bob.customer_id)
+    )
+    assert list(listed.addresses) == []
+
+
 async def age_request_ids(sessions, store_id: int, hours: float) -> None:
     """Makes the store's remembered request_ids `hours` old."""
     async with sessions() as session:

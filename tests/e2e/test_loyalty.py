@@ -238,6 +238,29 @@ async def test_a_retried_request_moves_points_once(loyalty, customers, sessions,
     assert await ledger(sessions, store_id, cid) == (70, 70, [100, 70, 75, 70])
 
 
+async def test_a_request_id_reused_for_another_customer_is_invalid(
+    loyalty, customers, sessions, store_id
+):
+    """Same points, same reason, same request_id, another customer: not a retry."""
+    ann = (await create_customer(customers, store_id)).customer_id
+    bob = (await create_customer(customers, store_id)).customer_id
+    request_id = str(uuid.uuid4())
+    await add(loyalty, store_id, ann, 40, request_id=request_id)
+    failure = await rpc_error(
+        add(loyalty, store_id, bob, 40, request_id=request_id), Code.INVALID_ARGUMENT
+    )
+    assert failure.violated_fields == {"request_id"}
+    redeem_id = str(uuid.uuid4())
+    await redeem(loyalty, store_id, ann, 10, request_id=redeem_id)
+    await add(loyalty, store_id, bob, 10)
+    failure = await rpc_error(
+        redeem(loyalty, store_id, bob, 10, request_id=redeem_id), Code.INVALID_ARGUMENT
+    )
+    assert failure.violated_fields == {"request_id"}
+    assert await ledger(sessions, store_id, ann) == (30, 30, [40, 30])
+    assert await ledger(sessions, store_id, bob) == (10, 10, [10])
+
+
 async def test_concurrent_movements_of_one_customer_never_lose_or_double_one(
     loyalty, customers, sessions, store_id
 ):

@@ -4,6 +4,7 @@ page tokens bound to their store and filters."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -149,10 +150,17 @@ async def test_a_page_token_is_bound_to_its_store_and_filters(orders, store_id, 
     token = (
         await orders.ListOrders(pb.ListOrdersRequest(store_id=store_id, page_size=1))
     ).next_page_token
+    an_hour_ago = timestamp_pb2.Timestamp()
+    an_hour_ago.FromSeconds(int(time.time()) - 3600)
+    in_an_hour = timestamp_pb2.Timestamp()
+    in_an_hour.FromSeconds(int(time.time()) + 3600)
     for request in (
         pb.ListOrdersRequest(store_id=other_store_id, page_token=token),
         pb.ListOrdersRequest(store_id=store_id, page_token=token, status=S.ORDER_STATUS_PAID),
         pb.ListOrdersRequest(store_id=store_id, page_token=token, customer_id=1),
+        # Time filters that match every order still make another query.
+        pb.ListOrdersRequest(store_id=store_id, page_token=token, create_time_start=an_hour_ago),
+        pb.ListOrdersRequest(store_id=store_id, page_token=token, create_time_end=in_an_hour),
     ):
         failure = await rpc_error(orders.ListOrders(request), Code.INVALID_ARGUMENT)
         assert failure.violated_fields == {"page_token"}

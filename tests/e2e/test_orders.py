@@ -51,7 +51,7 @@ async def test_an_order_gets_number_status_totals_and_its_customer(orders, custo
         line_items=[
             line("MUG-1", quantity=3, unit_price_minor=1299, name=" Mug "),
             # A client's line total is ignored: the server computes every amount.
-            line("TEE-2", quantity=1, unit_price_minor=2500, line_total_minor=1),
+            line("TEE-2", quantity=2, unit_price_minor=2500, line_total_minor=1),
         ],
     )
     assert (order.store_id, order.order_id, order.order_number) == (store_id, 1, "O-000001")
@@ -62,8 +62,9 @@ async def test_an_order_gets_number_status_totals_and_its_customer(orders, custo
         (1, "MUG-1", "Mug"),
         (2, "TEE-2", "Product TEE-2"),
     ]
-    assert [item.line_total_minor for item in order.line_items] == [3897, 2500]
-    assert order.total_minor == 3897 + 2500
+    # Quantities above 1 on every line: a total that ignored any line's quantity fails.
+    assert [item.line_total_minor for item in order.line_items] == [3 * 1299, 2 * 2500]
+    assert order.total_minor == 3 * 1299 + 2 * 2500
     assert order.customer_id == customer.customer_id
     assert order.customer == customer  # the customers package's own message, joined
     assert order.create_time.seconds > 0
