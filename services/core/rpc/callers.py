@@ -226,14 +226,12 @@ _UNAUTHENTICATED = Unauthenticated(
 
 
 def _permission_denied(method: str) -> PermissionDenied:
-    access = method_access(method) or "full"
+    access = method_access(method)
+    needed = f"{module_of(method)}:{access}" if access else FULL_ACCESS
     return PermissionDenied(
-        f"this caller's scopes do not include {module_of(method)}:{access}",
+        f"this caller's scopes do not include {needed}",
         reason="CALLER_PERMISSION_DENIED",
-        metadata={
-            "method": method.rpartition("/")[2],
-            "needed_scope": f"{module_of(method)}:{access}",
-        },
+        metadata={"method": method.rpartition("/")[2], "needed_scope": needed},
     )
 
 
