@@ -18,7 +18,7 @@ from services.core.db.stores import create_store, list_stores, set_store_active
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.errors import DomainError
 from services.core.logs import configure_logging
-from services.core.rpc.callers import load_callers, new_token, token_digest
+from services.core.rpc.callers import load_callers, new_token, parse_scopes, token_digest
 from services.core.settings import Settings, env_name
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -123,17 +123,34 @@ def _parser() -> argparse.ArgumentParser:
         help="print a new token for a caller, and its line for the callers file",
         description="Prints a new random token (give it to the caller; it is not stored) "
         "and the line to add to COMMERCE_CALLER_TOKENS_FILE (it holds the token's "
-        "SHA-256 only).",
+        "SHA-256 only, and the caller's scopes).",
     )
     new_caller.add_argument("name", help="the caller's name, e.g. billing")
+    new_caller.add_argument(
+        "--scope",
+        action="append",
+        type=_scopes,
+        help="what the caller may call: '*' (default: everything), '<module>:read', "
+        "'<module>:write' (reads included) or '*:read'; repeat it or separate with commas, "
+        "e.g. --scope customers:read,orders:write",
+    )
     new_caller.set_defaults(run=_new_caller)
     return parser
 
 
+def _scopes(text: str) -> frozenset[str]:
+    try:
+        return parse_scopes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _new_caller(args: argparse.Namespace, settings: Settings) -> int:
     token = new_token()
+    scopes = ",".join(sorted(set().union(*args.scope))) if args.scope else ""
+    line = f"{args.name} {token_digest(token)} {scopes}".rstrip()
     print(f"token (give it to {args.name}; shown once): {token}")
-    print(f"line for the callers file: {args.name} {token_digest(token)}")
+    print(f"line for the callers file: {line}")
     return 0
 
 

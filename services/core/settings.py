@@ -100,6 +100,26 @@ class Settings(BaseSettings):
         le=256,
         description="threads hashing and checking passwords, off the event loop",
     )
+    login_failures_per_email: int = Field(
+        default=10,
+        ge=1,
+        le=1_000_000,
+        description="failed logins one email of a store may have within the login window; "
+        "further attempts are RESOURCE_EXHAUSTED until the window passes",
+    )
+    login_failures_per_caller: int = Field(
+        default=100,
+        ge=0,
+        le=1_000_000,
+        description="failed logins one caller (its token's name, else its IP address) may "
+        "have in a store within the login window (0: no per-caller limit)",
+    )
+    login_window_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        le=86_400,
+        description="the window failed logins are counted in, from the first failure",
+    )
     page_token_secret: str = Field(
         default="",
         description="key that signs page tokens; empty: random per process, so tokens "

@@ -149,3 +149,35 @@ class AddressSnapshot(RowSnapshot):
 
 
 ADDRESS_COLUMNS = columns_of(CustomerAddress, AddressSnapshot)
+
+
+class LoginThrottle(Base):
+    """Failed logins of one subject of a store (an email, or a caller) in the current
+    window: brute-force protection shared by every process that uses the database.
+    A row whose window has passed counts for nothing and is pruned."""
+
+    __tablename__ = "customer_login_throttles"
+
+    store_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("stores.id"), primary_key=True)
+    # "email:<sha256 of the email key>" or "caller:<sha256 of the caller>": fixed
+    # length, and no copy of an email address in a second table.
+    subject: Mapped[str] = mapped_column(String(80), primary_key=True)
+    failures: Mapped[int] = mapped_column()
+    window_started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        # Pruning finds the store's rows whose window has passed.
+        Index("ix_customer_login_throttles_window", "store_id", "window_started_at"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleSnapshot(RowSnapshot):
+    """A LoginThrottle row, read-only."""
+
+    subject: str
+    failures: int
+    window_started_at: datetime
+
+
+THROTTLE_COLUMNS = columns_of(LoginThrottle, ThrottleSnapshot)

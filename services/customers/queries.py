@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -13,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    case,
     delete,
     func,
     or_,
@@ -21,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from services.core.db.engine import utc_now
+from services.core.db.engine import upsert_insert, utc_now
 from services.core.db.statements import Statement, in_store, insert_row
 from services.core.db.unit_of_work import UnitOfWork
 from services.core.domain.errors import NotFound
@@ -29,10 +31,13 @@ from services.customers.models import (
     ADDRESS_COLUMNS,
     DEFAULT_ADDRESS_FLAGS,
     SNAPSHOT_COLUMNS,
+    THROTTLE_COLUMNS,
     AddressSnapshot,
     Customer,
     CustomerAddress,
     CustomerSnapshot,
+    LoginThrottle,
+    ThrottleSnapshot,
 )
 from services.customers.rules import ADDRESS_WRITABLE_FIELDS, email_taken
 
@@ -332,3 +337,73 @@ async def clear_other_defaults(
         if flags.get(flag):
             params = {"customer_id": customer_id, "address_id": address_id}
             await uow.execute(_CLEAR_DEFAULT[flag], params)
+
+
+# -- failed logins (brute-force protection) -------------------------------------------------
+
+_THROTTLES = Statement(
+    select(*THROTTLE_COLUMNS).where(
+        *in_store(LoginThrottle),
+        LoginThrottle.subject.in_([bindparam("first_subject"), bindparam("second_subject")]),
+    )
+)
+# A window that started at or before `window_floor` has passed: a failure after it
+# starts a new window.
+_WINDOW_PASSED = LoginThrottle.window_started_at <= bindparam("window_floor")
+
+
+def _count_failure(dialect: str) -> Statement:
+    return Statement(
+        upsert_insert(dialect, LoginThrottle)
+        .values(
+            store_id=bindparam("store_id"),
+            subject=bindparam("subject"),
+            failures=1,
+            window_started_at=bindparam("now"),
+        )
+        .on_conflict_do_update(
+            index_elements=[LoginThrottle.store_id, LoginThrottle.subject],
+            set_={
+                "failures": case((_WINDOW_PASSED, 1), else_=LoginThrottle.failures + 1),
+                "window_started_at": case(
+                    (_WINDOW_PASSED, bindparam("now")), else_=LoginThrottle.window_started_at
+                ),
+            },
+        )
+    )
+
+
+# Each database spells an upsert its own way.
+_COUNT_FAILURE = {dialect: _count_failure(dialect) for dialect in ("postgresql", "sqlite")}
+_FORGET_SUBJECT = Statement(
+    delete(LoginThrottle).where(
+        *in_store(LoginThrottle), LoginThrottle.subject == bindparam("subject")
+    )
+)
+_PRUNE_THROTTLES = Statement(delete(LoginThrottle).where(*in_store(LoginThrottle), _WINDOW_PASSED))
+
+
+async def login_throttles(
+    uow: UnitOfWork, first_subject: str, second_subject: str
+) -> list[ThrottleSnapshot]:
+    """The store's failure counts of the two subjects that have any."""
+    params = {"first_subject": first_subject, "second_subject": second_subject}
+    return [ThrottleSnapshot.of(row) for row in await uow.fetch(_THROTTLES, params)]
+
+
+async def count_login_failure(
+    uow: UnitOfWork, subject: str, now: datetime, window_floor: datetime
+) -> None:
+    """One more failure of `subject`: the first of a new window when its last window
+    started at or before `window_floor`."""
+    params = {"subject": subject, "now": now, "window_floor": window_floor}
+    await uow.execute(_COUNT_FAILURE[uow.dialect], params)
+
+
+async def forget_login_failures(uow: UnitOfWork, subject: str) -> None:
+    await uow.execute(_FORGET_SUBJECT, {"subject": subject})
+
+
+async def prune_login_failures(uow: UnitOfWork, window_floor: datetime) -> None:
+    """Deletes the store's failure counts whose window has passed."""
+    await uow.execute(_PRUNE_THROTTLES, {"window_floor": window_floor})

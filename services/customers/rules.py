@@ -5,14 +5,17 @@ number are. No database and no gRPC here, so each is tested on its own
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import email_validator
 
 from services.core.domain import validation
 from services.core.domain.errors import Aborted, AlreadyExists, InvalidArgument, Violations
-from services.customers.models import DEFAULT_ADDRESS_FLAGS, CustomerSnapshot
+from services.customers.models import DEFAULT_ADDRESS_FLAGS, CustomerSnapshot, ThrottleSnapshot
 
 MAX_ADDRESSES_PER_CUSTOMER = 20
 
@@ -159,3 +162,49 @@ def contains_pattern(needle: str) -> str:
     wildcards taken literally."""
     escaped = needle.replace("/", "//").replace("%", "/%").replace("_", "/_")
     return f"%{escaped}%"
+
+
+# -- brute-force protection ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    """How many failed logins one email, and one caller, may have in a store within
+    `window` (counted from the window's first failure) before further attempts are
+    refused until the window passes. `per_caller` 0: no per-caller limit."""
+
+    per_email: int = 10
+    per_caller: int = 100
+    window: timedelta = timedelta(minutes=15)
+
+    def wait(
+        self, email: str, throttles: Iterable[ThrottleSnapshot], now: datetime
+    ) -> timedelta | None:
+        """How long until a login may be tried again; None when it may now. `email`
+        is the email's subject; the other throttle is the caller's."""
+        waits = [
+            throttle.window_started_at + self.window - now
+            for throttle in throttles
+            if throttle.window_started_at + self.window > now
+            and 0 < self._limit(throttle.subject == email) <= throttle.failures
+        ]
+        return max(waits, default=None)
+
+    def _limit(self, of_email: bool) -> int:
+        return self.per_email if of_email else self.per_caller
+
+
+def email_subject(email: str, key: str | None) -> str:
+    """The throttle subject of a login's email: its login_key, or for an email no
+    customer can have, the email as given. An unknown email is throttled exactly like
+    a known one, so the throttle tells nothing about who exists."""
+    return "email:" + _digest(key if key is not None else email.strip().lower())
+
+
+def caller_subject(caller: str) -> str:
+    return "caller:" + _digest(caller)
+
+
+def _digest(text: str) -> str:
+    # surrogatepass: a lone surrogate in a hostile email must not fail the hashing.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

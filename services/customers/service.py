@@ -6,6 +6,7 @@ services.customers.rules. No gRPC here, so it is testable without a server."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 from services.core.db.counters import next_store_number
@@ -14,17 +15,26 @@ from services.core.db.idempotency import RequestKey, claim, remember
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain import validation
 from services.core.domain.customer_metrics import CustomerMetric, CustomerMetricsRegistry
-from services.core.domain.errors import Aborted, InvalidArgument, Unauthenticated, Violations
+from services.core.domain.errors import (
+    Aborted,
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+    Violations,
+)
 from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.core.domain.passwords import PasswordHasher, password_problem
 from services.customers import queries
 from services.customers.models import CustomerSnapshot
 from services.customers.rules import (
+    LoginPolicy,
+    caller_subject,
     check_customer_id,
     check_etag,
     contains_pattern,
     customer_number,
     customer_values,
+    email_subject,
     login_key,
     valid_values,
 )
@@ -37,6 +47,16 @@ CUSTOMER_COUNTER = "customer"
 CREATE_CUSTOMER = "customers.CreateCustomer"
 
 INVALID_CREDENTIALS = "invalid email or password"
+
+
+def too_many_logins(wait: timedelta) -> ResourceExhausted:
+    """The refusal of a throttled login: the same whichever subject is throttled and
+    whether or not the email exists."""
+    return ResourceExhausted(
+        "too many failed logins; try again later",
+        reason="TOO_MANY_LOGIN_ATTEMPTS",
+        retry_after=wait,
+    )
 
 
 @dataclass(frozen=True)
@@ -63,8 +83,10 @@ class CustomerService:
         passwords: PasswordHasher,
         page_tokens: PageTokenCodec,
         metrics: CustomerMetricsRegistry | None = None,
+        login_policy: LoginPolicy | None = None,
     ) -> None:
         self._db = database
+        self._login_policy = login_policy or LoginPolicy()
         self._passwords = passwords
         self._page_tokens = page_tokens
         # Filled by the modules that contribute customer metrics, never by this one.
@@ -161,9 +183,19 @@ class CustomerService:
             await uow.commit()
         return changed
 
-    async def authenticate(self, store_id: int, email: str, password: str) -> CustomerSnapshot:
+    async def authenticate(
+        self, store_id: int, email: str, password: str, *, caller: str
+    ) -> CustomerSnapshot:
+        """The customer whose email and password these are. `caller` names who asks
+        (a caller token's name or an address): brute-force protection counts failures
+        per email and per caller, in the database, so every process shares the counts."""
         key = login_key(email)
+        subjects = (email_subject(email, key), caller_subject(caller))
         async with self._db.reading(store_id) as uow:
+            # Before bcrypt: a refused guess costs no password thread.
+            throttles = await queries.login_throttles(uow, *subjects)
+            if wait := self._login_policy.wait(subjects[0], throttles, utc_now()):
+                raise too_many_logins(wait)
             customer = None
             if key is not None:
                 customer = await queries.find_customer_by_email_key(uow, key)
@@ -173,8 +205,29 @@ class CustomerService:
             password, customer.hashed_password if customer else None
         )
         if customer is None or not matches or not customer.is_active:
+            await self._count_login_failure(store_id, subjects)
             raise Unauthenticated(INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
+        if any(throttle.subject == subjects[0] for throttle in throttles):
+            async with self._db.writing(store_id) as uow:
+                await queries.forget_login_failures(uow, subjects[0])
+                await uow.commit()
         return customer
+
+    async def _count_login_failure(self, store_id: int, subjects: tuple[str, str]) -> None:
+        """Counts a failure of each subject in a transaction of its own, committed
+        although the login fails; then prunes the store's counts whose window passed
+        (in a second transaction: deleting rows that concurrent failures are counting
+        while holding its own would risk a deadlock)."""
+        now = utc_now()
+        window_floor = now - self._login_policy.window
+        async with self._db.writing(store_id) as uow:
+            # Always in the same order, so two of these never wait on each other.
+            for subject in sorted(subjects):
+                await queries.count_login_failure(uow, subject, now, window_floor)
+            await uow.commit()
+        async with self._db.writing(store_id) as uow:
+            await queries.prune_login_failures(uow, window_floor)
+            await uow.commit()
 
     async def change_password(
         self, store_id: int, customer_id: int, current_password: str, new_password: str

@@ -3,6 +3,7 @@ Rules live in the service layer; errors become statuses in services.core.rpc.sta
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, TypeAlias
 
 import grpc
@@ -11,10 +12,15 @@ from commerce.customers.v1 import customer_service_pb2 as pb
 
 from services.core.domain.errors import InvalidArgument
 from services.core.modules import ModuleContext
+from services.core.rpc.callers import caller_identity
 from services.core.rpc.convert import masked_changes, values_from
 from services.customers.addresses import AddressService
 from services.customers.messages import address_to_proto, customer_to_proto, metric_to_proto
-from services.customers.rules import ADDRESS_WRITABLE_FIELDS, CUSTOMER_WRITABLE_FIELDS
+from services.customers.rules import (
+    ADDRESS_WRITABLE_FIELDS,
+    CUSTOMER_WRITABLE_FIELDS,
+    LoginPolicy,
+)
 from services.customers.service import CustomerService, NewCustomer
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -99,7 +105,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         self, request: pb.AuthenticateCustomerRequest, context: Context
     ) -> pb.AuthenticateCustomerResponse:
         customer = await self._service.authenticate(
-            request.store_id, request.email, request.password
+            request.store_id, request.email, request.password, caller=caller_identity(context)
         )
         return pb.AuthenticateCustomerResponse(customer=customer_to_proto(customer))
 
@@ -160,8 +166,18 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
 
 def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     """Adds CustomerService to `server`; returns its full name."""
+    settings = context.settings
+    login_policy = LoginPolicy(
+        per_email=settings.login_failures_per_email,
+        per_caller=settings.login_failures_per_caller,
+        window=timedelta(seconds=settings.login_window_seconds),
+    )
     service = CustomerService(
-        context.database, context.passwords, context.page_tokens, context.customer_metrics
+        context.database,
+        context.passwords,
+        context.page_tokens,
+        context.customer_metrics,
+        login_policy,
     )
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(
         CustomerServicer(service, AddressService(context.database)), server

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import bcrypt
 import pytest
+from sqlalchemy import select
 
 from services.core.domain.errors import (
     Aborted,
     AlreadyExists,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unauthenticated,
 )
 from services.core.domain.pagination import PageTokenCodec
 from services.core.domain.passwords import PasswordHasher
+from services.customers.models import LoginThrottle
+from services.customers.rules import LoginPolicy
 from services.customers.service import CustomerService, NewCustomer
 
 PASSWORD = "correct horse battery"
@@ -87,7 +92,7 @@ async def test_every_failed_login_costs_one_bcrypt_check(
     await service.create_customer(store_id, NewCustomer(email="nopass@example.com"))
     hasher.checks = 0
     with pytest.raises(Unauthenticated):
-        await service.authenticate(store_id, email, password)
+        await service.authenticate(store_id, email, password, caller="test")
     assert hasher.checks == 1
 
 
@@ -100,7 +105,7 @@ async def test_inactive_customer_cannot_log_in_even_with_the_right_password(
     await service.set_customer_status(store_id, created.customer_id, active=False)
     hasher.checks = 0
     with pytest.raises(Unauthenticated):
-        await service.authenticate(store_id, "off@example.com", PASSWORD)
+        await service.authenticate(store_id, "off@example.com", PASSWORD, caller="test")
     assert hasher.checks == 1
 
 
@@ -151,7 +156,52 @@ async def test_concurrent_password_changes_never_both_win(database, service, sto
         winner = (
             "first new secret" if not isinstance(results[0], Exception) else "second new secret"
         )
-        authenticated = await service.authenticate(store_id, "pw@example.com", winner)
+        authenticated = await service.authenticate(
+            store_id, "pw@example.com", winner, caller="test"
+        )
         assert authenticated.customer_id == created.customer_id
     finally:
         hasher.close()
+
+
+# -- brute-force protection ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("email", ["known@example.com", "unknown@example.com", "not an email"])
+async def test_a_throttled_login_costs_no_bcrypt_check(database, hasher, store_id, email):
+    """Known, unknown and impossible emails alike: refused before bcrypt, so guesses
+    past the limit take no password thread from real customers."""
+    policy = LoginPolicy(per_email=3, per_caller=0, window=timedelta(hours=1))
+    service = CustomerService(database, hasher, PageTokenCodec("secret"), login_policy=policy)
+    await service.create_customer(
+        store_id, NewCustomer(email="known@example.com", password=PASSWORD)
+    )
+    for _ in range(3):
+        with pytest.raises(Unauthenticated):
+            await service.authenticate(store_id, email, "guess", caller="test")
+    hasher.checks = 0
+    with pytest.raises(ResourceExhausted) as refused:
+        await service.authenticate(store_id, email, PASSWORD, caller="test")
+    assert hasher.checks == 0
+    assert timedelta(minutes=59) < refused.value.retry_after <= timedelta(hours=1)
+
+
+async def test_counts_whose_window_passed_are_pruned(database, hasher, sessions, store_id):
+    # A window of a microsecond has passed by the next statement.
+    policy = LoginPolicy(per_email=3, per_caller=3, window=timedelta(microseconds=1))
+    service = CustomerService(database, hasher, PageTokenCodec("secret"), login_policy=policy)
+
+    async def subjects() -> set[str]:
+        async with sessions() as session:
+            query = select(LoginThrottle.subject).where(LoginThrottle.store_id == store_id)
+            return set((await session.scalars(query)).all())
+
+    with pytest.raises(Unauthenticated):
+        await service.authenticate(store_id, "first@example.com", "guess", caller="one")
+    first = await subjects()
+    assert len(first) == 2  # the email's and the caller's
+    with pytest.raises(Unauthenticated):
+        await service.authenticate(store_id, "second@example.com", "guess", caller="two")
+    second = await subjects()
+    assert len(second) == 2
+    assert not second & first

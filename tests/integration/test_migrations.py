@@ -46,6 +46,7 @@ async def test_database_is_at_every_module_head(database_url):
         "store_counters",
         "customers",
         "customer_addresses",
+        "customer_login_throttles",
         "orders",
         "order_line_items",
     } <= tables

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from services.core.domain.errors import Aborted, InvalidArgument, Violations
+from services.customers.models import ThrottleSnapshot
 from services.customers.rules import (
+    LoginPolicy,
     address_values,
+    caller_subject,
     check_customer_id,
     check_etag,
     contains_pattern,
@@ -14,6 +19,7 @@ from services.customers.rules import (
     customer_number,
     customer_values,
     email_key,
+    email_subject,
     login_key,
 )
 
@@ -124,3 +130,47 @@ def test_a_stale_etag_is_refused_and_an_empty_one_skips_the_check():
     with pytest.raises(Aborted) as raised:
         check_etag(customer, "r2")
     assert raised.value.metadata == {"current_etag": "r3"}
+
+
+# -- login throttling ------------------------------------------------------------------------
+
+_NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+_EMAIL = email_subject("ann@example.com", login_key("ann@example.com"))
+_CALLER = caller_subject("address:127.0.0.1")
+
+
+def _throttle(subject: str, failures: int, minutes_ago: float) -> ThrottleSnapshot:
+    return ThrottleSnapshot(subject, failures, _NOW - timedelta(minutes=minutes_ago))
+
+
+@pytest.mark.parametrize(
+    ("throttles", "wait"),
+    [
+        ([], None),
+        ([_throttle(_EMAIL, 9, 1)], None),  # below the email's limit
+        ([_throttle(_EMAIL, 10, 1)], timedelta(minutes=14)),  # at it: until the window ends
+        ([_throttle(_EMAIL, 50, 15)], None),  # the window has passed
+        ([_throttle(_CALLER, 10, 1)], None),  # the caller's limit is higher
+        ([_throttle(_CALLER, 100, 5)], timedelta(minutes=10)),
+        ([_throttle(_EMAIL, 10, 10), _throttle(_CALLER, 100, 1)], timedelta(minutes=14)),
+    ],
+)
+def test_a_login_waits_for_the_longest_throttle_it_reached(throttles, wait):
+    policy = LoginPolicy(per_email=10, per_caller=100, window=timedelta(minutes=15))
+    assert policy.wait(_EMAIL, throttles, _NOW) == wait
+
+
+def test_a_per_caller_limit_of_zero_never_throttles():
+    policy = LoginPolicy(per_email=10, per_caller=0)
+    assert policy.wait(_EMAIL, [_throttle(_CALLER, 10_000, 1)], _NOW) is None
+
+
+def test_the_email_subject_ignores_case_and_keeps_emails_apart():
+    def subject(email: str) -> str:
+        return email_subject(email, login_key(email))
+
+    assert subject(" ANN@example.com") == subject("ann@example.com")
+    assert subject("bob@example.com") != subject("ann@example.com")
+    assert subject("not an email") == subject("NOT AN EMAIL")
+    assert subject("\ud800\x00") != subject("")  # hostile text hashes, never fails
+    assert caller_subject("address:127.0.0.2") != _CALLER

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,22 @@ class FailedPrecondition(DomainError):
 
 class Unauthenticated(DomainError):
     default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but may not do this."""
+
+    default_reason = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(DomainError):
+    """Refused for now; the same request may succeed after `retry_after`."""
+
+    default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, reason: str, retry_after: timedelta) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
 
 
 class Violations:
