@@ -19,6 +19,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -341,10 +342,16 @@ async def clear_other_defaults(
 
 # -- failed logins (brute-force protection) -------------------------------------------------
 
+# Two primary-key reads in one round trip: given `subject IN (...)`, a plan made with
+# the statistics of a small table walked the store's rows through the window index.
 _THROTTLES = Statement(
-    select(*THROTTLE_COLUMNS).where(
-        *in_store(LoginThrottle),
-        LoginThrottle.subject.in_([bindparam("first_subject"), bindparam("second_subject")]),
+    union_all(
+        *(
+            select(*THROTTLE_COLUMNS).where(
+                *in_store(LoginThrottle), LoginThrottle.subject == bindparam(subject)
+            )
+            for subject in ("first_subject", "second_subject")
+        )
     )
 )
 # A window that started at or before `window_floor` has passed: a failure after it

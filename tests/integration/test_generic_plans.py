@@ -157,6 +157,9 @@ _FILL_STORE = (
     """INSERT INTO idempotency_keys SELECT $1, 'CreateOrder', md5(c || '-' || k), md5(c::text),
         c, now() - k * interval '1 minute'
     FROM generate_series(1, {customers}) AS c, generate_series(0, 3) AS k""",
+    """INSERT INTO customer_login_throttles SELECT $1, 'email:' || md5(c::text), 1,
+        now() - c * interval '1 second'
+    FROM generate_series(1, {customers}) AS c""",
 )
 
 
