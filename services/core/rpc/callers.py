@@ -88,6 +88,10 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
         return None
 
 
+def _ignore_body(_body: bytes) -> None:
+    return None
+
+
 def _refusal(handler: Handler) -> Handler:
     """A handler of the same kind as `handler` that ends the call UNAUTHENTICATED."""
     status = status_for(
@@ -101,8 +105,10 @@ def _refusal(handler: Handler) -> Handler:
     async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(status.code, status.details, status.trailing_metadata)
 
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
+    # The body of a refused call is never parsed: a caller without a token learns
+    # nothing, not even whether its bytes were a valid message.
+    serializers: dict[str, Any] = {
+        "request_deserializer": _ignore_body,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
