@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +91,17 @@ class Aborted(DomainError):
     """A concurrent change won; the caller may read again and retry."""
 
     default_reason = "ABORTED"
+
+
+class Overloaded(DomainError):
+    """The work queued ahead of this call cannot be done within its deadline: refused
+    at once, so the caller can retry after `retry_after` instead of timing out."""
+
+    default_reason = "SERVER_BUSY"
+
+    def __init__(self, message: str, *, retry_after: timedelta) -> None:
+        super().__init__(message, metadata={"retry_after_ms": int(retry_after / _MS)})
+        self.retry_after = retry_after
+
+
+_MS = timedelta(milliseconds=1)

@@ -25,6 +25,7 @@ from services.core.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Overloaded,
     Unauthenticated,
 )
 
@@ -35,6 +36,7 @@ _STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     Aborted: grpc.StatusCode.ABORTED,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 # Errors that mean "the database is out of reach", not "this request is wrong".
@@ -143,6 +145,9 @@ def status_for(error: DomainError, domain: str) -> grpc.Status:
                 resource_type=error.resource_type, resource_name=error.resource_name
             )
         )
+    if isinstance(error, Overloaded):
+        domain = "commerce"  # the server's state, not the module's rules
+        details.append(_retry_info(error.retry_after))
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=metadata)
     return _status(code, _cut(message, MAX_MESSAGE_BYTES), [info, *details])
 
@@ -165,11 +170,17 @@ def retry_status(
 ) -> grpc.Status:
     """A status that says: nothing was wrong with the request, try it again after
     `retry_after` (google.rpc.RetryInfo, which gRPC clients in every language read)."""
+    return _status(
+        code,
+        message,
+        [error_details_pb2.ErrorInfo(reason=reason, domain="commerce"), _retry_info(retry_after)],
+    )
+
+
+def _retry_info(retry_after: timedelta) -> error_details_pb2.RetryInfo:
     retry = error_details_pb2.RetryInfo()
     retry.retry_delay.FromTimedelta(retry_after)
-    return _status(
-        code, message, [error_details_pb2.ErrorInfo(reason=reason, domain="commerce"), retry]
-    )
+    return retry
 
 
 def _status(code: grpc.StatusCode, message: str, details: list[Any]) -> grpc.Status:
