@@ -162,6 +162,9 @@ class CustomerService:
         return changed
 
     async def authenticate(self, store_id: int, email: str, password: str) -> CustomerSnapshot:
+        # A login the password threads cannot serve in time is refused before it
+        # costs a database read.
+        self._passwords.admit()
         key = login_key(email)
         async with self._db.reading(store_id) as uow:
             customer = None
@@ -181,6 +184,7 @@ class CustomerService:
     ) -> CustomerSnapshot:
         if problem := password_problem(new_password):
             raise InvalidArgument.of("new_password", problem)
+        self._passwords.admit()
         customer = await self.get_customer(store_id, customer_id)
         old_hash = customer.hashed_password
         # bcrypt runs outside any transaction, so no connection waits on it.

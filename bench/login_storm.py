@@ -1,0 +1,198 @@
+"""A login storm against a real server: how much is shed at once, and what the
+storm does to a cheap RPC.
+
+Starts `commerce serve` (production bcrypt cost 12 unless --bcrypt-rounds) on a
+throwaway PostgreSQL database, measures GetCustomer latency idle, then sends
+--logins concurrent AuthenticateCustomer calls with a --deadline while a few
+callers keep reading customers, and prints one JSON object: the logins' statuses,
+the median time to a RESOURCE_EXHAUSTED, and GetCustomer's p50/p99 idle and during.
+
+    .venv/bin/python -m bench.login_storm --database-url postgresql://postgres@127.0.0.1:5432/postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from commerce.customers.v1 import customer_service_pb2 as pb
+from commerce.customers.v1 import customer_service_pb2_grpc
+
+from bench.servers import COMMERCE, ROOT, free_port
+from bench.urls import asyncpg_dsn, sqlalchemy_url
+
+PASSWORD = "correct horse battery"  # noqa: S105 - a benchmark customer's
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def timed(call: Any) -> tuple[str, float]:  # the stubs type calls as responses
+    began = time.perf_counter()
+    try:
+        await call
+        code = "OK"
+    except grpc.aio.AioRpcError as error:
+        code = error.code().name
+    return code, time.perf_counter() - began
+
+
+async def read_loop(
+    stub: customer_service_pb2_grpc.CustomerServiceStub,
+    request: pb.GetCustomerRequest,
+    until: asyncio.Event,
+    latencies: list[float],
+    codes: Counter[str],
+) -> None:
+    while not until.is_set():
+        code, took = await timed(stub.GetCustomer(request, timeout=10))
+        codes[code] += 1
+        latencies.append(took)
+        await asyncio.sleep(0.005)
+
+
+async def reads_for(
+    stub: customer_service_pb2_grpc.CustomerServiceStub,
+    request: pb.GetCustomerRequest,
+    seconds: float,
+) -> tuple[list[float], Counter[str]]:
+    stop, latencies, codes = asyncio.Event(), list[float](), Counter[str]()
+    readers = [
+        asyncio.create_task(read_loop(stub, request, stop, latencies, codes)) for _ in range(4)
+    ]
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*readers)
+    return latencies, codes
+
+
+async def storm(target: str, store_id: int, logins: int, deadline: float) -> dict[str, object]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = customer_service_pb2_grpc.CustomerServiceStub(channel)
+        email = f"storm.{uuid.uuid4().hex[:8]}@example.com"
+        created = await stub.CreateCustomer(
+            pb.CreateCustomerRequest(store_id=store_id, email=email, password=PASSWORD)
+        )
+        get = pb.GetCustomerRequest(store_id=store_id, customer_id=created.customer.customer_id)
+        login = pb.AuthenticateCustomerRequest(store_id=store_id, email=email, password=PASSWORD)
+        await reads_for(stub, get, 1.0)  # warm up
+        idle, _ = await reads_for(stub, get, 3.0)
+
+        stop, during, read_codes = asyncio.Event(), list[float](), Counter[str]()
+        readers = [
+            asyncio.create_task(read_loop(stub, get, stop, during, read_codes)) for _ in range(4)
+        ]
+        began = time.perf_counter()
+        results = await asyncio.gather(
+            *(timed(stub.AuthenticateCustomer(login, timeout=deadline)) for _ in range(logins))
+        )
+        storm_seconds = time.perf_counter() - began
+        stop.set()
+        await asyncio.gather(*readers)
+
+    codes = Counter(code for code, _ in results)
+    refusals = [took for code, took in results if code == "RESOURCE_EXHAUSTED"]
+    return {
+        "logins": logins,
+        "deadline_s": deadline,
+        "storm_s": round(storm_seconds, 2),
+        "login_codes": dict(codes),
+        "refused_share": round(len(refusals) / logins, 3),
+        "refusal_median_ms": round(statistics.median(refusals) * 1000, 1) if refusals else None,
+        "get_customer_idle_ms": {
+            "p50": round(percentile(idle, 0.5) * 1000, 2),
+            "p99": round(percentile(idle, 0.99) * 1000, 2),
+            "calls": len(idle),
+        },
+        "get_customer_during_ms": {
+            "p50": round(percentile(during, 0.5) * 1000, 2),
+            "p99": round(percentile(during, 0.99) * 1000, 2),
+            "calls": len(during),
+            "codes": dict(read_codes),
+        },
+    }
+
+
+async def run(arguments: argparse.Namespace) -> dict[str, object]:
+    admin_dsn = asyncpg_dsn(arguments.database_url)
+    name = f"commerce_login_storm_{os.getpid()}"
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = sqlalchemy_url(admin_dsn.rsplit("/", 1)[0] + f"/{name}")
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "COMMERCE_BCRYPT_ROUNDS": str(arguments.bcrypt_rounds),
+        "COMMERCE_LOG_LEVEL": "WARNING",
+    }
+    port = free_port()
+    try:
+        subprocess.run([COMMERCE, "migrate"], env=env, cwd=ROOT, check=True)  # noqa: S603, ASYNC221
+        subprocess.run(  # noqa: S603, ASYNC221
+            [COMMERCE, "stores", "create", "--name", "Storm"], env=env, cwd=ROOT, check=True
+        )
+        with tempfile.TemporaryFile() as log:
+            server = subprocess.Popen(  # noqa: S603, ASYNC220
+                [COMMERCE, "serve", "--listen-address", f"127.0.0.1:{port}"],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=log,
+            )
+            try:
+                await wait_until_serving(f"127.0.0.1:{port}")
+                return await storm(f"127.0.0.1:{port}", 1, arguments.logins, arguments.deadline)
+            finally:
+                server.terminate()
+                server.wait()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def wait_until_serving(target: str) -> None:
+    """Until the server answers a call (NOT_FOUND for a customer of no store will do)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = customer_service_pb2_grpc.CustomerServiceStub(channel)
+        for _ in range(300):
+            try:
+                await stub.GetCustomer(pb.GetCustomerRequest(store_id=1, customer_id=1), timeout=1)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"no server answered on {target}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", required=True, help="a PostgreSQL server's URL")
+    parser.add_argument("--logins", type=int, default=600)
+    parser.add_argument("--deadline", type=float, default=3.0, help="seconds")
+    parser.add_argument("--bcrypt-rounds", type=int, default=12)
+    result = asyncio.run(run(parser.parse_args()))
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
