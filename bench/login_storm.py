@@ -15,24 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 from commerce.customers.v1 import customer_service_pb2 as pb
 from commerce.customers.v1 import customer_service_pb2_grpc
 
-from bench.servers import COMMERCE, ROOT, free_port
-from bench.urls import asyncpg_dsn, sqlalchemy_url
+from bench.throwaway import commerce_server
 
 PASSWORD = "correct horse battery"  # noqa: S105 - a benchmark customer's
 
@@ -129,57 +123,11 @@ async def storm(target: str, store_id: int, logins: int, deadline: float) -> dic
 
 
 async def run(arguments: argparse.Namespace) -> dict[str, object]:
-    admin_dsn = asyncpg_dsn(arguments.database_url)
-    name = f"commerce_login_storm_{os.getpid()}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = sqlalchemy_url(admin_dsn.rsplit("/", 1)[0] + f"/{name}")
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "COMMERCE_BCRYPT_ROUNDS": str(arguments.bcrypt_rounds),
-        "COMMERCE_LOG_LEVEL": "WARNING",
-    }
-    port = free_port()
-    try:
-        subprocess.run([COMMERCE, "migrate"], env=env, cwd=ROOT, check=True)  # noqa: S603, ASYNC221
-        subprocess.run(  # noqa: S603, ASYNC221
-            [COMMERCE, "stores", "create", "--name", "Storm"], env=env, cwd=ROOT, check=True
-        )
-        with tempfile.TemporaryFile() as log:
-            server = subprocess.Popen(  # noqa: S603, ASYNC220
-                [COMMERCE, "serve", "--listen-address", f"127.0.0.1:{port}"],
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=log,
-            )
-            try:
-                await wait_until_serving(f"127.0.0.1:{port}")
-                return await storm(f"127.0.0.1:{port}", 1, arguments.logins, arguments.deadline)
-            finally:
-                server.terminate()
-                server.wait()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-async def wait_until_serving(target: str) -> None:
-    """Until the server answers a call (NOT_FOUND for a customer of no store will do)."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = customer_service_pb2_grpc.CustomerServiceStub(channel)
-        for _ in range(300):
-            try:
-                await stub.GetCustomer(pb.GetCustomerRequest(store_id=1, customer_id=1), timeout=1)
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                ):
-                    return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"no server answered on {target}")
+    async with commerce_server(arguments.database_url, bcrypt_rounds=arguments.bcrypt_rounds) as (
+        target,
+        _,
+    ):
+        return await storm(target, 1, arguments.logins, arguments.deadline)
 
 
 def main() -> None:
@@ -194,5 +142,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     main()
