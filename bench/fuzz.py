@@ -10,7 +10,7 @@ deadline, never INTERNAL nor UNKNOWN.
 
 The e2e suite runs a small seeded round (tests/e2e/test_fuzz.py); a long run against
 a `commerce serve` process on a throwaway PostgreSQL database, with the server's
-memory before and after:
+memory after each round of 10,000:
 
     .venv/bin/python -m bench.fuzz --requests 50000 \\
         --database-url postgresql://postgres@127.0.0.1:5432/postgres
@@ -41,6 +41,8 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from bench.throwaway import commerce_server
+
 SERVICES = (
     "commerce.customers.v1.CustomerService",
     "commerce.orders.v1.OrderService",
@@ -49,6 +51,7 @@ SERVICES = (
 )
 FORBIDDEN = {"INTERNAL", "UNKNOWN"}
 BIG_LIST = 10_000
+CHUNK = 10_000
 MEGABYTE = 1_000_000
 
 T = FieldDescriptor
@@ -108,6 +111,8 @@ class Fuzzer:
     # Half of the messages are plausible (values a rule may accept), so that calls
     # get past validation into the queries; the other half are hostile.
     plausible: bool = False
+    # One 1 MB string or one 10,000-element list per request, no more.
+    big_left: bool = True
 
     def plausible_scalar(self, field: FieldDescriptor) -> object:
         name, kind = field.name, field.type
@@ -153,7 +158,8 @@ class Fuzzer:
             numbers = [value.number for value in enum.values] if enum else []
             return self.rng.choice([*numbers, 999, -1, 2**31 - 1])
         if kind == T.TYPE_STRING:
-            if self.rng.random() < 0.01:
+            if self.big_left and self.rng.random() < 0.01:
+                self.big_left = False
                 return "x" * MEGABYTE
             return self.rng.choice(STRINGS)
         if kind == T.TYPE_BYTES:
@@ -169,9 +175,10 @@ class Fuzzer:
             if nested is not None and nested.GetOptions().map_entry:
                 continue  # no request has a map; the text rule's unit test covers them
             if each.is_repeated:
-                count = BIG_LIST if self.rng.random() < 0.02 else self.rng.randint(0, 3)
-                if self.plausible:
-                    count = self.rng.randint(1, 2)
+                count = self.rng.randint(1, 2) if self.plausible else self.rng.randint(0, 3)
+                if self.big_left and self.rng.random() < 0.02:
+                    # Small items only: ten thousand copies of a 1 MB one would be 10 GB.
+                    count, self.big_left = BIG_LIST, False
                 item = self.scalar(each) if nested is None else self.message(nested, depth + 1)
                 getattr(message, each.name).extend([item] * count)
             elif nested is not None:
@@ -185,6 +192,7 @@ class Fuzzer:
     def body(self, descriptor: Descriptor) -> tuple[str, bytes]:
         """(the kind of body, its bytes)."""
         self.plausible = self.rng.random() < 0.5
+        self.big_left = True
         valid = self.message(descriptor).SerializeToString()
         roll = self.rng.random()
         if roll < 0.55 or not valid:
@@ -236,6 +244,12 @@ class Result:
     by_kind: Counter[str] = field(default_factory=Counter)
     hangs: int = 0
     forbidden: list[str] = field(default_factory=list)
+
+    def add(self, other: Result) -> None:
+        self.codes += other.codes
+        self.by_kind += other.by_kind
+        self.hangs += other.hangs
+        self.forbidden += other.forbidden
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -312,28 +326,31 @@ def rss_kib(pid: int) -> int:
 
 
 async def run(arguments: argparse.Namespace) -> dict[str, object]:
-    from bench.throwaway import commerce_server
-
     server = commerce_server(arguments.database_url, bcrypt_rounds=4)
+    total, memory = Result(), []
     async with server as (target, pid), grpc.aio.insecure_channel(target) as channel:
-        # A short warm-up, so that "before" is the memory of a server in use.
-        await fuzz(channel, requests=500, seed=arguments.seed + 1, store_ids=[1, 2])
-        before = rss_kib(pid)
+        # A short warm-up, so that the first figure is the memory of a server in use.
+        await fuzz(channel, requests=500, seed=-1, store_ids=[1, 2])
+        memory.append(rss_kib(pid))
         began = time.perf_counter()
-        result = await fuzz(
-            channel,
-            requests=arguments.requests,
-            seed=arguments.seed,
-            store_ids=[1, 2],
-            concurrency=arguments.concurrency,
-        )
+        # In rounds of CHUNK requests (seeds seed, seed + 1, ...), with the server's
+        # memory after each: flat memory levels off instead of growing every round.
+        for number, start in enumerate(range(0, arguments.requests, CHUNK)):
+            result = await fuzz(
+                channel,
+                requests=min(CHUNK, arguments.requests - start),
+                seed=arguments.seed + number,
+                store_ids=[1, 2],
+                concurrency=arguments.concurrency,
+            )
+            total.add(result)
+            memory.append(rss_kib(pid))
         seconds = time.perf_counter() - began
-        after = rss_kib(pid)
     return {
         "seed": arguments.seed,
-        **result.as_dict(),
+        **total.as_dict(),
         "seconds": round(seconds, 1),
-        "server_rss_mib": {"before": round(before / 1024, 1), "after": round(after / 1024, 1)},
+        "server_rss_mib_per_round": [round(kib / 1024, 1) for kib in memory],
     }
 
 
