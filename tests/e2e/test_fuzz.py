@@ -19,9 +19,7 @@ SEED = int(os.environ.get("FUZZ_SEED", "14"))
 async def test_fuzzed_requests_never_get_internal_unknown_or_no_answer(
     server: Application, channel, store_id, other_store_id
 ):
-    result = await fuzz(
-        channel, requests=REQUESTS, seed=SEED, store_ids=[store_id, other_store_id]
-    )
+    result = await fuzz(channel, requests=REQUESTS, seed=SEED, store_ids=[store_id, other_store_id])
 
     assert result.forbidden == [], result.as_dict()
     assert result.hangs == 0, result.codes

@@ -5,6 +5,7 @@ client's metadata limits, never UNKNOWN, INTERNAL or a traceback in the log."""
 from __future__ import annotations
 
 import base64
+import gc
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,3 +190,26 @@ def test_the_worst_invalid_argument_status_fits_well_under_8_kib():
     size = trailer_bytes(status_for(error, "commerce.orders.v1"))
 
     assert size < 4096, size
+
+
+def traceback_length(error: BaseException) -> int:
+    length, frame = 0, error.__traceback__
+    while frame is not None:
+        length, frame = length + 1, frame.tb_next
+    return length
+
+
+async def test_refusals_keep_nothing_alive(channel):
+    """The fuzzer found the server growing by megabytes per thousand undecodable
+    bodies: one error instance, raised for each, chained every raise's traceback
+    (and the frames it held) onto itself."""
+    method, body = UNDECODABLE["truncated"]
+    for _ in range(50):
+        await rpc_error(raw_call(channel, method)(body, timeout=10), Code.INVALID_ARGUMENT)
+    gc.collect()
+    kept = [
+        traceback_length(thing)
+        for thing in gc.get_objects()
+        if isinstance(thing, InvalidArgument) and thing.reason == MALFORMED_REASON
+    ]
+    assert all(length < 20 for length in kept), kept

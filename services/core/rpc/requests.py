@@ -40,15 +40,16 @@ class Refusal:
 
 def tolerant(decode: Decoder, message_name: str) -> Decoder:
     """`decode` that returns a Refusal instead of raising, and refuses NUL in text."""
-    malformed = InvalidArgument(
-        [], f"the request body is not a valid {message_name} message (protobuf, UTF-8 text)"
-    )
-    malformed.reason = MALFORMED_REASON
+    problem = f"the request body is not a valid {message_name} message (protobuf, UTF-8 text)"
 
     def decode_tolerantly(body: bytes) -> Any:
         try:
             request = decode(body)
         except Exception:  # DecodeError, or whatever else a parser makes of hostile bytes
+            # A new error each time: raising one instance again and again would chain
+            # every raise's traceback (and the frames it holds) onto it, for good.
+            malformed = InvalidArgument([], problem)
+            malformed.reason = MALFORMED_REASON
             return Refusal(malformed, malformed=True)
         # A NUL character is a zero byte in the body: most bodies have none, and
         # they skip the walk through the fields.
