@@ -189,6 +189,9 @@ class CustomerService:
         """The customer whose email and password these are. `caller` names who asks
         (a caller token's name or an address): brute-force protection counts failures
         per email and per caller, in the database, so every process shares the counts."""
+        # A login the password threads cannot serve in time is refused before it
+        # costs a database read.
+        self._passwords.admit()
         key = login_key(email)
         subjects = (email_subject(email, key), caller_subject(caller))
         async with self._db.reading(store_id) as uow:
@@ -234,6 +237,7 @@ class CustomerService:
     ) -> CustomerSnapshot:
         if problem := password_problem(new_password):
             raise InvalidArgument.of("new_password", problem)
+        self._passwords.admit()
         customer = await self.get_customer(store_id, customer_id)
         old_hash = customer.hashed_password
         # bcrypt runs outside any transaction, so no connection waits on it.

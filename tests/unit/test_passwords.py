@@ -4,6 +4,8 @@ import asyncio
 
 import pytest
 
+from services.core import deadlines
+from services.core.domain.errors import Overloaded
 from services.core.domain.passwords import PasswordHasher, password_problem
 
 
@@ -55,3 +57,19 @@ async def test_hashing_leaves_the_event_loop_free():
     finally:
         hasher.close()
     assert ticks >= 10
+
+
+async def test_a_check_that_cannot_end_within_the_deadline_is_refused_at_once():
+    hasher = PasswordHasher(rounds=10, max_workers=2)  # checks of tens of milliseconds
+    hashed = await hasher.hash("correct horse")
+    # Both threads busy with checks without a deadline, a third caller in a hurry.
+    busy = [asyncio.ensure_future(hasher.hash("busy horse")) for _ in range(2)]
+    await asyncio.sleep(0)  # let them reach the pool
+    with deadlines.bounded_by(hasher.queue.expected_wait() / 2):
+        with pytest.raises(Overloaded) as refused:
+            await hasher.verify("correct horse", hashed)
+        assert refused.value.retry_after.total_seconds() > 0
+    with deadlines.bounded_by(60):
+        assert await hasher.verify("correct horse", hashed) is True
+    await asyncio.gather(*busy)
+    hasher.close()

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from services.core import deadlines
 from services.core.db.statements import (
@@ -28,6 +29,7 @@ from services.core.db.statements import (
     Transaction,
 )
 from services.core.db.stores import STORE_IS_ACTIVE, check_store_id, store_inactive
+from services.core.domain.admission import WorkQueue
 from services.core.domain.errors import NotFound
 
 NO_PARAMS: Mapping[str, Any] = {}
@@ -119,6 +121,11 @@ class TenantDatabase:
         # reads that need no transaction.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._on_asyncpg = engine.dialect.driver == "asyncpg"
+        # Calls beyond the pool's connections wait for one; those whose deadline the
+        # wait would pass are refused at once (services.core.domain.admission).
+        pool = engine.pool
+        connections = pool.size() if isinstance(pool, QueuePool) else 1
+        self.queue = WorkQueue("database work", connections, seconds_each=0.005)
 
     def writing(self, store_id: int) -> AbstractAsyncContextManager[UnitOfWork]:
         """A transaction in the store, bounded by the caller's deadline: rolled back
@@ -132,10 +139,12 @@ class TenantDatabase:
     @asynccontextmanager
     async def _unit_of_work(self, store_id: int, *, transaction: bool) -> AsyncIterator[UnitOfWork]:
         check_store_id(store_id)
-        async with self.maintenance(transaction=transaction) as statements:
-            uow = UnitOfWork(store_id, statements)
-            await self.stores.require_active(uow)
-            yield uow
+        with self.queue.entered():
+            async with self.maintenance(transaction=transaction) as statements:
+                with self.queue.timed():
+                    uow = UnitOfWork(store_id, statements)
+                    await self.stores.require_active(uow)
+                    yield uow
 
     @asynccontextmanager
     async def maintenance(self, *, transaction: bool = True) -> AsyncIterator[Transaction]:

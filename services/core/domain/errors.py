@@ -83,8 +83,15 @@ class ResourceExhausted(DomainError):
 
     default_reason = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, *, reason: str, retry_after: timedelta) -> None:
-        super().__init__(message, reason=reason)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: timedelta,
+        reason: str | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after = retry_after
 
 
@@ -107,3 +114,17 @@ class Aborted(DomainError):
     """A concurrent change won; the caller may read again and retry."""
 
     default_reason = "ABORTED"
+
+
+class Overloaded(ResourceExhausted):
+    """The work queued ahead of this call cannot be done within its deadline: refused
+    at once, so the caller can retry after `retry_after` instead of timing out."""
+
+    default_reason = "SERVER_BUSY"
+
+    def __init__(self, message: str, *, retry_after: timedelta) -> None:
+        metadata = {"retry_after_ms": int(retry_after / _MS)}
+        super().__init__(message, retry_after=retry_after, metadata=metadata)
+
+
+_MS = timedelta(milliseconds=1)

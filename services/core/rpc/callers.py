@@ -235,6 +235,10 @@ def _permission_denied(method: str) -> PermissionDenied:
     )
 
 
+def _ignore_body(_body: bytes) -> None:
+    return None
+
+
 def _refusal(handler: Handler | None, error: DomainError) -> Handler:
     """A handler of the same kind as `handler` (unary for an unknown method) that
     ends the call with `error`'s status, without reading the request."""
@@ -245,8 +249,10 @@ def _refusal(handler: Handler | None, error: DomainError) -> Handler:
 
     if handler is None:
         return grpc.unary_unary_rpc_method_handler(refuse)
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
+    # The body of a refused call is never parsed: a caller without a token learns
+    # nothing, not even whether its bytes were a valid message.
+    serializers: dict[str, Any] = {
+        "request_deserializer": _ignore_body,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:

@@ -17,6 +17,7 @@ import grpc
 from services.core import deadlines
 from services.core.domain.errors import DomainError
 from services.core.rpc import metrics
+from services.core.rpc.requests import Refusal, tolerant
 from services.core.rpc.statuses import (
     POOL_EXHAUSTED_ERRORS,
     domain_of,
@@ -61,10 +62,12 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler  # streaming services (reflection, health) handle their own errors
+        decode = handler.request_deserializer
         wrapped = grpc.unary_unary_rpc_method_handler(
             # grpc.aio calls the behaviours it registers with an aio context and awaits them.
             _guard(cast(Behavior, handler.unary_unary), method, finish=self._finish),
-            request_deserializer=handler.request_deserializer,
+            # Decoding problems become statuses of the guarded behaviour, not UNKNOWN.
+            request_deserializer=decode and tolerant(decode, _message_name(decode)),
             response_serializer=handler.response_serializer,
         )
         self._wrapped[method] = wrapped
@@ -95,6 +98,8 @@ def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
             time_remaining = context.time_remaining()
             deadline = asyncio.timeout(time_remaining)
             try:
+                if isinstance(request, Refusal):
+                    raise _refused(request, method)
                 with deadlines.bounded_by(time_remaining):
                     work = behavior(request, context)
                     async with deadline:
@@ -119,6 +124,18 @@ def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
                 _log(method, request, code, elapsed)
 
     return guarded
+
+
+def _refused(refusal: Refusal, method: str) -> DomainError:
+    if refusal.malformed:
+        logger.warning("refused an undecodable request body for %s", method)
+    return refusal.error
+
+
+def _message_name(decode: Any) -> str:
+    """'commerce.customers.v1.GetCustomerRequest' from its FromString."""
+    descriptor = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "request"))
 
 
 # What RetryInfo tells callers to wait before trying again: a lost database takes

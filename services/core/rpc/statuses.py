@@ -25,6 +25,7 @@ from services.core.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Overloaded,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
@@ -101,21 +102,43 @@ def domain_of(method: str) -> str:
     return service.rsplit(".", 1)[0]
 
 
+# The status travels in the trailers, which clients cap (gRPC C-core, hence Python:
+# 8 KiB, counted as in HPACK). A request with thousands of bad fields still gets a
+# status that fits: the first MAX_FIELD_VIOLATIONS, each cut to a bounded size, and
+# the total in the message and in ErrorInfo's metadata (docs/api.md, Errors).
+MAX_FIELD_VIOLATIONS = 10
+MAX_FIELD_BYTES = 100
+MAX_DESCRIPTION_BYTES = 120
+MAX_MESSAGE_BYTES = 200
+
+
 def status_for(error: DomainError, domain: str) -> grpc.Status:
     code = _STATUS_CODES.get(type(error)) or next(
         code for kind, code in _STATUS_CODES.items() if isinstance(error, kind)
     )
-    details = [
-        error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
-    ]
+    metadata = dict(error.metadata)
+    message = error.message
+    details: list[Any] = []
     if isinstance(error, InvalidArgument):
+        violations = error.violations
+        shown = violations[:MAX_FIELD_VIOLATIONS]
+        if len(violations) > len(shown):
+            omitted = len(violations) - len(shown)
+            metadata["field_violations"] = str(len(violations))
+            metadata["field_violations_omitted"] = str(omitted)
+            fields = ", ".join(_cut(v.field, MAX_FIELD_BYTES) for v in shown)
+            message = (
+                f"invalid request: {len(violations)} problems, {omitted} of them not "
+                f"detailed; check {fields}"
+            )
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=_cut(v.field, MAX_FIELD_BYTES),
+                        description=_cut(v.description, MAX_DESCRIPTION_BYTES),
                     )
-                    for v in error.violations
+                    for v in shown
                 ]
             )
         )
@@ -126,8 +149,19 @@ def status_for(error: DomainError, domain: str) -> grpc.Status:
             )
         )
     if isinstance(error, ResourceExhausted):
+        if isinstance(error, Overloaded):
+            domain = "commerce"  # the server's state, not the module's rules
         details.append(_retry_info(error.retry_after))
-    return _status(code, error.message, details)
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=metadata)
+    return _status(code, _cut(message, MAX_MESSAGE_BYTES), [info, *details])
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8 (whole characters), marked with …"""
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode("utf-8", "ignore") + "…"
 
 
 def plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
