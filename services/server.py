@@ -335,9 +335,10 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         method = handler_call_details.method
-        self._last_arrival = asyncio.get_running_loop().time()
-        if self.draining and not method.startswith("/grpc.health."):
-            return self._refusal
+        if not method.startswith("/grpc.health."):  # probes are answered while draining
+            self._last_arrival = asyncio.get_running_loop().time()
+            if self.draining:
+                return self._refusal
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
             return wrapped
