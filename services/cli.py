@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import sqlalchemy.exc
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
 
 from services.core.db.engine import create_engine
 from services.core.db.statements import Transaction
@@ -27,14 +31,18 @@ StoreAction = Callable[[Transaction, argparse.Namespace], Awaitable[None]]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # Errors in the usage of the (sub)command they belong to, not the top-level one.
+    command_parser: argparse.ArgumentParser = args.parser
+    if unknown:
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         settings = _settings(args)
     except ValidationError as error:
         problem = error.errors()[0]
         message = problem["msg"].removeprefix("Value error, ")
         where = f" {problem['loc'][0]}" if problem["loc"] else ""
-        parser.error(f"bad setting{where}: {message}")
+        command_parser.error(f"bad setting{where}: {message}")
     configure_logging(settings.log_level, settings.log_format)
     command: Command = args.run
     try:
@@ -44,6 +52,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # an operator gets one line, never a traceback
+        if (reason := database_problem(error)) is None:
+            raise
+        url = make_url(settings.database_url).render_as_string(hide_password=True)
+        print(
+            f"error: database {url} (setting DATABASE_URL or COMMERCE_DATABASE_URL, "
+            f"or --database-url): {reason}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def database_problem(error: BaseException) -> str | None:
+    """What went wrong with the database, in one line; None when `error` is no
+    database error (a bug, whose traceback then helps)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, _DATABASE_ERRORS):
+            reason = str(getattr(seen, "orig", None) or seen).splitlines()[0]
+            if "no such table" in reason or ("relation" in reason and "does not exist" in reason):
+                reason += "; run `commerce migrate` first"
+            return reason or type(seen).__name__
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+# What a database out of reach, missing or not yet migrated raises, by layer.
+_DATABASE_ERRORS = (
+    sqlalchemy.exc.SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    sqlite3.Error,
+    OSError,
+)
 
 
 # Settings that are never flags: a secret on the command line shows in `ps`.
@@ -72,16 +114,37 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+_DATABASE_URL_HELP = (
+    "database URL (env DATABASE_URL; default sqlite+aiosqlite:///commerce.db); the "
+    "environment keeps a password out of `ps`"
+)
+
+
+def _add_database_url(parser: argparse.ArgumentParser) -> None:
+    """--database-url before the command or after it (SUPPRESS: an absent one after
+    the command leaves the one before it alone)."""
+    parser.add_argument("--database-url", default=argparse.SUPPRESS, help=_DATABASE_URL_HELP)
+
+
+class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommands that know their own parser (for errors in their own usage) and
+    take --database-url like the top level."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+        parser.set_defaults(parser=parser)
+        _add_database_url(parser)
+        return parser
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="commerce", description=__doc__)
-    parser.add_argument(
-        "--database-url",
-        help="database URL (env DATABASE_URL; default sqlite+aiosqlite:///commerce.db)",
-    )
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser.add_argument("--database-url", help=_DATABASE_URL_HELP)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", action=_Commands)
 
     serve = commands.add_parser(
         "serve",
+        usage="%(prog)s [--database-url URL] [--SETTING VALUE ...] (--help lists them)",
         help="run the gRPC server",
         description="Run the gRPC server until SIGTERM or SIGINT. Every flag has an "
         "environment variable; flags win.",
@@ -105,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=_migrate)
 
     stores = commands.add_parser("stores", help="create and list stores (tenants)")
-    store_commands = stores.add_subparsers(required=True, metavar="ACTION")
+    store_commands = stores.add_subparsers(required=True, metavar="ACTION", action=_Commands)
     create = store_commands.add_parser("create", help="create a store and print its id")
     create.add_argument("--name", required=True)
     create.set_defaults(run=_store_command(_create_store))
@@ -117,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
         toggle.set_defaults(run=_store_command(_set_active), active=active)
 
     callers = commands.add_parser("callers", help="make tokens for caller authentication")
-    caller_commands = callers.add_subparsers(required=True, metavar="ACTION")
+    caller_commands = callers.add_subparsers(required=True, metavar="ACTION", action=_Commands)
     new_caller = caller_commands.add_parser(
         "new",
         help="print a new token for a caller, and its line for the callers file",
@@ -168,13 +231,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return supervise(settings)
     from services.supervisor import stop_with_supervisor
 
-    stop_with_supervisor()  # first thing; a no-op unless this is a supervised worker
+    supervised = stop_with_supervisor()  # first thing; False unless a supervised worker
+    from services.listen import CannotListen
     from services.server import module_problem, serve  # late: other commands need no grpc
 
     if problem := module_problem(settings.module_names):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings, share_port=supervised))
+    except CannotListen as error:
+        print(f"error: {error} (setting listen_address)", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -206,15 +274,28 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     from services.migrations import upgrade
 
+    _require_sqlite_directory(settings.database_url)
     upgrade(settings.database_url)
     print("database is up to date")
     return 0
+
+
+def _require_sqlite_directory(url: str) -> None:
+    """Fails early on a SQLite file in a directory that does not exist: the driver's
+    own failure comes from its thread after the event loop closed, as a traceback."""
+    database = make_url(url).database
+    if make_url(url).get_backend_name() == "sqlite" and database and database != ":memory:":
+        directory = Path(database).parent
+        if not directory.is_dir():
+            raise FileNotFoundError(f"no such directory: {directory}")
 
 
 def _store_command(action: StoreAction) -> Command:
     """Runs `action` in one committed transaction."""
 
     def run(args: argparse.Namespace, settings: Settings) -> int:
+        _require_sqlite_directory(settings.database_url)
+
         async def in_transaction() -> None:
             engine = create_engine(settings.database_url, pool_size=1)
             try:

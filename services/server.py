@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,8 +29,10 @@ from services.core.rpc.callers import CallerAuthInterceptor, load_callers
 from services.core.rpc.interceptor import RpcInterceptor
 from services.core.rpc.metrics import serve_metrics
 from services.core.rpc.reflection import enable_reflection
+from services.core.rpc.statuses import retry_status
 from services.core.settings import Settings
 from services.customers.servicer import mount as mount_customers
+from services.listen import CannotListen, check_free
 from services.loyalty.servicer import mount as mount_loyalty
 from services.orders.servicer import mount as mount_orders
 
@@ -45,6 +48,8 @@ MODULES: dict[str, MountFunction] = {
 # Expired request_ids go in batches of PURGE_BATCH, every PURGE_INTERVAL seconds.
 PURGE_BATCH = 1000
 PURGE_INTERVAL = 600.0
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -62,7 +67,15 @@ def module_problem(names: Sequence[str] | None) -> str | None:
 class Application:
     """A configured server: `start()` binds and serves, `stop()` drains and closes."""
 
-    def __init__(self, settings: Settings, module_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        module_names: Sequence[str] | None = None,
+        *,
+        share_port: bool = False,
+    ) -> None:
+        """`share_port`: listen with SO_REUSEPORT, for the workers of one supervisor
+        (services.supervisor) and only for them; alone, a used address is refused."""
         names = list(module_names or settings.module_names or MODULES)
         if problem := module_problem(names):
             raise ValueError(problem)
@@ -79,25 +92,30 @@ class Application:
         self.customer_metrics = CustomerMetricsRegistry()
         self.passwords = PasswordHasher(settings.bcrypt_rounds, settings.password_hash_workers)
         self.health = health.aio.HealthServicer()
+        self.drain = DrainInterceptor()
         interceptors: list[grpc.aio.ServerInterceptor] = [
-            RpcInterceptor(finish_abandoned_calls=is_sqlite(settings.database_url))
+            self.drain,
+            RpcInterceptor(finish_abandoned_calls=is_sqlite(settings.database_url)),
         ]
         if settings.caller_tokens_file:
             # First, so that a refused call reaches no servicer.
             interceptors.insert(0, CallerAuthInterceptor(load_callers(settings.caller_tokens_file)))
+        self.share_port = share_port
         self.server = grpc.aio.server(
             interceptors=interceptors,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-            options=server_options(settings),
+            options=server_options(settings, share_port=share_port),
         )
         self.port = 0
+        self.address = ""
         self.service_names: list[str] = []
         self._background: list[asyncio.Task[None]] = []
         self._status: int = NOT_SERVING
 
     async def start(self, address: str | None = None) -> int:
         """Mounts the modules, binds `address` (default: the settings') and serves.
-        Returns the bound port, useful with port 0."""
+        Returns the bound port, useful with port 0. Raises CannotListen when the
+        address is taken or cannot be bound."""
         context = ModuleContext(
             settings=self.settings,
             database=self.database,
@@ -111,35 +129,60 @@ class Application:
         enable_reflection(self.server, [*self.service_names, HEALTH_SERVICE])
         address = address or self.settings.listen_address
         credentials = server_credentials(self.settings)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, credentials)
+        if not self.share_port:
+            check_free(address)  # a clear error, where gRPC would log one of its own
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
+        except RuntimeError as error:  # gRPC's "Failed to bind to address ..."
+            raise CannotListen(f"cannot listen on {address}: {error}".split(";")[0]) from None
+        self.address = f"{address.rpartition(':')[0]}:{self.port}"
         # Health is settled before the port answers: a probe that sees the server up
         # must also find every service's status, never NOT_FOUND for a moment.
-        await self._report(SERVING if await self.database_reachable() else NOT_SERVING)
+        reachable = await self.database_reachable()
+        await self._report(SERVING if reachable else NOT_SERVING)
+        if not reachable:
+            logger.warning(
+                "database %s (setting database_url) is unreachable: health says "
+                "NOT_SERVING until it answers",
+                self.database_label,
+            )
         await self.server.start()
         self._background = [
             asyncio.create_task(self._watch_database()),
             asyncio.create_task(self._forget_expired_request_ids()),
         ]
         logger.info(
-            "serving %s on port %d (%s)",
+            "serving %s on %s (%s)",
             ", ".join(self.module_names),
-            self.port,
+            self.address,
             "TLS" if credentials else "plaintext",
         )
         return self.port
 
+    @property
+    def database_label(self) -> str:
+        """The database URL without its password, fit for a log line."""
+        return self.engine.url.render_as_string(hide_password=True)
+
     async def stop(self, grace: float | None = None) -> None:
-        """Reports NOT_SERVING, lets in-flight RPCs finish within `grace` seconds (default:
-        the settings'), then closes the database pool and the password threads."""
+        """Reports NOT_SERVING and refuses new calls with UNAVAILABLE (clients retry
+        it, elsewhere), lets in-flight RPCs finish within `grace` seconds (default: the
+        settings'), then closes the database pool and the password threads."""
+        grace = self.settings.grace_seconds if grace is None else grace
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        # Draining in front of gRPC's own stop: once that stops, calls that reached the
+        # process but no handler yet are cancelled, and CANCELLED is not retried.
+        started = asyncio.get_running_loop().time()
+        await self.drain.drain(grace)
+        elapsed = asyncio.get_running_loop().time() - started
+        await self.server.stop(max(grace - elapsed, 0.0))
         await self.engine.dispose()
         self.passwords.close()
 
@@ -217,14 +260,15 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
+def server_options(settings: Settings, *, share_port: bool = False) -> list[tuple[str, int]]:
     """gRPC core channel arguments: limits, and keepalive so that a vanished peer (a
     crashed client, a dropped network) gives back its connection and calls."""
     keepalive_ms = int(settings.keepalive_seconds * 1000)
     timeout_ms = int(settings.keepalive_timeout_seconds * 1000)
     return [
-        # Several worker processes may share the port (services.supervisor).
-        ("grpc.so_reuseport", 1),
+        # Only a supervisor's workers share a port (services.supervisor, services.listen);
+        # gRPC sets SO_REUSEPORT unless told not to.
+        ("grpc.so_reuseport", int(share_port)),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", keepalive_ms),
@@ -241,19 +285,107 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-async def serve(settings: Settings) -> None:
-    """Runs until SIGTERM or SIGINT, then stops gracefully."""
+async def serve(settings: Settings, *, share_port: bool = False) -> None:
+    """Runs until SIGTERM or SIGINT, then stops gracefully. Raises CannotListen."""
     # Handlers first: a SIGTERM that comes while the server starts (a supervisor
     # stopping a worker it just replaced) must still mean "drain and exit 0".
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    app = Application(settings)
-    await app.start()
+    app = Application(settings, share_port=share_port)
+    try:
+        await app.start()
+    except BaseException:
+        await app.engine.dispose()
+        app.passwords.close()
+        raise
     if settings.metrics_address:
         serve_metrics(settings.metrics_address)
         logger.info("metrics on http://%s/metrics", settings.metrics_address)
     await stopping.wait()
     logger.info("shutting down (grace %.1fs)", settings.grace_seconds)
     await app.stop()
+
+
+# What a call refused while the server drains tells its caller to wait: another
+# replica or worker, or this one restarted, answers within about that.
+DRAINING_RETRY_AFTER = timedelta(seconds=1)
+# The drain ends once no call came for this long (callers honour the RetryInfo): gRPC's
+# own stop then finds no call that reached the process unhandled, which it would cancel.
+QUIET_SECONDS = 0.25
+
+
+class DrainInterceptor(grpc.aio.ServerInterceptor):
+    """Counts the unary calls in flight and, once draining, refuses new ones with
+    UNAVAILABLE and a RetryInfo (health checks still answer: NOT_SERVING)."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self._last_arrival = 0.0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._wrapped: dict[str, Handler] = {}
+        self._refusal: Handler = grpc.unary_unary_rpc_method_handler(self._refuse)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        method = handler_call_details.method
+        if not method.startswith("/grpc.health."):  # probes are answered while draining
+            self._last_arrival = asyncio.get_running_loop().time()
+            if self.draining:
+                return self._refusal
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._counted(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _counted(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            self.in_flight += 1
+            self._idle.clear()
+            try:
+                return await behavior(request, context)
+            finally:
+                self.in_flight -= 1
+                if self.in_flight == 0:
+                    self._idle.set()
+
+        return counted
+
+    @staticmethod
+    async def _refuse(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        status = retry_status(
+            grpc.StatusCode.UNAVAILABLE,
+            "the server is shutting down; try again",
+            reason="SHUTTING_DOWN",
+            retry_after=DRAINING_RETRY_AFTER,
+        )
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def drain(self, grace: float) -> None:
+        """Refuses new calls from now on; returns when none is in flight and none
+        arrived for QUIET_SECONDS, or after `grace` seconds."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while True:
+                    await self._idle.wait()
+                    quiet_since = loop.time() - self._last_arrival
+                    if quiet_since >= QUIET_SECONDS and self._idle.is_set():
+                        return
+                    await asyncio.sleep(QUIET_SECONDS - min(quiet_since, QUIET_SECONDS) + 0.01)

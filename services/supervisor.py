@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import time
 from types import FrameType
 
 from services.core.settings import Settings, env_name
+from services.listen import CannotListen, claim_for_workers
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class Supervisor:
         self.workers: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
         self.stopping = False
         self.quick_failures = 0
+        self.claim: list[socket.socket] = []
 
     def worker_environment(self) -> dict[str, str]:
         """The parent's final settings, flags included, for the workers to read."""
@@ -71,6 +74,12 @@ class Supervisor:
 
         if problem := module_problem(self.settings.module_names):
             print(f"error: {problem}", file=sys.stderr)
+            return 2
+        try:
+            # Held until this process exits: its workers, and only they, join the port.
+            self.claim = claim_for_workers(self.settings.listen_address)
+        except CannotListen as error:
+            print(f"error: {error} (setting listen_address)", file=sys.stderr)
             return 2
         env = self.worker_environment()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -130,19 +139,23 @@ class Supervisor:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def stop_with_supervisor() -> None:
+def stop_with_supervisor() -> bool:
     """Called by a worker as it starts: the kernel then sends it SIGTERM when its
     supervisor dies, even by SIGKILL, so that no worker outlives it holding the port
     and database connections. (Done in the worker rather than in a preexec_fn: the
-    supervisor may run its metrics thread, and forking with threads forbids it.)"""
+    supervisor may run its metrics thread, and forking with threads forbids it.)
+    True in a supervised worker."""
     supervisor = os.environ.get(SUPERVISOR_PID)
-    if supervisor is None or sys.platform != "linux":
-        return
+    if supervisor is None:
+        return False
+    if sys.platform != "linux":
+        return True
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != int(supervisor):  # it died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 def supervise(settings: Settings) -> int:

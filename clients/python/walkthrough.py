@@ -2,7 +2,7 @@
 only: the `commerce-protos` package (generated/), never on the server's code.
 
     pip install ./generated          # protobuf, grpcio, googleapis-common-protos
-    python clients/python/walkthrough.py 127.0.0.1:50051 1
+    python clients/python/walkthrough.py 127.0.0.1:50051 1    # --help: the arguments
 
 It creates a customer in the given store, places an order for it (retried with the
 same request_id), reads the order with its embedded customer and the customer's
@@ -12,6 +12,7 @@ saw and exits 1 at the first check that fails.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import uuid
@@ -112,10 +113,27 @@ def walk_through(channel: grpc.Channel, store_id: int) -> dict[str, object]:
     }
 
 
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Walk through the customers and orders RPCs against a running server "
+        "(plaintext), printing one JSON line of what it saw.",
+        epilog="example: python clients/python/walkthrough.py 127.0.0.1:50051 1",
+    )
+    parser.add_argument("target", help="host:port of the server, e.g. 127.0.0.1:50051")
+    parser.add_argument(
+        "store_id", type=int, help="an active store's id (`commerce stores create` prints it)"
+    )
+    return parser.parse_args(argv)
+
+
 def main() -> None:
-    target, store_id = sys.argv[1], int(sys.argv[2])
-    with grpc.insecure_channel(target) as channel:
-        print(json.dumps(walk_through(channel, store_id)))
+    args = arguments()
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=DEADLINE_SECONDS)
+        except grpc.FutureTimeoutError:
+            sys.exit(f"error: no gRPC server answers at {args.target}")
+        print(json.dumps(walk_through(channel, args.store_id)))
 
 
 if __name__ == "__main__":

@@ -152,6 +152,10 @@ class Settings(BaseSettings):
         scheme, separator, rest = url.partition("://")
         if not separator:
             raise ValueError("must look like postgresql://user@host/db or sqlite:///file.db")
+        if scheme.partition("+")[0] not in _ASYNC_DRIVERS:
+            raise ValueError(
+                f"{scheme}:// is not supported; use postgresql://user@host/db or sqlite:///file.db"
+            )
         return f"{_ASYNC_DRIVERS.get(scheme, scheme)}://{rest}"
 
     @field_validator("log_level", mode="before")

@@ -8,6 +8,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tests.process import (
     ServerProcess,
     clean_environment,
     commerce,
+    free_port,
     migrated_sqlite_env,
     running_server,
 )
@@ -38,7 +40,7 @@ def test_bad_setting_is_a_one_line_error(sqlite_env):
     result = commerce("--database-url", "nonsense", "migrate", env=sqlite_env, check=False)
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (
-        "commerce: error: bad setting COMMERCE_DATABASE_URL: "
+        "commerce migrate: error: bad setting COMMERCE_DATABASE_URL: "
         "must look like postgresql://user@host/db or sqlite:///file.db"
     )
     assert "Traceback" not in result.stderr
@@ -58,11 +60,68 @@ def test_store_administration(sqlite_env):
     assert (missing.returncode, missing.stderr.strip()) == (1, "error: store 9 not found")
 
 
+def documented_commerce_commands(document: str, section: str) -> list[tuple[list[str], str | None]]:
+    """The `.venv/bin/commerce ...` lines of a document's section (from its `## `
+    heading to the next), in order, each with the output its `# prints:` comment
+    promises (None without one)."""
+    text = (ROOT / document).read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for line in body.splitlines():
+        if line.startswith(".venv/bin/commerce "):
+            command, _, comment = line.partition("#")
+            comment = comment.strip()
+            promised = (
+                comment.removeprefix("prints:").strip() if comment.startswith("prints:") else None
+            )
+            commands.append((shlex.split(command)[1:], promised))
+    assert commands, f"no commerce command in {document}'s {section}"
+    return commands
+
+
+def run_documented_commands(document: str, section: str, env: dict[str, str]) -> None:
+    for args, promised in documented_commerce_commands(document, section):
+        printed = commerce(*args, env=env).stdout.strip()
+        if promised is not None:
+            # The README writes a tab as the text shows it.
+            assert " ".join(printed.split()) == " ".join(promised.split()), (args, printed)
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
+    """A server on a new, migrated and empty database (what `scripts/serve` makes)."""
+    env = clean_environment(DATABASE_URL=f"sqlite:///{tmp_path / 'commerce.db'}")
+    commerce("migrate", env=env)
+    with running_server(tmp_path, env) as server:
+        yield server, env
+
+
 @pytest.fixture
 def demo_server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server on a fresh database with store 1, as the README sets one up."""
     with running_server(tmp_path, migrated_sqlite_env(tmp_path, "Demo store")) as server:
         yield server
+
+
+def test_readme_flow_in_order_by_copy_paste(fresh_server):
+    """The README as a newcomer follows it: its stores block, then its grpcurl tour,
+    on the same database. Then the API guide's session there fails as the guide warns
+    (a used database), and works after the guide's start-fresh steps."""
+    server, env = fresh_server
+    run_documented_commands("README.md", "Stores", env)
+    outputs = run_session("README.md", server.port)
+    stats = json.loads(outputs["commerce.orders.v1.CustomerOrderService/GetCustomerOrderStats"])
+    assert stats["stats"]["total_spent"] == [{"currency_code": "EUR", "amount_minor": "2598"}]
+    assert "EMAIL_TAKEN" in run_session_once("docs/api.md", server.port)
+
+
+API_SESSION_SECTION = "Every RPC with grpcurl"
+
+
+def test_api_guide_after_its_start_fresh_steps(fresh_server):
+    server, env = fresh_server
+    run_documented_commands("docs/api.md", API_SESSION_SECTION, env)
+    run_session("docs/api.md", server.port)
 
 
 def documented_grpcurl_session(document: str) -> list[tuple[list[str], bool]]:
@@ -89,6 +148,19 @@ def run_session(document: str, port: int) -> dict[str, str]:
         assert (result.returncode != 0) == fails, shown
         outputs[args[-1]] = result.stderr if fails else result.stdout
     return outputs
+
+
+def run_session_once(document: str, port: int) -> str:
+    """Runs a document's session until its first call that fails unexpectedly; that
+    call's error output ("" when none failed)."""
+    for args, fails in documented_grpcurl_session(document):
+        args = [arg.replace("localhost:50051", f"127.0.0.1:{port}") for arg in args]
+        result = subprocess.run(
+            [GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30, check=False
+        )
+        if (result.returncode != 0) != fails:
+            return result.stderr
+    return ""
 
 
 def json_blocks(document: str) -> list[dict[str, Any]]:
@@ -133,3 +205,28 @@ def test_sigterm_stops_the_server_cleanly(demo_server):
     process = demo_server.process
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+WALKTHROUGH = str(ROOT / "clients" / "python" / "walkthrough.py")
+
+
+def test_python_walkthrough_explains_its_arguments():
+    bare = subprocess.run(
+        [sys.executable, WALKTHROUGH], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert bare.returncode == 2
+    assert "Traceback" not in bare.stderr
+    assert bare.stderr.startswith("usage: walkthrough.py [-h] target store_id")
+    helped = subprocess.run(
+        [sys.executable, WALKTHROUGH, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert "127.0.0.1:50051" in helped.stdout
+
+
+def test_python_walkthrough_names_a_server_it_cannot_reach():
+    target = f"127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [sys.executable, WALKTHROUGH, target, "1"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: no gRPC server answers at {target}"
