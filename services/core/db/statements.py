@@ -225,10 +225,12 @@ class DriverTransaction(Transaction):
         self._transaction = transaction  # asyncpg's; None: each statement on its own
         self._dialect = dialect
         self.dialect = dialect.name
+        self.committed = False
 
     async def commit(self) -> None:
         if self._transaction is not None:
             await self._transaction.commit()
+            self.committed = True
 
     async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Row]:
         sql, arguments = statement.arguments(self._dialect, params)

@@ -10,7 +10,6 @@ each module take the unit of work and nothing else."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -166,29 +165,41 @@ class TenantDatabase:
         pooled = await self.engine.raw_connection()
         driver = pooled.driver_connection
         assert driver is not None  # a checked-out connection always has one
+        # Whether the connection may serve the next caller: its transaction, if it
+        # had one, is known to be over.
+        reusable = not transaction
         try:
             if not transaction:
                 yield DriverTransaction(driver, self.engine.dialect)
                 return
             began = driver.transaction()
-            await began.start()
+            statements = DriverTransaction(driver, self.engine.dialect, began)
             try:
-                statements = DriverTransaction(driver, self.engine.dialect, began)
+                await began.start()
                 await _bound_by_deadline(statements)
                 yield statements
             finally:
-                if driver.is_in_transaction() and not driver.is_closed():
-                    # A failed rollback leaves the connection in its transaction: it
-                    # is dropped below, and the error that brought us here stands.
-                    with contextlib.suppress(Exception):
-                        await began.rollback()
+                reusable = statements.committed or await _rolled_back(began)
         finally:
-            # asyncpg itself waits out a cancelled statement before the next one. A
-            # transaction whose rollback did not finish (its task cancelled again)
-            # must not reach the next caller.
-            if driver.is_closed() or driver.is_in_transaction():
+            # asyncpg itself waits out a cancelled statement before the next one. But
+            # a transaction that did not end cleanly must not reach the next caller:
+            # cancelled while its BEGIN was in flight, asyncpg still holds it as the
+            # connection's open transaction, and the next caller's would become a
+            # savepoint inside it, answer OK and never commit.
+            if not reusable or driver.is_closed() or driver.is_in_transaction():
                 pooled.invalidate()
             pooled.close()
+
+
+async def _rolled_back(began: Any) -> bool:
+    """Rolls back an asyncpg transaction that was not committed; whether it is over.
+    A failed rollback (or one of a transaction that never started) leaves it open:
+    the error that brought us here stands."""
+    try:
+        await began.rollback()
+    except Exception:
+        return False
+    return True
 
 
 def _deadline_milliseconds() -> int | None:
