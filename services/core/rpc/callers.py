@@ -37,7 +37,7 @@ from typing import Any, Literal, TypeAlias, cast
 import grpc
 
 from services.core.domain.errors import DomainError, PermissionDenied, Unauthenticated
-from services.core.rpc.statuses import status_for
+from services.core.rpc.statuses import domain_of, status_for
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def method_access(method: str) -> Access | None:
 
 def module_of(method: str) -> str:
     """'/commerce.orders.v1.OrderService/GetOrder' -> 'orders'."""
-    package = method.lstrip("/").partition("/")[0].rsplit(".", 1)[0]
+    package = domain_of(method)
     parts = package.split(".")
     return parts[1] if len(parts) > 2 else package
 
