@@ -13,6 +13,7 @@ import pytest
 from tests.process import ROOT
 
 CUSTOMER_SERVICE = Path("protos/commerce/customers/v1/customer_service.proto")
+PHONE = "  string phone = 6 [(google.api.field_behavior) = OPTIONAL];\n"
 
 
 def run(repo: Path, *command: str) -> subprocess.CompletedProcess[str]:
@@ -35,7 +36,12 @@ def repo(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "buf.yaml", repo / "buf.yaml")
     (repo / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "check-breaking", repo / "scripts")
-    (repo / "node_modules").symlink_to(ROOT / "node_modules")
+    # buf follows no symbolic link into a module: the google.api protos are copied.
+    (repo / "node_modules").mkdir()
+    for tool in (".bin", "@bufbuild"):
+        (repo / "node_modules" / tool).symlink_to(ROOT / "node_modules" / tool)
+    google_api = Path("node_modules/google-proto-files/google/api")
+    shutil.copytree(ROOT / google_api, repo / google_api)
     (repo / ".gitignore").write_text("node_modules\n")
     run(repo, "git", "init", "-q")
     run(repo, "git", "config", "user.email", "ci@example.com")
@@ -58,8 +64,8 @@ def test_an_added_field_is_compatible(repo):
     edit(
         repo,
         CUSTOMER_SERVICE,
-        "  string request_id = 9;\n",
-        "  string request_id = 9;\n  // A new, optional field.\n  string referrer = 10;\n",
+        "message CreateCustomerRequest {\n",
+        "message CreateCustomerRequest {\n  // A new, optional field.\n  string referrer = 10;\n",
     )
     commit(repo, "add a field")
     result = check_breaking(repo)
@@ -68,7 +74,7 @@ def test_an_added_field_is_compatible(repo):
 
 
 def test_a_deleted_field_fails_even_after_later_commits(repo):
-    edit(repo, CUSTOMER_SERVICE, "  string phone = 6;\n", "  reserved 6;\n")
+    edit(repo, CUSTOMER_SERVICE, PHONE, "  reserved 6;\n")
     commit(repo, "drop CreateCustomerRequest.phone")
     (repo / "NOTES.md").write_text("a commit that does not touch the protos\n")
     commit(repo, "unrelated")
@@ -80,7 +86,7 @@ def test_a_deleted_field_fails_even_after_later_commits(repo):
 
 
 def test_a_renumbered_field_fails(repo):
-    edit(repo, CUSTOMER_SERVICE, "  string phone = 6;\n", "  string phone = 60;\n")
+    edit(repo, CUSTOMER_SERVICE, PHONE, PHONE.replace("= 6 ", "= 60 "))
     result = check_breaking(repo)  # the working tree against the last commit
     assert result.returncode != 0
     assert "phone" in result.stdout + result.stderr
@@ -96,7 +102,7 @@ def test_the_incompatible_shape_ships_as_a_new_package_version(repo):
     edit(
         repo,
         CUSTOMER_SERVICE.parent.parent / "v2" / CUSTOMER_SERVICE.name,
-        "  string phone = 6;\n",
+        PHONE,
         "  reserved 6;\n",
     )
     commit(repo, "commerce.customers.v2 without CreateCustomerRequest.phone")

@@ -22,22 +22,102 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from commerce.type.v1 import money_pb2 as commerce_dot_type_dot_v1_dot_money__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$commerce/customers/v1/customer.proto\x12\x15\x63ommerce.customers.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x03\n\x08\x43ustomer\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\x17\n\x0f\x63ustomer_number\x18\x03 \x01(\t\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12\x12\n\nfirst_name\x18\x05 \x01(\t\x12\x11\n\tlast_name\x18\x06 \x01(\t\x12\r\n\x05phone\x18\x07 \x01(\t\x12\x19\n\x11marketing_consent\x18\x08 \x01(\x08\x12\x1a\n\x12preferred_language\x18\t \x01(\t\x12\x35\n\x06status\x18\n \x01(\x0e\x32%.commerce.customers.v1.CustomerStatus\x12\x14\n\x0chas_password\x18\x0b \x01(\x08\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0e \x01(\t\"\xff\x02\n\x0f\x43ustomerAddress\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\x12\n\naddress_id\x18\x03 \x01(\x03\x12\x16\n\x0erecipient_name\x18\x04 \x01(\t\x12\x15\n\raddress_line1\x18\x05 \x01(\t\x12\x15\n\raddress_line2\x18\x06 \x01(\t\x12\x0c\n\x04\x63ity\x18\x07 \x01(\t\x12\x13\n\x0bpostal_code\x18\x08 \x01(\t\x12\x0e\n\x06region\x18\t \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\n \x01(\t\x12\r\n\x05phone\x18\x0b \x01(\t\x12\x18\n\x10\x64\x65\x66\x61ult_shipping\x18\x0c \x01(\x08\x12\x17\n\x0f\x64\x65\x66\x61ult_billing\x18\r \x01(\x08\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\x0e\x43ustomerMetric\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x13\n\tint_value\x18\x04 \x01(\x03H\x00\x12\x30\n\ntime_value\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x15\n\rcurrency_code\x18\x06 \x01(\tB\x07\n\x05value*k\n\x0e\x43ustomerStatus\x12\x1f\n\x1b\x43USTOMER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43USTOMER_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x43USTOMER_STATUS_INACTIVE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$commerce/customers/v1/customer.proto\x12\x15\x63ommerce.customers.v1\x1a\x1c\x63ommerce/type/v1/money.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x03\n\x08\x43ustomer\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63ustomer_number\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65mail\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nfirst_name\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tlast_name\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05phone\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1f\n\x11marketing_consent\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12 \n\x12preferred_language\x18\t \x01(\tB\x04\xe2\x41\x01\x01\x12;\n\x06status\x18\n \x01(\x0e\x32%.commerce.customers.v1.CustomerStatusB\x04\xe2\x41\x01\x03\x12\x1a\n\x0chas_password\x18\x0b \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x0e \x01(\tB\x04\xe2\x41\x01\x01\x12\x12\n\x04name\x18\x0f \x01(\tB\x04\xe2\x41\x01\x08\"\x81\x04\n\x0f\x43ustomerAddress\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x18\n\naddress_id\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0erecipient_name\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\raddress_line1\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\raddress_line2\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x12\n\x04\x63ity\x18\x07 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bpostal_code\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06region\x18\t \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0c\x63ountry_code\x18\n \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05phone\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x10\x64\x65\x66\x61ult_shipping\x18\x0c \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x1d\n\x0f\x64\x65\x66\x61ult_billing\x18\r \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x10 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04\x65tag\x18\x11 \x01(\tB\x04\xe2\x41\x01\x01\"\x80\x02\n\x0e\x43ustomerMetric\x12\x14\n\x06source\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05label\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\tint_value\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03H\x00\x12\x36\n\ntime_value\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03H\x00\x12\x34\n\x0bmoney_value\x18\x07 \x01(\x0b\x32\x17.commerce.type.v1.MoneyB\x04\xe2\x41\x01\x03H\x00\x12\x1d\n\rcurrency_code\x18\x06 \x01(\tB\x06\x18\x01\xe2\x41\x01\x03\x42\x07\n\x05value*k\n\x0e\x43ustomerStatus\x12\x1f\n\x1b\x43USTOMER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43USTOMER_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x43USTOMER_STATUS_INACTIVE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'commerce.customers.v1.customer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CUSTOMERSTATUS']._serialized_start=1039
-  _globals['_CUSTOMERSTATUS']._serialized_end=1146
-  _globals['_CUSTOMER']._serialized_start=97
-  _globals['_CUSTOMER']._serialized_end=484
-  _globals['_CUSTOMERADDRESS']._serialized_start=487
-  _globals['_CUSTOMERADDRESS']._serialized_end=870
-  _globals['_CUSTOMERMETRIC']._serialized_start=873
-  _globals['_CUSTOMERMETRIC']._serialized_end=1037
+  _globals['_CUSTOMER'].fields_by_name['store_id']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['store_id']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMER'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['customer_id']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMER'].fields_by_name['customer_number']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['customer_number']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMER'].fields_by_name['email']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['email']._serialized_options = b'\342A\001\002'
+  _globals['_CUSTOMER'].fields_by_name['first_name']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['first_name']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMER'].fields_by_name['last_name']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['last_name']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMER'].fields_by_name['phone']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['phone']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMER'].fields_by_name['marketing_consent']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['marketing_consent']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMER'].fields_by_name['preferred_language']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['preferred_language']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMER'].fields_by_name['status']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['status']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMER'].fields_by_name['has_password']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['has_password']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMER'].fields_by_name['create_time']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMER'].fields_by_name['update_time']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMER'].fields_by_name['etag']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMER'].fields_by_name['name']._loaded_options = None
+  _globals['_CUSTOMER'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['store_id']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['store_id']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['customer_id']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['address_id']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['address_id']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['recipient_name']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['recipient_name']._serialized_options = b'\342A\001\002'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['address_line1']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['address_line1']._serialized_options = b'\342A\001\002'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['address_line2']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['address_line2']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['city']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['city']._serialized_options = b'\342A\001\002'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['postal_code']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['postal_code']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['region']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['region']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['country_code']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['country_code']._serialized_options = b'\342A\001\002'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['phone']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['phone']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['default_shipping']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['default_shipping']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['default_billing']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['default_billing']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['create_time']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['update_time']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['name']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_CUSTOMERADDRESS'].fields_by_name['etag']._loaded_options = None
+  _globals['_CUSTOMERADDRESS'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_CUSTOMERMETRIC'].fields_by_name['source']._loaded_options = None
+  _globals['_CUSTOMERMETRIC'].fields_by_name['source']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERMETRIC'].fields_by_name['name']._loaded_options = None
+  _globals['_CUSTOMERMETRIC'].fields_by_name['name']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERMETRIC'].fields_by_name['label']._loaded_options = None
+  _globals['_CUSTOMERMETRIC'].fields_by_name['label']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERMETRIC'].fields_by_name['int_value']._loaded_options = None
+  _globals['_CUSTOMERMETRIC'].fields_by_name['int_value']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERMETRIC'].fields_by_name['time_value']._loaded_options = None
+  _globals['_CUSTOMERMETRIC'].fields_by_name['time_value']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERMETRIC'].fields_by_name['money_value']._loaded_options = None
+  _globals['_CUSTOMERMETRIC'].fields_by_name['money_value']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERMETRIC'].fields_by_name['currency_code']._loaded_options = None
+  _globals['_CUSTOMERMETRIC'].fields_by_name['currency_code']._serialized_options = b'\030\001\342A\001\003'
+  _globals['_CUSTOMERSTATUS']._serialized_start=1428
+  _globals['_CUSTOMERSTATUS']._serialized_end=1535
+  _globals['_CUSTOMER']._serialized_start=160
+  _globals['_CUSTOMER']._serialized_end=651
+  _globals['_CUSTOMERADDRESS']._serialized_start=654
+  _globals['_CUSTOMERADDRESS']._serialized_end=1167
+  _globals['_CUSTOMERMETRIC']._serialized_start=1170
+  _globals['_CUSTOMERMETRIC']._serialized_end=1426
 # @@protoc_insertion_point(module_scope)

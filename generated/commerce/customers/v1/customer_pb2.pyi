@@ -7,6 +7,7 @@ never sees another store's customers. Other modules (orders, ...) import
 these messages; this package imports none of theirs.
 """
 
+from commerce.type.v1 import money_pb2 as _money_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -19,6 +20,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -48,7 +54,10 @@ Global___CustomerStatus: _TypeAlias = CustomerStatus  # noqa: Y015
 
 @_typing.final
 class Customer(_message.Message):
-    """A customer of one store. It never carries a password or a password hash."""
+    """A customer of one store. It never carries a password or a password hash.
+
+    Its resource name is `stores/{store_id}/customers/{customer_id}`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -66,6 +75,7 @@ class Customer(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The store the customer belongs to. Output only."""
     customer_id: _builtins.int
@@ -106,6 +116,11 @@ class Customer(_message.Message):
     change only if nobody changed the customer since you read it (ABORTED
     otherwise). Output only.
     """
+    name: _builtins.str
+    """The canonical resource name, `stores/{store_id}/customers/{customer_id}`,
+    unique across stores (the ids alone repeat from one store to another).
+    Output only.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the customer was created. Output only."""
@@ -131,10 +146,11 @@ class Customer(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "customer_number", b"customer_number", "email", b"email", "etag", b"etag", "first_name", b"first_name", "has_password", b"has_password", "last_name", b"last_name", "marketing_consent", b"marketing_consent", "phone", b"phone", "preferred_language", b"preferred_language", "status", b"status", "store_id", b"store_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "customer_number", b"customer_number", "email", b"email", "etag", b"etag", "first_name", b"first_name", "has_password", b"has_password", "last_name", b"last_name", "marketing_consent", b"marketing_consent", "name", b"name", "phone", b"phone", "preferred_language", b"preferred_language", "status", b"status", "store_id", b"store_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -142,7 +158,11 @@ Global___Customer: _TypeAlias = Customer  # noqa: Y015
 
 @_typing.final
 class CustomerAddress(_message.Message):
-    """A postal address of a customer."""
+    """A postal address of a customer.
+
+    Its resource name is
+    `stores/{store_id}/customers/{customer_id}/addresses/{address_id}`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -161,6 +181,8 @@ class CustomerAddress(_message.Message):
     DEFAULT_BILLING_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The store the address belongs to. Output only."""
     customer_id: _builtins.int
@@ -191,6 +213,17 @@ class CustomerAddress(_message.Message):
     """Whether this is the customer's default billing address. A customer has
     at most one: setting it on one address clears it on the others.
     """
+    name: _builtins.str
+    """The canonical resource name,
+    `stores/{store_id}/customers/{customer_id}/addresses/{address_id}`. Output
+    only.
+    """
+    etag: _builtins.str
+    """An opaque version of the address that changes with every change to it
+    (AIP-154). Send it back in UpdateCustomerAddress (as `address.etag`) or
+    DeleteCustomerAddress to act only if nobody changed the address since you
+    read it (ABORTED otherwise). Ignored by CreateCustomerAddress.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the address was created. Output only."""
@@ -217,10 +250,12 @@ class CustomerAddress(_message.Message):
         default_billing: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        name: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_id", b"address_id", "address_line1", b"address_line1", "address_line2", b"address_line2", "city", b"city", "country_code", b"country_code", "create_time", b"create_time", "customer_id", b"customer_id", "default_billing", b"default_billing", "default_shipping", b"default_shipping", "phone", b"phone", "postal_code", b"postal_code", "recipient_name", b"recipient_name", "region", b"region", "store_id", b"store_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_id", b"address_id", "address_line1", b"address_line1", "address_line2", b"address_line2", "city", b"city", "country_code", b"country_code", "create_time", b"create_time", "customer_id", b"customer_id", "default_billing", b"default_billing", "default_shipping", b"default_shipping", "etag", b"etag", "name", b"name", "phone", b"phone", "postal_code", b"postal_code", "recipient_name", b"recipient_name", "region", b"region", "store_id", b"store_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -239,6 +274,7 @@ class CustomerMetric(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     INT_VALUE_FIELD_NUMBER: _builtins.int
     TIME_VALUE_FIELD_NUMBER: _builtins.int
+    MONEY_VALUE_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """The module that computed it, such as "orders"."""
@@ -249,14 +285,32 @@ class CustomerMetric(_message.Message):
     label: _builtins.str
     """A label for people, such as "Total orders"."""
     int_value: _builtins.int
-    """A count or an amount. With `currency_code` set, an amount in that
-    currency's minor unit (1999 with "EUR" is 19.99 EUR).
+    """A count; or, when `currency_code` is set, an amount of money in that
+    currency's minor unit (1999 with "EUR" is 19.99 EUR). Amounts come this
+    way only when the request leaves `money_values` false: prefer
+    `money_value`.
     """
-    currency_code: _builtins.str
-    """ISO 4217 code when `int_value` is an amount of money; empty otherwise."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def currency_code(self) -> _builtins.str:
+        """ISO 4217 code when `int_value` is an amount of money; empty otherwise.
+        Deprecated: read `money_value` (request it with `money_values`).
+        """
+
+    @currency_code.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def currency_code(self, value: _builtins.str) -> None:
+        """ISO 4217 code when `int_value` is an amount of money; empty otherwise.
+        Deprecated: read `money_value` (request it with `money_values`).
+        """
+
     @_builtins.property
     def time_value(self) -> _timestamp_pb2.Timestamp:
         """A point in time."""
+
+    @_builtins.property
+    def money_value(self) -> _money_pb2.Money:
+        """An amount of money, when the request sets `money_values`."""
 
     def __init__(
         self,
@@ -266,13 +320,14 @@ class CustomerMetric(_message.Message):
         label: _builtins.str = ...,
         int_value: _builtins.int = ...,
         time_value: _timestamp_pb2.Timestamp | None = ...,
+        money_value: _money_pb2.Money | None = ...,
         currency_code: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["int_value", b"int_value", "time_value", b"time_value", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["int_value", b"int_value", "money_value", b"money_value", "time_value", b"time_value", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "int_value", b"int_value", "label", b"label", "name", b"name", "source", b"source", "time_value", b"time_value", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "int_value", b"int_value", "label", b"label", "money_value", b"money_value", "name", b"name", "source", b"source", "time_value", b"time_value", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["int_value", "time_value"]  # noqa: Y015
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["int_value", "time_value", "money_value"]  # noqa: Y015
     _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
 

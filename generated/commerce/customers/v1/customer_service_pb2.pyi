@@ -159,6 +159,60 @@ class GetCustomerResponse(_message.Message):
 Global___GetCustomerResponse: _TypeAlias = GetCustomerResponse  # noqa: Y015
 
 @_typing.final
+class BatchGetCustomersRequest(_message.Message):
+    """The request of BatchGetCustomers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_IDS_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.int
+    """The customers' store. Required."""
+    @_builtins.property
+    def customer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The customers to read: 1 to 1,000 ids, each > 0. An id may repeat; its
+        customer then appears at each of its positions.
+        """
+
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.int = ...,
+        customer_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_ids", b"customer_ids", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetCustomersRequest: _TypeAlias = BatchGetCustomersRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetCustomersResponse(_message.Message):
+    """The response of BatchGetCustomers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def customers(self) -> _containers.RepeatedCompositeFieldContainer[_customer_pb2.Customer]:
+        """The customers, in the order of `customer_ids`."""
+
+    def __init__(
+        self,
+        *,
+        customers: _abc.Iterable[_customer_pb2.Customer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customers", b"customers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetCustomersResponse: _TypeAlias = BatchGetCustomersResponse  # noqa: Y015
+
+@_typing.final
 class UpdateCustomerRequest(_message.Message):
     """The request of UpdateCustomer."""
 
@@ -560,7 +614,10 @@ class UpdateCustomerAddressRequest(_message.Message):
     """The address to change. Required."""
     @_builtins.property
     def address(self) -> _customer_pb2.CustomerAddress:
-        """The new values. Only the fields named in `update_mask` are read."""
+        """The new values. Only the fields named in `update_mask` are read; the
+        output-only fields are ignored, except `etag`: when set, the update applies
+        only if the address still has that etag (ABORTED otherwise).
+        """
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
@@ -621,22 +678,28 @@ class DeleteCustomerAddressRequest(_message.Message):
     STORE_ID_FIELD_NUMBER: _builtins.int
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     ADDRESS_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The address's store. Required."""
     customer_id: _builtins.int
     """The customer the address belongs to. Required."""
     address_id: _builtins.int
     """The address to delete. Required."""
+    etag: _builtins.str
+    """Optional `CustomerAddress.etag` from an earlier read: the address is
+    deleted only if it still has it (ABORTED otherwise).
+    """
     def __init__(
         self,
         *,
         store_id: _builtins.int = ...,
         customer_id: _builtins.int = ...,
         address_id: _builtins.int = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_id", b"address_id", "customer_id", b"customer_id", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_id", b"address_id", "customer_id", b"customer_id", "etag", b"etag", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -667,19 +730,32 @@ class ListCustomerAddressesRequest(_message.Message):
 
     STORE_ID_FIELD_NUMBER: _builtins.int
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The customer's store. Required."""
     customer_id: _builtins.int
     """The customer whose addresses to list. Required."""
+    page_size: _builtins.int
+    """The largest number of addresses to return: 0 means 20 (every address a
+    customer can have), values above 100 are lowered to 100, negative values
+    are INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """The `next_page_token` of a previous response for the same store and
+    customer, to read the next page.
+    """
     def __init__(
         self,
         *,
         store_id: _builtins.int = ...,
         customer_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -692,18 +768,24 @@ class ListCustomerAddressesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESSES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass it as `page_token` to read the next page; empty on the last page.
+    Opaque: its format may change at any time.
+    """
     @_builtins.property
     def addresses(self) -> _containers.RepeatedCompositeFieldContainer[_customer_pb2.CustomerAddress]:
-        """Every address of the customer, oldest first."""
+        """One page of the customer's addresses, oldest first."""
 
     def __init__(
         self,
         *,
         addresses: _abc.Iterable[_customer_pb2.CustomerAddress] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -717,19 +799,26 @@ class GetCustomerMetricsRequest(_message.Message):
 
     STORE_ID_FIELD_NUMBER: _builtins.int
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    MONEY_VALUES_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The customer's store. Required."""
     customer_id: _builtins.int
     """The customer. Required."""
+    money_values: _builtins.bool
+    """When true, amounts of money come as `CustomerMetric.money_value`. When
+    false (the default, kept for callers written before `money_value`), as
+    `int_value` in minor units beside `currency_code`.
+    """
     def __init__(
         self,
         *,
         store_id: _builtins.int = ...,
         customer_id: _builtins.int = ...,
+        money_values: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "money_values", b"money_values", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

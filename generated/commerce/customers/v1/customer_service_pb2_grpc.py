@@ -35,6 +35,10 @@ class CustomerServiceStub:
     Errors carry `google.rpc.ErrorInfo` (domain "commerce.customers.v1" and a
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
+
+    Every method is also reachable over plain HTTP with JSON at the path its
+    `google.api.http` option gives (for example
+    `GET /v1/stores/7/customers/42`).
     """
 
     def __init__(self, channel):
@@ -52,6 +56,11 @@ class CustomerServiceStub:
                 '/commerce.customers.v1.CustomerService/GetCustomer',
                 request_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerRequest.SerializeToString,
                 response_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerResponse.FromString,
+                _registered_method=True)
+        self.BatchGetCustomers = channel.unary_unary(
+                '/commerce.customers.v1.CustomerService/BatchGetCustomers',
+                request_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.BatchGetCustomersRequest.SerializeToString,
+                response_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.BatchGetCustomersResponse.FromString,
                 _registered_method=True)
         self.UpdateCustomer = channel.unary_unary(
                 '/commerce.customers.v1.CustomerService/UpdateCustomer',
@@ -115,6 +124,10 @@ class CustomerServiceServicer:
     Errors carry `google.rpc.ErrorInfo` (domain "commerce.customers.v1" and a
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
+
+    Every method is also reachable over plain HTTP with JSON at the path its
+    `google.api.http` option gives (for example
+    `GET /v1/stores/7/customers/42`).
     """
 
     def CreateCustomer(self, request, context):
@@ -128,6 +141,15 @@ class CustomerServiceServicer:
 
     def GetCustomer(self, request, context):
         """Returns one customer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetCustomers(self, request, context):
+        """Returns several customers of a store in one call (AIP-231), in the order
+        their ids are given. When any of them does not exist the whole call is
+        NOT_FOUND, naming the first missing id in its ResourceInfo.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,21 +206,23 @@ class CustomerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateCustomerAddress(self, request, context):
-        """Changes the fields of an address named in `update_mask`.
+        """Changes the fields of an address named in `update_mask`. ABORTED when
+        `address.etag` is set and stale.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteCustomerAddress(self, request, context):
-        """Deletes an address.
+        """Deletes an address. ABORTED when `etag` is set and stale.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListCustomerAddresses(self, request, context):
-        """Lists all addresses of a customer (at most 20), oldest first.
+        """Lists the addresses of a customer (at most 20), oldest first, one page at
+        a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +252,11 @@ def add_CustomerServiceServicer_to_server(servicer, server):
                     servicer.GetCustomer,
                     request_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerRequest.FromString,
                     response_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerResponse.SerializeToString,
+            ),
+            'BatchGetCustomers': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetCustomers,
+                    request_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.BatchGetCustomersRequest.FromString,
+                    response_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.BatchGetCustomersResponse.SerializeToString,
             ),
             'UpdateCustomer': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateCustomer,
@@ -297,6 +326,10 @@ class CustomerService:
     Errors carry `google.rpc.ErrorInfo` (domain "commerce.customers.v1" and a
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
+
+    Every method is also reachable over plain HTTP with JSON at the path its
+    `google.api.http` option gives (for example
+    `GET /v1/stores/7/customers/42`).
     """
 
     @staticmethod
@@ -343,6 +376,33 @@ class CustomerService:
             '/commerce.customers.v1.CustomerService/GetCustomer',
             commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerRequest.SerializeToString,
             commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetCustomers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/commerce.customers.v1.CustomerService/BatchGetCustomers',
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.BatchGetCustomersRequest.SerializeToString,
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.BatchGetCustomersResponse.FromString,
             options,
             channel_credentials,
             insecure,

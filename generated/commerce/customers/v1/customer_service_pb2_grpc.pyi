@@ -36,6 +36,10 @@ class CustomerServiceStub:
     Errors carry `google.rpc.ErrorInfo` (domain "commerce.customers.v1" and a
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
+
+    Every method is also reachable over plain HTTP with JSON at the path its
+    `google.api.http` option gives (for example
+    `GET /v1/stores/7/customers/42`).
     """
 
     @_typing.overload
@@ -49,6 +53,11 @@ class CustomerServiceStub:
     """
     GetCustomer: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.GetCustomerRequest, _customer_service_pb2.GetCustomerResponse]
     """Returns one customer."""
+    BatchGetCustomers: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.BatchGetCustomersRequest, _customer_service_pb2.BatchGetCustomersResponse]
+    """Returns several customers of a store in one call (AIP-231), in the order
+    their ids are given. When any of them does not exist the whole call is
+    NOT_FOUND, naming the first missing id in its ResourceInfo.
+    """
     UpdateCustomer: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.UpdateCustomerRequest, _customer_service_pb2.UpdateCustomerResponse]
     """Changes the profile, preferences or email of a customer, limited to the
     fields named in `update_mask`. ABORTED when `customer.etag` is set and stale.
@@ -75,11 +84,15 @@ class CustomerServiceStub:
     (FAILED_PRECONDITION beyond).
     """
     UpdateCustomerAddress: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.UpdateCustomerAddressRequest, _customer_service_pb2.UpdateCustomerAddressResponse]
-    """Changes the fields of an address named in `update_mask`."""
+    """Changes the fields of an address named in `update_mask`. ABORTED when
+    `address.etag` is set and stale.
+    """
     DeleteCustomerAddress: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.DeleteCustomerAddressRequest, _customer_service_pb2.DeleteCustomerAddressResponse]
-    """Deletes an address."""
+    """Deletes an address. ABORTED when `etag` is set and stale."""
     ListCustomerAddresses: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.ListCustomerAddressesRequest, _customer_service_pb2.ListCustomerAddressesResponse]
-    """Lists all addresses of a customer (at most 20), oldest first."""
+    """Lists the addresses of a customer (at most 20), oldest first, one page at
+    a time.
+    """
     GetCustomerMetrics: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.GetCustomerMetricsRequest, _customer_service_pb2.GetCustomerMetricsResponse]
     """Returns figures about a customer contributed by the other modules this
     server hosts (with orders mounted: total_orders, total_spent, ...). The
@@ -100,6 +113,10 @@ class CustomerServiceAsyncStub(CustomerServiceStub):
     Errors carry `google.rpc.ErrorInfo` (domain "commerce.customers.v1" and a
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
+
+    Every method is also reachable over plain HTTP with JSON at the path its
+    `google.api.http` option gives (for example
+    `GET /v1/stores/7/customers/42`).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -110,6 +127,11 @@ class CustomerServiceAsyncStub(CustomerServiceStub):
     """
     GetCustomer: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.GetCustomerRequest, _customer_service_pb2.GetCustomerResponse]  # type: ignore[assignment]
     """Returns one customer."""
+    BatchGetCustomers: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.BatchGetCustomersRequest, _customer_service_pb2.BatchGetCustomersResponse]  # type: ignore[assignment]
+    """Returns several customers of a store in one call (AIP-231), in the order
+    their ids are given. When any of them does not exist the whole call is
+    NOT_FOUND, naming the first missing id in its ResourceInfo.
+    """
     UpdateCustomer: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.UpdateCustomerRequest, _customer_service_pb2.UpdateCustomerResponse]  # type: ignore[assignment]
     """Changes the profile, preferences or email of a customer, limited to the
     fields named in `update_mask`. ABORTED when `customer.etag` is set and stale.
@@ -136,11 +158,15 @@ class CustomerServiceAsyncStub(CustomerServiceStub):
     (FAILED_PRECONDITION beyond).
     """
     UpdateCustomerAddress: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.UpdateCustomerAddressRequest, _customer_service_pb2.UpdateCustomerAddressResponse]  # type: ignore[assignment]
-    """Changes the fields of an address named in `update_mask`."""
+    """Changes the fields of an address named in `update_mask`. ABORTED when
+    `address.etag` is set and stale.
+    """
     DeleteCustomerAddress: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.DeleteCustomerAddressRequest, _customer_service_pb2.DeleteCustomerAddressResponse]  # type: ignore[assignment]
-    """Deletes an address."""
+    """Deletes an address. ABORTED when `etag` is set and stale."""
     ListCustomerAddresses: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.ListCustomerAddressesRequest, _customer_service_pb2.ListCustomerAddressesResponse]  # type: ignore[assignment]
-    """Lists all addresses of a customer (at most 20), oldest first."""
+    """Lists the addresses of a customer (at most 20), oldest first, one page at
+    a time.
+    """
     GetCustomerMetrics: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.GetCustomerMetricsRequest, _customer_service_pb2.GetCustomerMetricsResponse]  # type: ignore[assignment]
     """Returns figures about a customer contributed by the other modules this
     server hosts (with orders mounted: total_orders, total_spent, ...). The
@@ -160,6 +186,10 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
     Errors carry `google.rpc.ErrorInfo` (domain "commerce.customers.v1" and a
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
+
+    Every method is also reachable over plain HTTP with JSON at the path its
+    `google.api.http` option gives (for example
+    `GET /v1/stores/7/customers/42`).
     """
 
     @_abc_1.abstractmethod
@@ -180,6 +210,17 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_customer_service_pb2.GetCustomerResponse, _abc.Awaitable[_customer_service_pb2.GetCustomerResponse]]:
         """Returns one customer."""
+
+    @_abc_1.abstractmethod
+    def BatchGetCustomers(
+        self,
+        request: _customer_service_pb2.BatchGetCustomersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.BatchGetCustomersResponse, _abc.Awaitable[_customer_service_pb2.BatchGetCustomersResponse]]:
+        """Returns several customers of a store in one call (AIP-231), in the order
+        their ids are given. When any of them does not exist the whole call is
+        NOT_FOUND, naming the first missing id in its ResourceInfo.
+        """
 
     @_abc_1.abstractmethod
     def UpdateCustomer(
@@ -248,7 +289,9 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customer_service_pb2.UpdateCustomerAddressRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customer_service_pb2.UpdateCustomerAddressResponse, _abc.Awaitable[_customer_service_pb2.UpdateCustomerAddressResponse]]:
-        """Changes the fields of an address named in `update_mask`."""
+        """Changes the fields of an address named in `update_mask`. ABORTED when
+        `address.etag` is set and stale.
+        """
 
     @_abc_1.abstractmethod
     def DeleteCustomerAddress(
@@ -256,7 +299,7 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customer_service_pb2.DeleteCustomerAddressRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customer_service_pb2.DeleteCustomerAddressResponse, _abc.Awaitable[_customer_service_pb2.DeleteCustomerAddressResponse]]:
-        """Deletes an address."""
+        """Deletes an address. ABORTED when `etag` is set and stale."""
 
     @_abc_1.abstractmethod
     def ListCustomerAddresses(
@@ -264,7 +307,9 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customer_service_pb2.ListCustomerAddressesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customer_service_pb2.ListCustomerAddressesResponse, _abc.Awaitable[_customer_service_pb2.ListCustomerAddressesResponse]]:
-        """Lists all addresses of a customer (at most 20), oldest first."""
+        """Lists the addresses of a customer (at most 20), oldest first, one page at
+        a time.
+        """
 
     @_abc_1.abstractmethod
     def GetCustomerMetrics(

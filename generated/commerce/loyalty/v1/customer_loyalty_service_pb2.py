@@ -24,27 +24,76 @@ _sym_db = _symbol_database.Default()
 
 from commerce.customers.v1 import customer_pb2 as commerce_dot_customers_dot_v1_dot_customer__pb2
 from commerce.loyalty.v1 import loyalty_pb2 as commerce_dot_loyalty_dot_v1_dot_loyalty__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import field_info_pb2 as google_dot_api_dot_field__info__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2commerce/loyalty/v1/customer_loyalty_service.proto\x12\x13\x63ommerce.loyalty.v1\x1a$commerce/customers/v1/customer.proto\x1a!commerce/loyalty/v1/loyalty.proto\"Y\n\x19GetCustomerLoyaltyRequest\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\x15\n\rhistory_limit\x18\x03 \x01(\x05\"\xc6\x01\n\x1aGetCustomerLoyaltyResponse\x12\x35\n\x07loyalty\x18\x01 \x01(\x0b\x32$.commerce.loyalty.v1.CustomerLoyalty\x12>\n\x10recent_movements\x18\x02 \x03(\x0b\x32$.commerce.loyalty.v1.LoyaltyMovement\x12\x31\n\x08\x63ustomer\x18\x03 \x01(\x0b\x32\x1f.commerce.customers.v1.Customer\"t\n\x17\x41\x64\x64LoyaltyPointsRequest\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\x0e\n\x06points\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x89\x01\n\x18\x41\x64\x64LoyaltyPointsResponse\x12\x36\n\x08movement\x18\x01 \x01(\x0b\x32$.commerce.loyalty.v1.LoyaltyMovement\x12\x35\n\x07loyalty\x18\x02 \x01(\x0b\x32$.commerce.loyalty.v1.CustomerLoyalty\"w\n\x1aRedeemLoyaltyPointsRequest\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\x0e\n\x06points\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x8c\x01\n\x1bRedeemLoyaltyPointsResponse\x12\x36\n\x08movement\x18\x01 \x01(\x0b\x32$.commerce.loyalty.v1.LoyaltyMovement\x12\x35\n\x07loyalty\x18\x02 \x01(\x0b\x32$.commerce.loyalty.v1.CustomerLoyalty2\xfa\x02\n\x16\x43ustomerLoyaltyService\x12u\n\x12GetCustomerLoyalty\x12..commerce.loyalty.v1.GetCustomerLoyaltyRequest\x1a/.commerce.loyalty.v1.GetCustomerLoyaltyResponse\x12o\n\x10\x41\x64\x64LoyaltyPoints\x12,.commerce.loyalty.v1.AddLoyaltyPointsRequest\x1a-.commerce.loyalty.v1.AddLoyaltyPointsResponse\x12x\n\x13RedeemLoyaltyPoints\x12/.commerce.loyalty.v1.RedeemLoyaltyPointsRequest\x1a\x30.commerce.loyalty.v1.RedeemLoyaltyPointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2commerce/loyalty/v1/customer_loyalty_service.proto\x12\x13\x63ommerce.loyalty.v1\x1a$commerce/customers/v1/customer.proto\x1a!commerce/loyalty/v1/loyalty.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/api/field_info.proto\"k\n\x19GetCustomerLoyaltyRequest\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x1b\n\rhistory_limit\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\"\xda\x01\n\x1aGetCustomerLoyaltyResponse\x12;\n\x07loyalty\x18\x01 \x01(\x0b\x32$.commerce.loyalty.v1.CustomerLoyaltyB\x04\xe2\x41\x01\x03\x12\x44\n\x10recent_movements\x18\x02 \x03(\x0b\x32$.commerce.loyalty.v1.LoyaltyMovementB\x04\xe2\x41\x01\x03\x12\x39\n\x08\x63ustomer\x18\x03 \x01(\x0b\x32\x1f.commerce.customers.v1.CustomerB\x06\x18\x01\xe2\x41\x01\x03\"\x9a\x01\n\x17\x41\x64\x64LoyaltyPointsRequest\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x14\n\x06points\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12 \n\nrequest_id\x18\x05 \x01(\tB\x0c\xe2\x41\x01\x01\xe2\x8c\xcf\xd7\x08\x02\x08\x01\"\x95\x01\n\x18\x41\x64\x64LoyaltyPointsResponse\x12<\n\x08movement\x18\x01 \x01(\x0b\x32$.commerce.loyalty.v1.LoyaltyMovementB\x04\xe2\x41\x01\x03\x12;\n\x07loyalty\x18\x02 \x01(\x0b\x32$.commerce.loyalty.v1.CustomerLoyaltyB\x04\xe2\x41\x01\x03\"\x9d\x01\n\x1aRedeemLoyaltyPointsRequest\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x14\n\x06points\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12 \n\nrequest_id\x18\x05 \x01(\tB\x0c\xe2\x41\x01\x01\xe2\x8c\xcf\xd7\x08\x02\x08\x01\"\x98\x01\n\x1bRedeemLoyaltyPointsResponse\x12<\n\x08movement\x18\x01 \x01(\x0b\x32$.commerce.loyalty.v1.LoyaltyMovementB\x04\xe2\x41\x01\x03\x12;\n\x07loyalty\x18\x02 \x01(\x0b\x32$.commerce.loyalty.v1.CustomerLoyaltyB\x04\xe2\x41\x01\x03\x32\xd7\x04\n\x16\x43ustomerLoyaltyService\x12\xb4\x01\n\x12GetCustomerLoyalty\x12..commerce.loyalty.v1.GetCustomerLoyaltyRequest\x1a/.commerce.loyalty.v1.GetCustomerLoyaltyResponse\"=\x82\xd3\xe4\x93\x02\x37\x12\x35/v1/stores/{store_id}/customers/{customer_id}/loyalty\x12\xbb\x01\n\x10\x41\x64\x64LoyaltyPoints\x12,.commerce.loyalty.v1.AddLoyaltyPointsRequest\x1a-.commerce.loyalty.v1.AddLoyaltyPointsResponse\"J\x82\xd3\xe4\x93\x02\x44\"?/v1/stores/{store_id}/customers/{customer_id}/loyalty:addPoints:\x01*\x12\xc7\x01\n\x13RedeemLoyaltyPoints\x12/.commerce.loyalty.v1.RedeemLoyaltyPointsRequest\x1a\x30.commerce.loyalty.v1.RedeemLoyaltyPointsResponse\"M\x82\xd3\xe4\x93\x02G\"B/v1/stores/{store_id}/customers/{customer_id}/loyalty:redeemPoints:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'commerce.loyalty.v1.customer_loyalty_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCUSTOMERLOYALTYREQUEST']._serialized_start=148
-  _globals['_GETCUSTOMERLOYALTYREQUEST']._serialized_end=237
-  _globals['_GETCUSTOMERLOYALTYRESPONSE']._serialized_start=240
-  _globals['_GETCUSTOMERLOYALTYRESPONSE']._serialized_end=438
-  _globals['_ADDLOYALTYPOINTSREQUEST']._serialized_start=440
-  _globals['_ADDLOYALTYPOINTSREQUEST']._serialized_end=556
-  _globals['_ADDLOYALTYPOINTSRESPONSE']._serialized_start=559
-  _globals['_ADDLOYALTYPOINTSRESPONSE']._serialized_end=696
-  _globals['_REDEEMLOYALTYPOINTSREQUEST']._serialized_start=698
-  _globals['_REDEEMLOYALTYPOINTSREQUEST']._serialized_end=817
-  _globals['_REDEEMLOYALTYPOINTSRESPONSE']._serialized_start=820
-  _globals['_REDEEMLOYALTYPOINTSRESPONSE']._serialized_end=960
-  _globals['_CUSTOMERLOYALTYSERVICE']._serialized_start=963
-  _globals['_CUSTOMERLOYALTYSERVICE']._serialized_end=1341
+  _globals['_GETCUSTOMERLOYALTYREQUEST'].fields_by_name['store_id']._loaded_options = None
+  _globals['_GETCUSTOMERLOYALTYREQUEST'].fields_by_name['store_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETCUSTOMERLOYALTYREQUEST'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_GETCUSTOMERLOYALTYREQUEST'].fields_by_name['customer_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETCUSTOMERLOYALTYREQUEST'].fields_by_name['history_limit']._loaded_options = None
+  _globals['_GETCUSTOMERLOYALTYREQUEST'].fields_by_name['history_limit']._serialized_options = b'\342A\001\001'
+  _globals['_GETCUSTOMERLOYALTYRESPONSE'].fields_by_name['loyalty']._loaded_options = None
+  _globals['_GETCUSTOMERLOYALTYRESPONSE'].fields_by_name['loyalty']._serialized_options = b'\342A\001\003'
+  _globals['_GETCUSTOMERLOYALTYRESPONSE'].fields_by_name['recent_movements']._loaded_options = None
+  _globals['_GETCUSTOMERLOYALTYRESPONSE'].fields_by_name['recent_movements']._serialized_options = b'\342A\001\003'
+  _globals['_GETCUSTOMERLOYALTYRESPONSE'].fields_by_name['customer']._loaded_options = None
+  _globals['_GETCUSTOMERLOYALTYRESPONSE'].fields_by_name['customer']._serialized_options = b'\030\001\342A\001\003'
+  _globals['_ADDLOYALTYPOINTSREQUEST'].fields_by_name['store_id']._loaded_options = None
+  _globals['_ADDLOYALTYPOINTSREQUEST'].fields_by_name['store_id']._serialized_options = b'\342A\001\002'
+  _globals['_ADDLOYALTYPOINTSREQUEST'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_ADDLOYALTYPOINTSREQUEST'].fields_by_name['customer_id']._serialized_options = b'\342A\001\002'
+  _globals['_ADDLOYALTYPOINTSREQUEST'].fields_by_name['points']._loaded_options = None
+  _globals['_ADDLOYALTYPOINTSREQUEST'].fields_by_name['points']._serialized_options = b'\342A\001\002'
+  _globals['_ADDLOYALTYPOINTSREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_ADDLOYALTYPOINTSREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
+  _globals['_ADDLOYALTYPOINTSREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_ADDLOYALTYPOINTSREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001\342\214\317\327\010\002\010\001'
+  _globals['_ADDLOYALTYPOINTSRESPONSE'].fields_by_name['movement']._loaded_options = None
+  _globals['_ADDLOYALTYPOINTSRESPONSE'].fields_by_name['movement']._serialized_options = b'\342A\001\003'
+  _globals['_ADDLOYALTYPOINTSRESPONSE'].fields_by_name['loyalty']._loaded_options = None
+  _globals['_ADDLOYALTYPOINTSRESPONSE'].fields_by_name['loyalty']._serialized_options = b'\342A\001\003'
+  _globals['_REDEEMLOYALTYPOINTSREQUEST'].fields_by_name['store_id']._loaded_options = None
+  _globals['_REDEEMLOYALTYPOINTSREQUEST'].fields_by_name['store_id']._serialized_options = b'\342A\001\002'
+  _globals['_REDEEMLOYALTYPOINTSREQUEST'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_REDEEMLOYALTYPOINTSREQUEST'].fields_by_name['customer_id']._serialized_options = b'\342A\001\002'
+  _globals['_REDEEMLOYALTYPOINTSREQUEST'].fields_by_name['points']._loaded_options = None
+  _globals['_REDEEMLOYALTYPOINTSREQUEST'].fields_by_name['points']._serialized_options = b'\342A\001\002'
+  _globals['_REDEEMLOYALTYPOINTSREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_REDEEMLOYALTYPOINTSREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
+  _globals['_REDEEMLOYALTYPOINTSREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_REDEEMLOYALTYPOINTSREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001\342\214\317\327\010\002\010\001'
+  _globals['_REDEEMLOYALTYPOINTSRESPONSE'].fields_by_name['movement']._loaded_options = None
+  _globals['_REDEEMLOYALTYPOINTSRESPONSE'].fields_by_name['movement']._serialized_options = b'\342A\001\003'
+  _globals['_REDEEMLOYALTYPOINTSRESPONSE'].fields_by_name['loyalty']._loaded_options = None
+  _globals['_REDEEMLOYALTYPOINTSRESPONSE'].fields_by_name['loyalty']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERLOYALTYSERVICE'].methods_by_name['GetCustomerLoyalty']._loaded_options = None
+  _globals['_CUSTOMERLOYALTYSERVICE'].methods_by_name['GetCustomerLoyalty']._serialized_options = b'\202\323\344\223\0027\0225/v1/stores/{store_id}/customers/{customer_id}/loyalty'
+  _globals['_CUSTOMERLOYALTYSERVICE'].methods_by_name['AddLoyaltyPoints']._loaded_options = None
+  _globals['_CUSTOMERLOYALTYSERVICE'].methods_by_name['AddLoyaltyPoints']._serialized_options = b'\202\323\344\223\002D\"?/v1/stores/{store_id}/customers/{customer_id}/loyalty:addPoints:\001*'
+  _globals['_CUSTOMERLOYALTYSERVICE'].methods_by_name['RedeemLoyaltyPoints']._loaded_options = None
+  _globals['_CUSTOMERLOYALTYSERVICE'].methods_by_name['RedeemLoyaltyPoints']._serialized_options = b'\202\323\344\223\002G\"B/v1/stores/{store_id}/customers/{customer_id}/loyalty:redeemPoints:\001*'
+  _globals['_GETCUSTOMERLOYALTYREQUEST']._serialized_start=240
+  _globals['_GETCUSTOMERLOYALTYREQUEST']._serialized_end=347
+  _globals['_GETCUSTOMERLOYALTYRESPONSE']._serialized_start=350
+  _globals['_GETCUSTOMERLOYALTYRESPONSE']._serialized_end=568
+  _globals['_ADDLOYALTYPOINTSREQUEST']._serialized_start=571
+  _globals['_ADDLOYALTYPOINTSREQUEST']._serialized_end=725
+  _globals['_ADDLOYALTYPOINTSRESPONSE']._serialized_start=728
+  _globals['_ADDLOYALTYPOINTSRESPONSE']._serialized_end=877
+  _globals['_REDEEMLOYALTYPOINTSREQUEST']._serialized_start=880
+  _globals['_REDEEMLOYALTYPOINTSREQUEST']._serialized_end=1037
+  _globals['_REDEEMLOYALTYPOINTSRESPONSE']._serialized_start=1040
+  _globals['_REDEEMLOYALTYPOINTSRESPONSE']._serialized_end=1192
+  _globals['_CUSTOMERLOYALTYSERVICE']._serialized_start=1195
+  _globals['_CUSTOMERLOYALTYSERVICE']._serialized_end=1794
 # @@protoc_insertion_point(module_scope)

@@ -18,6 +18,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -68,8 +73,12 @@ class GetCustomerLoyaltyResponse(_message.Message):
         """The customer's latest movements, newest first."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def customer(self) -> _customer_pb2.Customer:
-        """The customer the account belongs to."""
+        """The customer the account belongs to. Deprecated: it copies every customer
+        field into a loyalty answer; read the customer with
+        CustomerService.GetCustomer. Filled until v2.
+        """
 
     def __init__(
         self,

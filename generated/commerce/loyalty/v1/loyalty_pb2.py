@@ -22,20 +22,51 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!commerce/loyalty/v1/loyalty.proto\x12\x13\x63ommerce.loyalty.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x02\n\x0f\x43ustomerLoyalty\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\x16\n\x0epoints_balance\x18\x03 \x01(\x03\x12\x17\n\x0flifetime_points\x18\x04 \x01(\x03\x12.\n\x04tier\x18\x05 \x01(\x0e\x32 .commerce.loyalty.v1.LoyaltyTier\x12\x33\n\tnext_tier\x18\x06 \x01(\x0e\x32 .commerce.loyalty.v1.LoyaltyTier\x12\x1b\n\x13points_to_next_tier\x18\x07 \x01(\x03\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb5\x01\n\x0fLoyaltyMovement\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0bmovement_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\x03\x12\x0e\n\x06points\x18\x04 \x01(\x03\x12\x15\n\rbalance_after\x18\x05 \x01(\x03\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8f\x01\n\x0bLoyaltyTier\x12\x1c\n\x18LOYALTY_TIER_UNSPECIFIED\x10\x00\x12\x17\n\x13LOYALTY_TIER_BRONZE\x10\x01\x12\x17\n\x13LOYALTY_TIER_SILVER\x10\x02\x12\x15\n\x11LOYALTY_TIER_GOLD\x10\x03\x12\x19\n\x15LOYALTY_TIER_PLATINUM\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!commerce/loyalty/v1/loyalty.proto\x12\x13\x63ommerce.loyalty.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x02\n\x0f\x43ustomerLoyalty\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0epoints_balance\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0flifetime_points\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x34\n\x04tier\x18\x05 \x01(\x0e\x32 .commerce.loyalty.v1.LoyaltyTierB\x04\xe2\x41\x01\x03\x12\x39\n\tnext_tier\x18\x06 \x01(\x0e\x32 .commerce.loyalty.v1.LoyaltyTierB\x04\xe2\x41\x01\x03\x12!\n\x13points_to_next_tier\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xdf\x01\n\x0fLoyaltyMovement\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0bmovement_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06points\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rbalance_after\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03*\x8f\x01\n\x0bLoyaltyTier\x12\x1c\n\x18LOYALTY_TIER_UNSPECIFIED\x10\x00\x12\x17\n\x13LOYALTY_TIER_BRONZE\x10\x01\x12\x17\n\x13LOYALTY_TIER_SILVER\x10\x02\x12\x15\n\x11LOYALTY_TIER_GOLD\x10\x03\x12\x19\n\x15LOYALTY_TIER_PLATINUM\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'commerce.loyalty.v1.loyalty_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOYALTYTIER']._serialized_start=563
-  _globals['_LOYALTYTIER']._serialized_end=706
-  _globals['_CUSTOMERLOYALTY']._serialized_start=92
-  _globals['_CUSTOMERLOYALTY']._serialized_end=376
-  _globals['_LOYALTYMOVEMENT']._serialized_start=379
-  _globals['_LOYALTYMOVEMENT']._serialized_end=560
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['store_id']._loaded_options = None
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['store_id']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['customer_id']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['points_balance']._loaded_options = None
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['points_balance']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['lifetime_points']._loaded_options = None
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['lifetime_points']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['tier']._loaded_options = None
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['tier']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['next_tier']._loaded_options = None
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['next_tier']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['points_to_next_tier']._loaded_options = None
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['points_to_next_tier']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['update_time']._loaded_options = None
+  _globals['_CUSTOMERLOYALTY'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['store_id']._loaded_options = None
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['store_id']._serialized_options = b'\342A\001\003'
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['movement_id']._loaded_options = None
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['movement_id']._serialized_options = b'\342A\001\003'
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['customer_id']._serialized_options = b'\342A\001\003'
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['points']._loaded_options = None
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['points']._serialized_options = b'\342A\001\003'
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['balance_after']._loaded_options = None
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['balance_after']._serialized_options = b'\342A\001\003'
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['reason']._loaded_options = None
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['reason']._serialized_options = b'\342A\001\003'
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['create_time']._loaded_options = None
+  _globals['_LOYALTYMOVEMENT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_LOYALTYTIER']._serialized_start=686
+  _globals['_LOYALTYTIER']._serialized_end=829
+  _globals['_CUSTOMERLOYALTY']._serialized_start=125
+  _globals['_CUSTOMERLOYALTY']._serialized_end=457
+  _globals['_LOYALTYMOVEMENT']._serialized_start=460
+  _globals['_LOYALTYMOVEMENT']._serialized_end=683
 # @@protoc_insertion_point(module_scope)

@@ -28,7 +28,10 @@ class _LoyaltyTier:
 class _LoyaltyTierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LoyaltyTier.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     LOYALTY_TIER_UNSPECIFIED: _LoyaltyTier.ValueType  # 0
-    """Never returned."""
+    """No tier. Returned only as `CustomerLoyalty.next_tier` of a PLATINUM
+    customer, who has no tier above; `CustomerLoyalty.tier` is never
+    UNSPECIFIED.
+    """
     LOYALTY_TIER_BRONZE: _LoyaltyTier.ValueType  # 1
     """From 0 lifetime points: every customer starts here."""
     LOYALTY_TIER_SILVER: _LoyaltyTier.ValueType  # 2
@@ -45,7 +48,10 @@ class LoyaltyTier(_LoyaltyTier, metaclass=_LoyaltyTierEnumTypeWrapper):
     """
 
 LOYALTY_TIER_UNSPECIFIED: LoyaltyTier.ValueType  # 0
-"""Never returned."""
+"""No tier. Returned only as `CustomerLoyalty.next_tier` of a PLATINUM
+customer, who has no tier above; `CustomerLoyalty.tier` is never
+UNSPECIFIED.
+"""
 LOYALTY_TIER_BRONZE: LoyaltyTier.ValueType  # 1
 """From 0 lifetime points: every customer starts here."""
 LOYALTY_TIER_SILVER: LoyaltyTier.ValueType  # 2

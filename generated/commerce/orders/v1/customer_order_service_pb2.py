@@ -23,31 +23,75 @@ _sym_db = _symbol_database.Default()
 
 
 from commerce.orders.v1 import order_pb2 as commerce_dot_orders_dot_v1_dot_order__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/commerce/orders/v1/customer_order_service.proto\x12\x12\x63ommerce.orders.v1\x1a\x1e\x63ommerce/orders/v1/order.proto\"i\n\x19ListCustomerOrdersRequest\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"`\n\x1aListCustomerOrdersResponse\x12)\n\x06orders\x18\x01 \x03(\x0b\x32\x19.commerce.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\x1eGetRecentCustomerOrdersRequest\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"L\n\x1fGetRecentCustomerOrdersResponse\x12)\n\x06orders\x18\x01 \x03(\x0b\x32\x19.commerce.orders.v1.Order\"v\n\x1cGetCustomerOrderCountRequest\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12/\n\x06status\x18\x03 \x01(\x0e\x32\x1f.commerce.orders.v1.OrderStatus\"4\n\x1dGetCustomerOrderCountResponse\x12\x13\n\x0border_count\x18\x01 \x01(\x03\"E\n\x1cGetCustomerOrderStatsRequest\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\"V\n\x1dGetCustomerOrderStatsResponse\x12\x35\n\x05stats\x18\x01 \x01(\x0b\x32&.commerce.orders.v1.CustomerOrderStats2\x8c\x04\n\x14\x43ustomerOrderService\x12s\n\x12ListCustomerOrders\x12-.commerce.orders.v1.ListCustomerOrdersRequest\x1a..commerce.orders.v1.ListCustomerOrdersResponse\x12\x82\x01\n\x17GetRecentCustomerOrders\x12\x32.commerce.orders.v1.GetRecentCustomerOrdersRequest\x1a\x33.commerce.orders.v1.GetRecentCustomerOrdersResponse\x12|\n\x15GetCustomerOrderCount\x12\x30.commerce.orders.v1.GetCustomerOrderCountRequest\x1a\x31.commerce.orders.v1.GetCustomerOrderCountResponse\x12|\n\x15GetCustomerOrderStats\x12\x30.commerce.orders.v1.GetCustomerOrderStatsRequest\x1a\x31.commerce.orders.v1.GetCustomerOrderStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/commerce/orders/v1/customer_order_service.proto\x12\x12\x63ommerce.orders.v1\x1a\x1e\x63ommerce/orders/v1/order.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\"\x81\x01\n\x19ListCustomerOrdersRequest\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"l\n\x1aListCustomerOrdersResponse\x12/\n\x06orders\x18\x01 \x03(\x0b\x32\x19.commerce.orders.v1.OrderB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"h\n\x1eGetRecentCustomerOrdersRequest\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x13\n\x05limit\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\"R\n\x1fGetRecentCustomerOrdersResponse\x12/\n\x06orders\x18\x01 \x03(\x0b\x32\x19.commerce.orders.v1.OrderB\x04\xe2\x41\x01\x03\"\x88\x01\n\x1cGetCustomerOrderCountRequest\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x35\n\x06status\x18\x03 \x01(\x0e\x32\x1f.commerce.orders.v1.OrderStatusB\x04\xe2\x41\x01\x01\":\n\x1dGetCustomerOrderCountResponse\x12\x19\n\x0border_count\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\"Q\n\x1cGetCustomerOrderStatsRequest\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\\\n\x1dGetCustomerOrderStatsResponse\x12;\n\x05stats\x18\x01 \x01(\x0b\x32&.commerce.orders.v1.CustomerOrderStatsB\x04\xe2\x41\x01\x03\x32\x98\x06\n\x14\x43ustomerOrderService\x12\xb1\x01\n\x12ListCustomerOrders\x12-.commerce.orders.v1.ListCustomerOrdersRequest\x1a..commerce.orders.v1.ListCustomerOrdersResponse\"<\x82\xd3\xe4\x93\x02\x36\x12\x34/v1/stores/{store_id}/customers/{customer_id}/orders\x12\xc7\x01\n\x17GetRecentCustomerOrders\x12\x32.commerce.orders.v1.GetRecentCustomerOrdersRequest\x1a\x33.commerce.orders.v1.GetRecentCustomerOrdersResponse\"C\x82\xd3\xe4\x93\x02=\x12;/v1/stores/{store_id}/customers/{customer_id}/orders:recent\x12\xc0\x01\n\x15GetCustomerOrderCount\x12\x30.commerce.orders.v1.GetCustomerOrderCountRequest\x1a\x31.commerce.orders.v1.GetCustomerOrderCountResponse\"B\x82\xd3\xe4\x93\x02<\x12:/v1/stores/{store_id}/customers/{customer_id}/orders:count\x12\xbe\x01\n\x15GetCustomerOrderStats\x12\x30.commerce.orders.v1.GetCustomerOrderStatsRequest\x1a\x31.commerce.orders.v1.GetCustomerOrderStatsResponse\"@\x82\xd3\xe4\x93\x02:\x12\x38/v1/stores/{store_id}/customers/{customer_id}/orderStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'commerce.orders.v1.customer_order_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTCUSTOMERORDERSREQUEST']._serialized_start=103
-  _globals['_LISTCUSTOMERORDERSREQUEST']._serialized_end=208
-  _globals['_LISTCUSTOMERORDERSRESPONSE']._serialized_start=210
-  _globals['_LISTCUSTOMERORDERSRESPONSE']._serialized_end=306
-  _globals['_GETRECENTCUSTOMERORDERSREQUEST']._serialized_start=308
-  _globals['_GETRECENTCUSTOMERORDERSREQUEST']._serialized_end=394
-  _globals['_GETRECENTCUSTOMERORDERSRESPONSE']._serialized_start=396
-  _globals['_GETRECENTCUSTOMERORDERSRESPONSE']._serialized_end=472
-  _globals['_GETCUSTOMERORDERCOUNTREQUEST']._serialized_start=474
-  _globals['_GETCUSTOMERORDERCOUNTREQUEST']._serialized_end=592
-  _globals['_GETCUSTOMERORDERCOUNTRESPONSE']._serialized_start=594
-  _globals['_GETCUSTOMERORDERCOUNTRESPONSE']._serialized_end=646
-  _globals['_GETCUSTOMERORDERSTATSREQUEST']._serialized_start=648
-  _globals['_GETCUSTOMERORDERSTATSREQUEST']._serialized_end=717
-  _globals['_GETCUSTOMERORDERSTATSRESPONSE']._serialized_start=719
-  _globals['_GETCUSTOMERORDERSTATSRESPONSE']._serialized_end=805
-  _globals['_CUSTOMERORDERSERVICE']._serialized_start=808
-  _globals['_CUSTOMERORDERSERVICE']._serialized_end=1332
+  _globals['_LISTCUSTOMERORDERSREQUEST'].fields_by_name['store_id']._loaded_options = None
+  _globals['_LISTCUSTOMERORDERSREQUEST'].fields_by_name['store_id']._serialized_options = b'\342A\001\002'
+  _globals['_LISTCUSTOMERORDERSREQUEST'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_LISTCUSTOMERORDERSREQUEST'].fields_by_name['customer_id']._serialized_options = b'\342A\001\002'
+  _globals['_LISTCUSTOMERORDERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTCUSTOMERORDERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTCUSTOMERORDERSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTCUSTOMERORDERSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTCUSTOMERORDERSRESPONSE'].fields_by_name['orders']._loaded_options = None
+  _globals['_LISTCUSTOMERORDERSRESPONSE'].fields_by_name['orders']._serialized_options = b'\342A\001\003'
+  _globals['_LISTCUSTOMERORDERSRESPONSE'].fields_by_name['next_page_token']._loaded_options = None
+  _globals['_LISTCUSTOMERORDERSRESPONSE'].fields_by_name['next_page_token']._serialized_options = b'\342A\001\003'
+  _globals['_GETRECENTCUSTOMERORDERSREQUEST'].fields_by_name['store_id']._loaded_options = None
+  _globals['_GETRECENTCUSTOMERORDERSREQUEST'].fields_by_name['store_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETRECENTCUSTOMERORDERSREQUEST'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_GETRECENTCUSTOMERORDERSREQUEST'].fields_by_name['customer_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETRECENTCUSTOMERORDERSREQUEST'].fields_by_name['limit']._loaded_options = None
+  _globals['_GETRECENTCUSTOMERORDERSREQUEST'].fields_by_name['limit']._serialized_options = b'\342A\001\001'
+  _globals['_GETRECENTCUSTOMERORDERSRESPONSE'].fields_by_name['orders']._loaded_options = None
+  _globals['_GETRECENTCUSTOMERORDERSRESPONSE'].fields_by_name['orders']._serialized_options = b'\342A\001\003'
+  _globals['_GETCUSTOMERORDERCOUNTREQUEST'].fields_by_name['store_id']._loaded_options = None
+  _globals['_GETCUSTOMERORDERCOUNTREQUEST'].fields_by_name['store_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETCUSTOMERORDERCOUNTREQUEST'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_GETCUSTOMERORDERCOUNTREQUEST'].fields_by_name['customer_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETCUSTOMERORDERCOUNTREQUEST'].fields_by_name['status']._loaded_options = None
+  _globals['_GETCUSTOMERORDERCOUNTREQUEST'].fields_by_name['status']._serialized_options = b'\342A\001\001'
+  _globals['_GETCUSTOMERORDERCOUNTRESPONSE'].fields_by_name['order_count']._loaded_options = None
+  _globals['_GETCUSTOMERORDERCOUNTRESPONSE'].fields_by_name['order_count']._serialized_options = b'\342A\001\003'
+  _globals['_GETCUSTOMERORDERSTATSREQUEST'].fields_by_name['store_id']._loaded_options = None
+  _globals['_GETCUSTOMERORDERSTATSREQUEST'].fields_by_name['store_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETCUSTOMERORDERSTATSREQUEST'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_GETCUSTOMERORDERSTATSREQUEST'].fields_by_name['customer_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETCUSTOMERORDERSTATSRESPONSE'].fields_by_name['stats']._loaded_options = None
+  _globals['_GETCUSTOMERORDERSTATSRESPONSE'].fields_by_name['stats']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERORDERSERVICE'].methods_by_name['ListCustomerOrders']._loaded_options = None
+  _globals['_CUSTOMERORDERSERVICE'].methods_by_name['ListCustomerOrders']._serialized_options = b'\202\323\344\223\0026\0224/v1/stores/{store_id}/customers/{customer_id}/orders'
+  _globals['_CUSTOMERORDERSERVICE'].methods_by_name['GetRecentCustomerOrders']._loaded_options = None
+  _globals['_CUSTOMERORDERSERVICE'].methods_by_name['GetRecentCustomerOrders']._serialized_options = b'\202\323\344\223\002=\022;/v1/stores/{store_id}/customers/{customer_id}/orders:recent'
+  _globals['_CUSTOMERORDERSERVICE'].methods_by_name['GetCustomerOrderCount']._loaded_options = None
+  _globals['_CUSTOMERORDERSERVICE'].methods_by_name['GetCustomerOrderCount']._serialized_options = b'\202\323\344\223\002<\022:/v1/stores/{store_id}/customers/{customer_id}/orders:count'
+  _globals['_CUSTOMERORDERSERVICE'].methods_by_name['GetCustomerOrderStats']._loaded_options = None
+  _globals['_CUSTOMERORDERSERVICE'].methods_by_name['GetCustomerOrderStats']._serialized_options = b'\202\323\344\223\002:\0228/v1/stores/{store_id}/customers/{customer_id}/orderStats'
+  _globals['_LISTCUSTOMERORDERSREQUEST']._serialized_start=167
+  _globals['_LISTCUSTOMERORDERSREQUEST']._serialized_end=296
+  _globals['_LISTCUSTOMERORDERSRESPONSE']._serialized_start=298
+  _globals['_LISTCUSTOMERORDERSRESPONSE']._serialized_end=406
+  _globals['_GETRECENTCUSTOMERORDERSREQUEST']._serialized_start=408
+  _globals['_GETRECENTCUSTOMERORDERSREQUEST']._serialized_end=512
+  _globals['_GETRECENTCUSTOMERORDERSRESPONSE']._serialized_start=514
+  _globals['_GETRECENTCUSTOMERORDERSRESPONSE']._serialized_end=596
+  _globals['_GETCUSTOMERORDERCOUNTREQUEST']._serialized_start=599
+  _globals['_GETCUSTOMERORDERCOUNTREQUEST']._serialized_end=735
+  _globals['_GETCUSTOMERORDERCOUNTRESPONSE']._serialized_start=737
+  _globals['_GETCUSTOMERORDERCOUNTRESPONSE']._serialized_end=795
+  _globals['_GETCUSTOMERORDERSTATSREQUEST']._serialized_start=797
+  _globals['_GETCUSTOMERORDERSTATSREQUEST']._serialized_end=878
+  _globals['_GETCUSTOMERORDERSTATSRESPONSE']._serialized_start=880
+  _globals['_GETCUSTOMERORDERSTATSRESPONSE']._serialized_end=972
+  _globals['_CUSTOMERORDERSERVICE']._serialized_start=975
+  _globals['_CUSTOMERORDERSERVICE']._serialized_end=1767
 # @@protoc_insertion_point(module_scope)

@@ -23,24 +23,100 @@ _sym_db = _symbol_database.Default()
 
 
 from commerce.customers.v1 import customer_pb2 as commerce_dot_customers_dot_v1_dot_customer__pb2
+from commerce.type.v1 import money_pb2 as commerce_dot_type_dot_v1_dot_money__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63ommerce/orders/v1/order.proto\x12\x12\x63ommerce.orders.v1\x1a$commerce/customers/v1/customer.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x05Money\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x02 \x01(\x03\"\x85\x01\n\rOrderLineItem\x12\x13\n\x0bline_number\x18\x01 \x01(\x05\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12\x18\n\x10unit_price_minor\x18\x05 \x01(\x03\x12\x18\n\x10line_total_minor\x18\x06 \x01(\x03\"\x96\x03\n\x05Order\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x10\n\x08order_id\x18\x02 \x01(\x03\x12\x14\n\x0corder_number\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\x03\x12\x31\n\x08\x63ustomer\x18\x05 \x01(\x0b\x32\x1f.commerce.customers.v1.Customer\x12/\n\x06status\x18\x06 \x01(\x0e\x32\x1f.commerce.orders.v1.OrderStatus\x12\x15\n\rcurrency_code\x18\x07 \x01(\t\x12\x35\n\nline_items\x18\x08 \x03(\x0b\x32!.commerce.orders.v1.OrderLineItem\x12\x13\n\x0btotal_minor\x18\t \x01(\x03\x12\x15\n\rcontact_email\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa0\x02\n\x12\x43ustomerOrderStats\x12\x10\n\x08store_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_orders\x18\x03 \x01(\x03\x12.\n\x0btotal_spent\x18\x04 \x03(\x0b\x32\x19.commerce.orders.v1.Money\x12\x32\n\x0f\x61vg_order_value\x18\x05 \x03(\x0b\x32\x19.commerce.orders.v1.Money\x12\x34\n\x10\x66irst_order_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0flast_order_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xae\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x15\n\x11ORDER_STATUS_PAID\x10\x02\x12\x18\n\x14ORDER_STATUS_SHIPPED\x10\x03\x12\x1a\n\x16ORDER_STATUS_DELIVERED\x10\x04\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63ommerce/orders/v1/order.proto\x12\x12\x63ommerce.orders.v1\x1a$commerce/customers/v1/customer.proto\x1a\x1c\x63ommerce/type/v1/money.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n\x05Money\x12\x1b\n\rcurrency_code\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x61mount_minor\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03:\x02\x18\x01\"\x93\x02\n\rOrderLineItem\x12\x19\n\x0bline_number\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08quantity\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12 \n\x10unit_price_minor\x18\x05 \x01(\x03\x42\x06\x18\x01\xe2\x41\x01\x01\x12 \n\x10line_total_minor\x18\x06 \x01(\x03\x42\x06\x18\x01\xe2\x41\x01\x03\x12\x31\n\nunit_price\x18\x07 \x01(\x0b\x32\x17.commerce.type.v1.MoneyB\x04\xe2\x41\x01\x01\x12\x31\n\nline_total\x18\x08 \x01(\x0b\x32\x17.commerce.type.v1.MoneyB\x04\xe2\x41\x01\x03\"\xf7\x04\n\x05Order\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08order_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0corder_number\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x05\x12\x39\n\x08\x63ustomer\x18\x05 \x01(\x0b\x32\x1f.commerce.customers.v1.CustomerB\x06\x18\x01\xe2\x41\x01\x03\x12\x35\n\x06status\x18\x06 \x01(\x0e\x32\x1f.commerce.orders.v1.OrderStatusB\x04\xe2\x41\x01\x03\x12\x1b\n\rcurrency_code\x18\x07 \x01(\tB\x04\xe2\x41\x01\x05\x12;\n\nline_items\x18\x08 \x03(\x0b\x32!.commerce.orders.v1.OrderLineItemB\x04\xe2\x41\x01\x05\x12\x1b\n\x0btotal_minor\x18\t \x01(\x03\x42\x06\x18\x01\xe2\x41\x01\x03\x12\x1b\n\rcontact_email\x18\n \x01(\tB\x04\xe2\x41\x01\x05\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\r \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04\x65tag\x18\x0e \x01(\tB\x04\xe2\x41\x01\x03\x12,\n\x05total\x18\x0f \x01(\x0b\x32\x17.commerce.type.v1.MoneyB\x04\xe2\x41\x01\x03\x12 \n\x12tracking_reference\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rcancel_reason\x18\x11 \x01(\tB\x04\xe2\x41\x01\x03\"\xd4\x03\n\x12\x43ustomerOrderStats\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0ctotal_orders\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x36\n\x0btotal_spent\x18\x04 \x03(\x0b\x32\x19.commerce.orders.v1.MoneyB\x06\x18\x01\xe2\x41\x01\x03\x12:\n\x0f\x61vg_order_value\x18\x05 \x03(\x0b\x32\x19.commerce.orders.v1.MoneyB\x06\x18\x01\xe2\x41\x01\x03\x12:\n\x10\x66irst_order_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x39\n\x0flast_order_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12?\n\x18total_spent_per_currency\x18\x08 \x03(\x0b\x32\x17.commerce.type.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x43\n\x1c\x61vg_order_value_per_currency\x18\t \x03(\x0b\x32\x17.commerce.type.v1.MoneyB\x04\xe2\x41\x01\x03*\xae\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x15\n\x11ORDER_STATUS_PAID\x10\x02\x12\x18\n\x14ORDER_STATUS_SHIPPED\x10\x03\x12\x1a\n\x16ORDER_STATUS_DELIVERED\x10\x04\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'commerce.orders.v1.order_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERSTATUS']._serialized_start=1016
-  _globals['_ORDERSTATUS']._serialized_end=1190
-  _globals['_MONEY']._serialized_start=125
-  _globals['_MONEY']._serialized_end=177
-  _globals['_ORDERLINEITEM']._serialized_start=180
-  _globals['_ORDERLINEITEM']._serialized_end=313
-  _globals['_ORDER']._serialized_start=316
-  _globals['_ORDER']._serialized_end=722
-  _globals['_CUSTOMERORDERSTATS']._serialized_start=725
-  _globals['_CUSTOMERORDERSTATS']._serialized_end=1013
+  _globals['_MONEY'].fields_by_name['currency_code']._loaded_options = None
+  _globals['_MONEY'].fields_by_name['currency_code']._serialized_options = b'\342A\001\003'
+  _globals['_MONEY'].fields_by_name['amount_minor']._loaded_options = None
+  _globals['_MONEY'].fields_by_name['amount_minor']._serialized_options = b'\342A\001\003'
+  _globals['_MONEY']._loaded_options = None
+  _globals['_MONEY']._serialized_options = b'\030\001'
+  _globals['_ORDERLINEITEM'].fields_by_name['line_number']._loaded_options = None
+  _globals['_ORDERLINEITEM'].fields_by_name['line_number']._serialized_options = b'\342A\001\003'
+  _globals['_ORDERLINEITEM'].fields_by_name['sku']._loaded_options = None
+  _globals['_ORDERLINEITEM'].fields_by_name['sku']._serialized_options = b'\342A\001\002'
+  _globals['_ORDERLINEITEM'].fields_by_name['name']._loaded_options = None
+  _globals['_ORDERLINEITEM'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_ORDERLINEITEM'].fields_by_name['quantity']._loaded_options = None
+  _globals['_ORDERLINEITEM'].fields_by_name['quantity']._serialized_options = b'\342A\001\002'
+  _globals['_ORDERLINEITEM'].fields_by_name['unit_price_minor']._loaded_options = None
+  _globals['_ORDERLINEITEM'].fields_by_name['unit_price_minor']._serialized_options = b'\030\001\342A\001\001'
+  _globals['_ORDERLINEITEM'].fields_by_name['line_total_minor']._loaded_options = None
+  _globals['_ORDERLINEITEM'].fields_by_name['line_total_minor']._serialized_options = b'\030\001\342A\001\003'
+  _globals['_ORDERLINEITEM'].fields_by_name['unit_price']._loaded_options = None
+  _globals['_ORDERLINEITEM'].fields_by_name['unit_price']._serialized_options = b'\342A\001\001'
+  _globals['_ORDERLINEITEM'].fields_by_name['line_total']._loaded_options = None
+  _globals['_ORDERLINEITEM'].fields_by_name['line_total']._serialized_options = b'\342A\001\003'
+  _globals['_ORDER'].fields_by_name['store_id']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['store_id']._serialized_options = b'\342A\001\003'
+  _globals['_ORDER'].fields_by_name['order_id']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['order_id']._serialized_options = b'\342A\001\003'
+  _globals['_ORDER'].fields_by_name['order_number']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['order_number']._serialized_options = b'\342A\001\003'
+  _globals['_ORDER'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['customer_id']._serialized_options = b'\342A\001\005'
+  _globals['_ORDER'].fields_by_name['customer']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['customer']._serialized_options = b'\030\001\342A\001\003'
+  _globals['_ORDER'].fields_by_name['status']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['status']._serialized_options = b'\342A\001\003'
+  _globals['_ORDER'].fields_by_name['currency_code']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['currency_code']._serialized_options = b'\342A\001\005'
+  _globals['_ORDER'].fields_by_name['line_items']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['line_items']._serialized_options = b'\342A\001\005'
+  _globals['_ORDER'].fields_by_name['total_minor']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['total_minor']._serialized_options = b'\030\001\342A\001\003'
+  _globals['_ORDER'].fields_by_name['contact_email']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['contact_email']._serialized_options = b'\342A\001\005'
+  _globals['_ORDER'].fields_by_name['create_time']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_ORDER'].fields_by_name['update_time']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_ORDER'].fields_by_name['name']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_ORDER'].fields_by_name['etag']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['etag']._serialized_options = b'\342A\001\003'
+  _globals['_ORDER'].fields_by_name['total']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['total']._serialized_options = b'\342A\001\003'
+  _globals['_ORDER'].fields_by_name['tracking_reference']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['tracking_reference']._serialized_options = b'\342A\001\003'
+  _globals['_ORDER'].fields_by_name['cancel_reason']._loaded_options = None
+  _globals['_ORDER'].fields_by_name['cancel_reason']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['store_id']._loaded_options = None
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['store_id']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['customer_id']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['total_orders']._loaded_options = None
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['total_orders']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['total_spent']._loaded_options = None
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['total_spent']._serialized_options = b'\030\001\342A\001\003'
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['avg_order_value']._loaded_options = None
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['avg_order_value']._serialized_options = b'\030\001\342A\001\003'
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['first_order_time']._loaded_options = None
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['first_order_time']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['last_order_time']._loaded_options = None
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['last_order_time']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['total_spent_per_currency']._loaded_options = None
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['total_spent_per_currency']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['avg_order_value_per_currency']._loaded_options = None
+  _globals['_CUSTOMERORDERSTATS'].fields_by_name['avg_order_value_per_currency']._serialized_options = b'\342A\001\003'
+  _globals['_ORDERSTATUS']._serialized_start=1642
+  _globals['_ORDERSTATUS']._serialized_end=1816
+  _globals['_MONEY']._serialized_start=188
+  _globals['_MONEY']._serialized_end=256
+  _globals['_ORDERLINEITEM']._serialized_start=259
+  _globals['_ORDERLINEITEM']._serialized_end=534
+  _globals['_ORDER']._serialized_start=537
+  _globals['_ORDER']._serialized_end=1168
+  _globals['_CUSTOMERORDERSTATS']._serialized_start=1171
+  _globals['_CUSTOMERORDERSTATS']._serialized_end=1639
 # @@protoc_insertion_point(module_scope)

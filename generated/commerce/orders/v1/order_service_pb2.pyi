@@ -18,6 +18,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -51,8 +56,9 @@ class CreateOrderRequest(_message.Message):
     """
     @_builtins.property
     def line_items(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.OrderLineItem]:
-        """The lines: 1 to 100. Of each, `sku`, `name`, `quantity` and
-        `unit_price_minor` are read; the output-only fields are ignored.
+        """The lines: 1 to 100. Of each, `sku`, `name`, `quantity` and `unit_price`
+        (or the deprecated `unit_price_minor`) are read; the output-only fields
+        are ignored.
         """
 
     def __init__(
@@ -160,6 +166,8 @@ class ListOrdersRequest(_message.Message):
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_START_FIELD_NUMBER: _builtins.int
     CREATE_TIME_END_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    GUESTS_ONLY_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The store to list. Required."""
     page_size: _builtins.int
@@ -171,10 +179,28 @@ class ListOrdersRequest(_message.Message):
     valid only with the same `store_id` and filters as the request that
     produced it (INVALID_ARGUMENT otherwise); `page_size` may change.
     """
-    status: _order_pb2.OrderStatus.ValueType
-    """Only orders with this status; ORDER_STATUS_UNSPECIFIED means all."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def status(self) -> _order_pb2.OrderStatus.ValueType:
+        """Only orders with this status; ORDER_STATUS_UNSPECIFIED means all.
+        Deprecated: use `statuses`. Setting both is INVALID_ARGUMENT.
+        """
+
+    @status.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def status(self, value: _order_pb2.OrderStatus.ValueType) -> None:
+        """Only orders with this status; ORDER_STATUS_UNSPECIFIED means all.
+        Deprecated: use `statuses`. Setting both is INVALID_ARGUMENT.
+        """
+
     customer_id: _builtins.int
-    """Only orders of this customer; 0 means orders of every customer and guest."""
+    """Only orders of this customer; 0 means orders of every customer and guest
+    (see `guests_only`).
+    """
+    guests_only: _builtins.bool
+    """Only guest orders (placed without a customer). Setting it with a
+    `customer_id` is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def create_time_start(self) -> _timestamp_pb2.Timestamp:
         """Only orders placed at or after this time (inclusive), when set."""
@@ -182,6 +208,12 @@ class ListOrdersRequest(_message.Message):
     @_builtins.property
     def create_time_end(self) -> _timestamp_pb2.Timestamp:
         """Only orders placed before this time (exclusive), when set."""
+
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[_order_pb2.OrderStatus.ValueType]:
+        """Only orders with one of these statuses; empty means every status. Each
+        must be a real status (not UNSPECIFIED); at most 5.
+        """
 
     def __init__(
         self,
@@ -193,10 +225,12 @@ class ListOrdersRequest(_message.Message):
         customer_id: _builtins.int = ...,
         create_time_start: _timestamp_pb2.Timestamp | None = ...,
         create_time_end: _timestamp_pb2.Timestamp | None = ...,
+        statuses: _abc.Iterable[_order_pb2.OrderStatus.ValueType] | None = ...,
+        guests_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_end", b"create_time_end", "create_time_start", b"create_time_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_end", b"create_time_end", "create_time_start", b"create_time_start", "customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_end", b"create_time_end", "create_time_start", b"create_time_start", "customer_id", b"customer_id", "guests_only", b"guests_only", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "statuses", b"statuses", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -234,9 +268,10 @@ class ListOrdersResponse(_message.Message):
 
 Global___ListOrdersResponse: _TypeAlias = ListOrdersResponse  # noqa: Y015
 
+@_deprecated("""This message has been marked as deprecated using proto message options.""")
 @_typing.final
 class UpdateOrderStatusRequest(_message.Message):
-    """The request of UpdateOrderStatus."""
+    """The request of UpdateOrderStatus. Deprecated with the method."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -264,9 +299,10 @@ class UpdateOrderStatusRequest(_message.Message):
 
 Global___UpdateOrderStatusRequest: _TypeAlias = UpdateOrderStatusRequest  # noqa: Y015
 
+@_deprecated("""This message has been marked as deprecated using proto message options.""")
 @_typing.final
 class UpdateOrderStatusResponse(_message.Message):
-    """The response of UpdateOrderStatus."""
+    """The response of UpdateOrderStatus. Deprecated with the method."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -287,3 +323,267 @@ class UpdateOrderStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateOrderStatusResponse: _TypeAlias = UpdateOrderStatusResponse  # noqa: Y015
+
+@_typing.final
+class PayOrderRequest(_message.Message):
+    """The request of PayOrder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.int
+    """The order's store. Required."""
+    order_id: _builtins.int
+    """The order to change. Required."""
+    etag: _builtins.str
+    """Optional `Order.etag` from an earlier read: the change applies only if the
+    order still has it (ABORTED otherwise).
+    """
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155), a UUID. A retry with the same
+    request_id answers what the first request answered (the order as that
+    change left it) instead of FAILED_PRECONDITION. Reusing it for a different
+    request is INVALID_ARGUMENT. Remembered as long as CreateOrder's.
+    """
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.int = ...,
+        order_id: _builtins.int = ...,
+        etag: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "order_id", b"order_id", "request_id", b"request_id", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayOrderRequest: _TypeAlias = PayOrderRequest  # noqa: Y015
+
+@_typing.final
+class PayOrderResponse(_message.Message):
+    """The response of PayOrder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def order(self) -> _order_pb2.Order:
+        """The order after the change (on a retry: as the first request left it)."""
+
+    def __init__(
+        self,
+        *,
+        order: _order_pb2.Order | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayOrderResponse: _TypeAlias = PayOrderResponse  # noqa: Y015
+
+@_typing.final
+class ShipOrderRequest(_message.Message):
+    """The request of ShipOrder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TRACKING_REFERENCE_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.int
+    """The order's store. Required."""
+    order_id: _builtins.int
+    """The order to change. Required."""
+    etag: _builtins.str
+    """Optional `Order.etag` from an earlier read: the change applies only if the
+    order still has it (ABORTED otherwise).
+    """
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155), a UUID. A retry with the same
+    request_id answers what the first request answered (the order as that
+    change left it) instead of FAILED_PRECONDITION. Reusing it for a different
+    request is INVALID_ARGUMENT. Remembered as long as CreateOrder's.
+    """
+    tracking_reference: _builtins.str
+    """The carrier's tracking reference, at most 100 characters; may be empty."""
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.int = ...,
+        order_id: _builtins.int = ...,
+        etag: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        tracking_reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "order_id", b"order_id", "request_id", b"request_id", "store_id", b"store_id", "tracking_reference", b"tracking_reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShipOrderRequest: _TypeAlias = ShipOrderRequest  # noqa: Y015
+
+@_typing.final
+class ShipOrderResponse(_message.Message):
+    """The response of ShipOrder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def order(self) -> _order_pb2.Order:
+        """The order after the change (on a retry: as the first request left it)."""
+
+    def __init__(
+        self,
+        *,
+        order: _order_pb2.Order | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShipOrderResponse: _TypeAlias = ShipOrderResponse  # noqa: Y015
+
+@_typing.final
+class DeliverOrderRequest(_message.Message):
+    """The request of DeliverOrder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.int
+    """The order's store. Required."""
+    order_id: _builtins.int
+    """The order to change. Required."""
+    etag: _builtins.str
+    """Optional `Order.etag` from an earlier read: the change applies only if the
+    order still has it (ABORTED otherwise).
+    """
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155), a UUID. A retry with the same
+    request_id answers what the first request answered (the order as that
+    change left it) instead of FAILED_PRECONDITION. Reusing it for a different
+    request is INVALID_ARGUMENT. Remembered as long as CreateOrder's.
+    """
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.int = ...,
+        order_id: _builtins.int = ...,
+        etag: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "order_id", b"order_id", "request_id", b"request_id", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverOrderRequest: _TypeAlias = DeliverOrderRequest  # noqa: Y015
+
+@_typing.final
+class DeliverOrderResponse(_message.Message):
+    """The response of DeliverOrder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def order(self) -> _order_pb2.Order:
+        """The order after the change (on a retry: as the first request left it)."""
+
+    def __init__(
+        self,
+        *,
+        order: _order_pb2.Order | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverOrderResponse: _TypeAlias = DeliverOrderResponse  # noqa: Y015
+
+@_typing.final
+class CancelOrderRequest(_message.Message):
+    """The request of CancelOrder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.int
+    """The order's store. Required."""
+    order_id: _builtins.int
+    """The order to change. Required."""
+    etag: _builtins.str
+    """Optional `Order.etag` from an earlier read: the change applies only if the
+    order still has it (ABORTED otherwise).
+    """
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155), a UUID. A retry with the same
+    request_id answers what the first request answered (the order as that
+    change left it) instead of FAILED_PRECONDITION. Reusing it for a different
+    request is INVALID_ARGUMENT. Remembered as long as CreateOrder's.
+    """
+    reason: _builtins.str
+    """Why the order is cancelled, 1 to 200 characters. Required."""
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.int = ...,
+        order_id: _builtins.int = ...,
+        etag: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "order_id", b"order_id", "reason", b"reason", "request_id", b"request_id", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelOrderRequest: _TypeAlias = CancelOrderRequest  # noqa: Y015
+
+@_typing.final
+class CancelOrderResponse(_message.Message):
+    """The response of CancelOrder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def order(self) -> _order_pb2.Order:
+        """The order after the change (on a retry: as the first request left it)."""
+
+    def __init__(
+        self,
+        *,
+        order: _order_pb2.Order | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelOrderResponse: _TypeAlias = CancelOrderResponse  # noqa: Y015

@@ -35,6 +35,15 @@ class OrderServiceStub:
     Errors carry `google.rpc.ErrorInfo` (domain "commerce.orders.v1" and a
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
+
+    Every method is also reachable over plain HTTP with JSON at the path its
+    `google.api.http` option gives.
+
+    Each status change has its own method (PayOrder, ShipOrder, DeliverOrder,
+    CancelOrder), safe to retry: with a `request_id`, a retry answers what the
+    first try answered, even when the first try landed and its answer was lost;
+    with an `etag`, the change applies only to the order as the caller last saw
+    it.
     """
 
     def __init__(self, channel):
@@ -63,6 +72,26 @@ class OrderServiceStub:
                 request_serializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.UpdateOrderStatusRequest.SerializeToString,
                 response_deserializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.UpdateOrderStatusResponse.FromString,
                 _registered_method=True)
+        self.PayOrder = channel.unary_unary(
+                '/commerce.orders.v1.OrderService/PayOrder',
+                request_serializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.PayOrderRequest.SerializeToString,
+                response_deserializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.PayOrderResponse.FromString,
+                _registered_method=True)
+        self.ShipOrder = channel.unary_unary(
+                '/commerce.orders.v1.OrderService/ShipOrder',
+                request_serializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.ShipOrderRequest.SerializeToString,
+                response_deserializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.ShipOrderResponse.FromString,
+                _registered_method=True)
+        self.DeliverOrder = channel.unary_unary(
+                '/commerce.orders.v1.OrderService/DeliverOrder',
+                request_serializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.DeliverOrderRequest.SerializeToString,
+                response_deserializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.DeliverOrderResponse.FromString,
+                _registered_method=True)
+        self.CancelOrder = channel.unary_unary(
+                '/commerce.orders.v1.OrderService/CancelOrder',
+                request_serializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.CancelOrderRequest.SerializeToString,
+                response_deserializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.CancelOrderResponse.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
@@ -75,6 +104,15 @@ class OrderServiceServicer:
     Errors carry `google.rpc.ErrorInfo` (domain "commerce.orders.v1" and a
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
+
+    Every method is also reachable over plain HTTP with JSON at the path its
+    `google.api.http` option gives.
+
+    Each status change has its own method (PayOrder, ShipOrder, DeliverOrder,
+    CancelOrder), safe to retry: with a `request_id`, a retry answers what the
+    first try answered, even when the first try landed and its answer was lost;
+    with an `etag`, the change applies only to the order as the caller last saw
+    it.
     """
 
     def CreateOrder(self, request, context):
@@ -88,7 +126,7 @@ class OrderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetOrder(self, request, context):
-        """Returns one order with its lines and its customer.
+        """Returns one order with its lines.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,6 +144,42 @@ class OrderServiceServicer:
         DELIVERED, and PENDING or PAID -> CANCELLED. Any other change, including
         to the status the order already has, is FAILED_PRECONDITION with reason
         INVALID_STATUS_TRANSITION and the current status in the error's metadata.
+        Deprecated: a retry cannot tell its own first try from another caller's
+        change; use PayOrder, ShipOrder, DeliverOrder or CancelOrder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PayOrder(self, request, context):
+        """Records the payment of a PENDING order: it becomes PAID. Any other status
+        is FAILED_PRECONDITION (reason INVALID_STATUS_TRANSITION, the current
+        status in the metadata).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShipOrder(self, request, context):
+        """Hands a PAID order to the carrier: it becomes SHIPPED, with the carrier's
+        tracking reference. Any other status is FAILED_PRECONDITION (reason
+        INVALID_STATUS_TRANSITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverOrder(self, request, context):
+        """Records that a SHIPPED order reached the customer: it becomes DELIVERED.
+        Any other status is FAILED_PRECONDITION (reason INVALID_STATUS_TRANSITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelOrder(self, request, context):
+        """Cancels a PENDING or PAID order, with a reason: it becomes CANCELLED. Any
+        other status is FAILED_PRECONDITION (reason INVALID_STATUS_TRANSITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,6 +208,26 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     request_deserializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.UpdateOrderStatusRequest.FromString,
                     response_serializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.UpdateOrderStatusResponse.SerializeToString,
             ),
+            'PayOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.PayOrder,
+                    request_deserializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.PayOrderRequest.FromString,
+                    response_serializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.PayOrderResponse.SerializeToString,
+            ),
+            'ShipOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShipOrder,
+                    request_deserializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.ShipOrderRequest.FromString,
+                    response_serializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.ShipOrderResponse.SerializeToString,
+            ),
+            'DeliverOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverOrder,
+                    request_deserializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.DeliverOrderRequest.FromString,
+                    response_serializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.DeliverOrderResponse.SerializeToString,
+            ),
+            'CancelOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOrder,
+                    request_deserializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.CancelOrderRequest.FromString,
+                    response_serializer=commerce_dot_orders_dot_v1_dot_order__service__pb2.CancelOrderResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'commerce.orders.v1.OrderService', rpc_method_handlers)
@@ -152,6 +246,15 @@ class OrderService:
     Errors carry `google.rpc.ErrorInfo` (domain "commerce.orders.v1" and a
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
+
+    Every method is also reachable over plain HTTP with JSON at the path its
+    `google.api.http` option gives.
+
+    Each status change has its own method (PayOrder, ShipOrder, DeliverOrder,
+    CancelOrder), safe to retry: with a `request_id`, a retry answers what the
+    first try answered, even when the first try landed and its answer was lost;
+    with an `etag`, the change applies only to the order as the caller last saw
+    it.
     """
 
     @staticmethod
@@ -252,6 +355,114 @@ class OrderService:
             '/commerce.orders.v1.OrderService/UpdateOrderStatus',
             commerce_dot_orders_dot_v1_dot_order__service__pb2.UpdateOrderStatusRequest.SerializeToString,
             commerce_dot_orders_dot_v1_dot_order__service__pb2.UpdateOrderStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PayOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/commerce.orders.v1.OrderService/PayOrder',
+            commerce_dot_orders_dot_v1_dot_order__service__pb2.PayOrderRequest.SerializeToString,
+            commerce_dot_orders_dot_v1_dot_order__service__pb2.PayOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShipOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/commerce.orders.v1.OrderService/ShipOrder',
+            commerce_dot_orders_dot_v1_dot_order__service__pb2.ShipOrderRequest.SerializeToString,
+            commerce_dot_orders_dot_v1_dot_order__service__pb2.ShipOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/commerce.orders.v1.OrderService/DeliverOrder',
+            commerce_dot_orders_dot_v1_dot_order__service__pb2.DeliverOrderRequest.SerializeToString,
+            commerce_dot_orders_dot_v1_dot_order__service__pb2.DeliverOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/commerce.orders.v1.OrderService/CancelOrder',
+            commerce_dot_orders_dot_v1_dot_order__service__pb2.CancelOrderRequest.SerializeToString,
+            commerce_dot_orders_dot_v1_dot_order__service__pb2.CancelOrderResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from commerce.orders.v1 import order_service_pb2 as _order_service_pb2
 from grpc import aio as _aio
 import abc as _abc_1
+import builtins as _builtins
 import grpc as _grpc
 import sys
 import typing as _typing
@@ -15,6 +16,11 @@ if sys.version_info >= (3, 11):
     from typing import Self as _Self
 else:
     from typing_extensions import Self as _Self
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 _T = _typing.TypeVar("_T")
 
@@ -36,6 +42,15 @@ class OrderServiceStub:
     Errors carry `google.rpc.ErrorInfo` (domain "commerce.orders.v1" and a
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
+
+    Every method is also reachable over plain HTTP with JSON at the path its
+    `google.api.http` option gives.
+
+    Each status change has its own method (PayOrder, ShipOrder, DeliverOrder,
+    CancelOrder), safe to retry: with a `request_id`, a retry answers what the
+    first try answered, even when the first try landed and its answer was lost;
+    with an `etag`, the change applies only to the order as the caller last saw
+    it.
     """
 
     @_typing.overload
@@ -49,14 +64,36 @@ class OrderServiceStub:
     store (NOT_FOUND otherwise) who is active (FAILED_PRECONDITION otherwise).
     """
     GetOrder: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.GetOrderRequest, _order_service_pb2.GetOrderResponse]
-    """Returns one order with its lines and its customer."""
+    """Returns one order with its lines."""
     ListOrders: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.ListOrdersRequest, _order_service_pb2.ListOrdersResponse]
     """Lists the orders of a store, newest first, one page at a time."""
-    UpdateOrderStatus: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.UpdateOrderStatusRequest, _order_service_pb2.UpdateOrderStatusResponse]
-    """Moves an order to a new status. Allowed: PENDING -> PAID -> SHIPPED ->
-    DELIVERED, and PENDING or PAID -> CANCELLED. Any other change, including
-    to the status the order already has, is FAILED_PRECONDITION with reason
-    INVALID_STATUS_TRANSITION and the current status in the error's metadata.
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def UpdateOrderStatus(self) -> _grpc.UnaryUnaryMultiCallable[_order_service_pb2.UpdateOrderStatusRequest, _order_service_pb2.UpdateOrderStatusResponse]:
+        """Moves an order to a new status. Allowed: PENDING -> PAID -> SHIPPED ->
+        DELIVERED, and PENDING or PAID -> CANCELLED. Any other change, including
+        to the status the order already has, is FAILED_PRECONDITION with reason
+        INVALID_STATUS_TRANSITION and the current status in the error's metadata.
+        Deprecated: a retry cannot tell its own first try from another caller's
+        change; use PayOrder, ShipOrder, DeliverOrder or CancelOrder.
+        """
+    PayOrder: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.PayOrderRequest, _order_service_pb2.PayOrderResponse]
+    """Records the payment of a PENDING order: it becomes PAID. Any other status
+    is FAILED_PRECONDITION (reason INVALID_STATUS_TRANSITION, the current
+    status in the metadata).
+    """
+    ShipOrder: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.ShipOrderRequest, _order_service_pb2.ShipOrderResponse]
+    """Hands a PAID order to the carrier: it becomes SHIPPED, with the carrier's
+    tracking reference. Any other status is FAILED_PRECONDITION (reason
+    INVALID_STATUS_TRANSITION).
+    """
+    DeliverOrder: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.DeliverOrderRequest, _order_service_pb2.DeliverOrderResponse]
+    """Records that a SHIPPED order reached the customer: it becomes DELIVERED.
+    Any other status is FAILED_PRECONDITION (reason INVALID_STATUS_TRANSITION).
+    """
+    CancelOrder: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.CancelOrderRequest, _order_service_pb2.CancelOrderResponse]
+    """Cancels a PENDING or PAID order, with a reason: it becomes CANCELLED. Any
+    other status is FAILED_PRECONDITION (reason INVALID_STATUS_TRANSITION).
     """
 
 @_typing.type_check_only
@@ -70,6 +107,15 @@ class OrderServiceAsyncStub(OrderServiceStub):
     Errors carry `google.rpc.ErrorInfo` (domain "commerce.orders.v1" and a
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
+
+    Every method is also reachable over plain HTTP with JSON at the path its
+    `google.api.http` option gives.
+
+    Each status change has its own method (PayOrder, ShipOrder, DeliverOrder,
+    CancelOrder), safe to retry: with a `request_id`, a retry answers what the
+    first try answered, even when the first try landed and its answer was lost;
+    with an `etag`, the change applies only to the order as the caller last saw
+    it.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -80,14 +126,36 @@ class OrderServiceAsyncStub(OrderServiceStub):
     store (NOT_FOUND otherwise) who is active (FAILED_PRECONDITION otherwise).
     """
     GetOrder: _aio.UnaryUnaryMultiCallable[_order_service_pb2.GetOrderRequest, _order_service_pb2.GetOrderResponse]  # type: ignore[assignment]
-    """Returns one order with its lines and its customer."""
+    """Returns one order with its lines."""
     ListOrders: _aio.UnaryUnaryMultiCallable[_order_service_pb2.ListOrdersRequest, _order_service_pb2.ListOrdersResponse]  # type: ignore[assignment]
     """Lists the orders of a store, newest first, one page at a time."""
-    UpdateOrderStatus: _aio.UnaryUnaryMultiCallable[_order_service_pb2.UpdateOrderStatusRequest, _order_service_pb2.UpdateOrderStatusResponse]  # type: ignore[assignment]
-    """Moves an order to a new status. Allowed: PENDING -> PAID -> SHIPPED ->
-    DELIVERED, and PENDING or PAID -> CANCELLED. Any other change, including
-    to the status the order already has, is FAILED_PRECONDITION with reason
-    INVALID_STATUS_TRANSITION and the current status in the error's metadata.
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def UpdateOrderStatus(self) -> _aio.UnaryUnaryMultiCallable[_order_service_pb2.UpdateOrderStatusRequest, _order_service_pb2.UpdateOrderStatusResponse]:  # type: ignore[override]
+        """Moves an order to a new status. Allowed: PENDING -> PAID -> SHIPPED ->
+        DELIVERED, and PENDING or PAID -> CANCELLED. Any other change, including
+        to the status the order already has, is FAILED_PRECONDITION with reason
+        INVALID_STATUS_TRANSITION and the current status in the error's metadata.
+        Deprecated: a retry cannot tell its own first try from another caller's
+        change; use PayOrder, ShipOrder, DeliverOrder or CancelOrder.
+        """
+    PayOrder: _aio.UnaryUnaryMultiCallable[_order_service_pb2.PayOrderRequest, _order_service_pb2.PayOrderResponse]  # type: ignore[assignment]
+    """Records the payment of a PENDING order: it becomes PAID. Any other status
+    is FAILED_PRECONDITION (reason INVALID_STATUS_TRANSITION, the current
+    status in the metadata).
+    """
+    ShipOrder: _aio.UnaryUnaryMultiCallable[_order_service_pb2.ShipOrderRequest, _order_service_pb2.ShipOrderResponse]  # type: ignore[assignment]
+    """Hands a PAID order to the carrier: it becomes SHIPPED, with the carrier's
+    tracking reference. Any other status is FAILED_PRECONDITION (reason
+    INVALID_STATUS_TRANSITION).
+    """
+    DeliverOrder: _aio.UnaryUnaryMultiCallable[_order_service_pb2.DeliverOrderRequest, _order_service_pb2.DeliverOrderResponse]  # type: ignore[assignment]
+    """Records that a SHIPPED order reached the customer: it becomes DELIVERED.
+    Any other status is FAILED_PRECONDITION (reason INVALID_STATUS_TRANSITION).
+    """
+    CancelOrder: _aio.UnaryUnaryMultiCallable[_order_service_pb2.CancelOrderRequest, _order_service_pb2.CancelOrderResponse]  # type: ignore[assignment]
+    """Cancels a PENDING or PAID order, with a reason: it becomes CANCELLED. Any
+    other status is FAILED_PRECONDITION (reason INVALID_STATUS_TRANSITION).
     """
 
 class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -100,6 +168,15 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     Errors carry `google.rpc.ErrorInfo` (domain "commerce.orders.v1" and a
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
+
+    Every method is also reachable over plain HTTP with JSON at the path its
+    `google.api.http` option gives.
+
+    Each status change has its own method (PayOrder, ShipOrder, DeliverOrder,
+    CancelOrder), safe to retry: with a `request_id`, a retry answers what the
+    first try answered, even when the first try landed and its answer was lost;
+    with an `etag`, the change applies only to the order as the caller last saw
+    it.
     """
 
     @_abc_1.abstractmethod
@@ -120,7 +197,7 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _order_service_pb2.GetOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_order_service_pb2.GetOrderResponse, _abc.Awaitable[_order_service_pb2.GetOrderResponse]]:
-        """Returns one order with its lines and its customer."""
+        """Returns one order with its lines."""
 
     @_abc_1.abstractmethod
     def ListOrders(
@@ -130,6 +207,7 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_order_service_pb2.ListOrdersResponse, _abc.Awaitable[_order_service_pb2.ListOrdersResponse]]:
         """Lists the orders of a store, newest first, one page at a time."""
 
+    @_deprecated("""Moves an order to a new status. Allowed: PENDING -> PAID -> SHIPPED ->\nDELIVERED, and PENDING or PAID -> CANCELLED. Any other change, including\nto the status the order already has, is FAILED_PRECONDITION with reason\nINVALID_STATUS_TRANSITION and the current status in the error's metadata.\nDeprecated: a retry cannot tell its own first try from another caller's\nchange; use PayOrder, ShipOrder, DeliverOrder or CancelOrder.""")
     @_abc_1.abstractmethod
     def UpdateOrderStatus(
         self,
@@ -140,6 +218,50 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         DELIVERED, and PENDING or PAID -> CANCELLED. Any other change, including
         to the status the order already has, is FAILED_PRECONDITION with reason
         INVALID_STATUS_TRANSITION and the current status in the error's metadata.
+        Deprecated: a retry cannot tell its own first try from another caller's
+        change; use PayOrder, ShipOrder, DeliverOrder or CancelOrder.
+        """
+
+    @_abc_1.abstractmethod
+    def PayOrder(
+        self,
+        request: _order_service_pb2.PayOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_order_service_pb2.PayOrderResponse, _abc.Awaitable[_order_service_pb2.PayOrderResponse]]:
+        """Records the payment of a PENDING order: it becomes PAID. Any other status
+        is FAILED_PRECONDITION (reason INVALID_STATUS_TRANSITION, the current
+        status in the metadata).
+        """
+
+    @_abc_1.abstractmethod
+    def ShipOrder(
+        self,
+        request: _order_service_pb2.ShipOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_order_service_pb2.ShipOrderResponse, _abc.Awaitable[_order_service_pb2.ShipOrderResponse]]:
+        """Hands a PAID order to the carrier: it becomes SHIPPED, with the carrier's
+        tracking reference. Any other status is FAILED_PRECONDITION (reason
+        INVALID_STATUS_TRANSITION).
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverOrder(
+        self,
+        request: _order_service_pb2.DeliverOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_order_service_pb2.DeliverOrderResponse, _abc.Awaitable[_order_service_pb2.DeliverOrderResponse]]:
+        """Records that a SHIPPED order reached the customer: it becomes DELIVERED.
+        Any other status is FAILED_PRECONDITION (reason INVALID_STATUS_TRANSITION).
+        """
+
+    @_abc_1.abstractmethod
+    def CancelOrder(
+        self,
+        request: _order_service_pb2.CancelOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_order_service_pb2.CancelOrderResponse, _abc.Awaitable[_order_service_pb2.CancelOrderResponse]]:
+        """Cancels a PENDING or PAID order, with a reason: it becomes CANCELLED. Any
+        other status is FAILED_PRECONDITION (reason INVALID_STATUS_TRANSITION).
         """
 
 def add_OrderServiceServicer_to_server(servicer: OrderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
