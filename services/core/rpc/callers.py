@@ -60,6 +60,8 @@ _SCOPE = re.compile(r"^(?:\*|(?:\*|[a-z][a-z0-9_]*):(?:read|write))$")
 READ_VERBS = frozenset({"Get", "List", "BatchGet", "Search"})
 WRITE_VERBS = frozenset(
     {"Create", "Update", "Delete", "Set", "Change", "Add", "Redeem", "Authenticate"}
+    # The order transitions.
+    | {"Pay", "Ship", "Deliver", "Cancel"}
 )
 _VERB = re.compile(r"^(?:Batch)?[A-Z][a-z]*")
 
