@@ -87,6 +87,8 @@ class AddressService:
 
     async def delete_address(self, store_id: int, customer_id: int, address_id: int) -> None:
         async with self._db.writing(store_id) as uow:
+            check_customer_id(customer_id)
+            check_address_id(address_id)
             await queries.delete_address(uow, customer_id, address_id)
             await uow.commit()
 

@@ -13,7 +13,7 @@ from commerce.customers.v1 import customer_service_pb2 as pb
 from services.core.domain.errors import InvalidArgument
 from services.core.modules import ModuleContext
 from services.core.rpc.callers import caller_identity
-from services.core.rpc.convert import masked_changes, values_from
+from services.core.rpc.convert import masked_changes, require_resource, values_from
 from services.customers.addresses import AddressService
 from services.customers.messages import address_to_proto, customer_to_proto, metric_to_proto
 from services.customers.rules import (
@@ -70,6 +70,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         self, request: pb.UpdateCustomerRequest, context: Context
     ) -> pb.UpdateCustomerResponse:
         changes = masked_changes(request.update_mask, request.customer, CUSTOMER_WRITABLE_FIELDS)
+        require_resource(request, "customer")
         customer = await self._service.update_customer(
             request.store_id, request.customer_id, changes, etag=request.customer.etag
         )
@@ -130,6 +131,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         self, request: pb.UpdateCustomerAddressRequest, context: Context
     ) -> pb.UpdateCustomerAddressResponse:
         changes = masked_changes(request.update_mask, request.address, ADDRESS_WRITABLE_FIELDS)
+        require_resource(request, "address")
         address = await self._addresses.update_address(
             request.store_id, request.customer_id, request.address_id, changes
         )

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar, cast
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from services.core.domain.errors import Violations
+from services.core.domain.errors import InvalidArgument, Violations
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -85,3 +85,11 @@ def masked_changes(
                 )
         problems.raise_if_any()
     return {path: getattr(resource, path) for path in paths}
+
+
+def require_resource(request: Message, field: str) -> None:
+    """INVALID_ARGUMENT naming `field` when an Update request leaves out the resource
+    it carries (REQUIRED in the protos): a mask alone would otherwise write the empty
+    values of a message that was never sent."""
+    if not request.HasField(field):
+        raise InvalidArgument.of(field, "is required")

@@ -167,6 +167,10 @@ def _forget_abandoned(task: asyncio.Task[Any]) -> None:
 
 def _failure_status(error: Exception, method: str, *, deadline_passed: bool) -> grpc.Status:
     """The status of a failure that is not a domain error."""
+    if isinstance(error, NotImplementedError):
+        # What a generated servicer base raises for a method the module does not
+        # serve (yet): the caller learns that, not of an internal error.
+        return plain_status(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
     unavailable = is_unavailable(error)
     pool_exhausted = isinstance(error, POOL_EXHAUSTED_ERRORS)
     if is_deadline_timeout(error) or (deadline_passed and (unavailable or pool_exhausted)):
