@@ -205,3 +205,10 @@ async def test_counts_whose_window_passed_are_pruned(database, hasher, sessions,
     second = await subjects()
     assert len(second) == 2
     assert not second & first
+
+
+async def test_a_missing_customer_is_named_in_its_store_without_grpc(service, store_id):
+    """The unit of work scopes the names, not only the gRPC layer."""
+    with pytest.raises(NotFound) as raised:
+        await service.batch_get_customers(store_id, [404])
+    assert raised.value.resource_name == f"stores/{store_id}/customers/404"
