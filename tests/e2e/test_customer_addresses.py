@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from commerce.customers.v1 import customer_pb2
@@ -377,3 +379,32 @@ async def test_address_page_sizes(customers, store_id, customer, page_size, expe
     response = await customers.ListCustomerAddresses(request)
     assert len(response.addresses) == expected
     assert response.next_page_token == ""
+
+
+async def test_concurrent_address_writers_with_one_etag_have_one_winner(
+    customers, store_id, customer
+):
+    cid = customer.customer_id
+    created = await add(customers, store_id, cid)
+    calls = [
+        customers.UpdateCustomerAddress(
+            change_city(store_id, cid, created.address_id, f"City {i}", created.etag)
+        )
+        for i in range(6)
+    ]
+    calls.append(
+        customers.DeleteCustomerAddress(
+            pb.DeleteCustomerAddressRequest(
+                store_id=store_id, customer_id=cid, address_id=created.address_id, etag=created.etag
+            )
+        )
+    )
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    winners = [r for r in results if not isinstance(r, Exception)]
+    assert len(winners) == 1
+    assert {r.code() for r in results if isinstance(r, grpc.aio.AioRpcError)} == {Code.ABORTED}
+    remaining = await listed(customers, store_id, cid)
+    if isinstance(winners[0], pb.DeleteCustomerAddressResponse):
+        assert remaining == []
+    else:
+        assert remaining == [winners[0].address]
