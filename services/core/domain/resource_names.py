@@ -24,10 +24,6 @@ def resource_name(*segments: str | int) -> str:
     return "/".join(str(segment) for segment in segments)
 
 
-def store_name(store_id: int) -> str:
-    return resource_name(STORES, store_id)
-
-
 def name_in_store(store_id: int, *segments: str | int) -> str:
     """The name of a resource of store `store_id`: ("customers", 42) ->
     "stores/7/customers/42"."""
