@@ -5,21 +5,24 @@ defaults exact."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from services.core.db.counters import next_store_number
 from services.core.db.engine import utc_now
 from services.core.db.idempotency import RequestKey, claim, remember
 from services.core.db.unit_of_work import TenantDatabase
-from services.core.domain.errors import FailedPrecondition, NotFound
+from services.core.domain.errors import FailedPrecondition
+from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.customers import queries
 from services.customers.models import AddressSnapshot
 from services.customers.rules import (
     MAX_ADDRESSES_PER_CUSTOMER,
+    address_not_found,
     address_values,
     check_address_id,
     check_customer_id,
+    check_etag,
     valid_values,
 )
 
@@ -28,10 +31,21 @@ ADDRESS_COUNTER = "customer_address"
 # rename it.
 CREATE_ADDRESS = "customers.CreateCustomerAddress"
 
+# A page holds every address a customer can have unless the caller asks for fewer.
+DEFAULT_PAGE_SIZE = MAX_ADDRESSES_PER_CUSTOMER
+MAX_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class AddressPage:
+    addresses: list[AddressSnapshot]
+    next_page_token: str
+
 
 class AddressService:
-    def __init__(self, database: TenantDatabase) -> None:
+    def __init__(self, database: TenantDatabase, page_tokens: PageTokenCodec) -> None:
         self._db = database
+        self._page_tokens = page_tokens
 
     async def create_address(
         self, store_id: int, customer_id: int, fields: dict[str, Any], *, request_id: str = ""
@@ -42,7 +56,7 @@ class AddressService:
             if (earlier := await claim(uow, key)) is not None:
                 address = await queries.get_address(uow, earlier)
                 if address is None:  # deleted since: the request's result is gone
-                    raise NotFound("address", str(earlier))
+                    raise address_not_found(customer_id, earlier)
                 return address
             check_customer_id(customer_id)
             await queries.get_customer_for_update(uow, customer_id)
@@ -61,6 +75,7 @@ class AddressService:
                 | {
                     "customer_id": customer_id,
                     "address_id": address_id,
+                    "revision": 1,
                     "created_at": now,
                     "updated_at": now,
                 },
@@ -70,14 +85,23 @@ class AddressService:
         return address
 
     async def update_address(
-        self, store_id: int, customer_id: int, address_id: int, changes: dict[str, Any]
+        self,
+        store_id: int,
+        customer_id: int,
+        address_id: int,
+        changes: dict[str, Any],
+        *,
+        etag: str = "",
     ) -> AddressSnapshot:
+        """Changes the address; ABORTED when `etag` is given and the address no longer
+        has it (the customer's lock makes the check and the change one step)."""
         values = valid_values(address_values, "address", changes)
         async with self._db.writing(store_id) as uow:
             check_customer_id(customer_id)
             await queries.get_customer_for_update(uow, customer_id)
             check_address_id(address_id)
             address = await queries.get_customer_address(uow, customer_id, address_id)
+            check_etag(address, etag)
             await queries.clear_other_defaults(uow, customer_id, address_id, values)
             changed = await queries.change_address(
                 uow, replace(address, **values, updated_at=utc_now())
@@ -85,15 +109,32 @@ class AddressService:
             await uow.commit()
         return changed
 
-    async def delete_address(self, store_id: int, customer_id: int, address_id: int) -> None:
+    async def delete_address(
+        self, store_id: int, customer_id: int, address_id: int, *, etag: str = ""
+    ) -> None:
+        """Deletes the address; ABORTED when `etag` is given and the address no longer
+        has it (its row stays locked from the check to the delete)."""
         async with self._db.writing(store_id) as uow:
             check_customer_id(customer_id)
             check_address_id(address_id)
+            if etag:
+                address = await queries.get_customer_address(
+                    uow, customer_id, address_id, for_update=True
+                )
+                check_etag(address, etag)
             await queries.delete_address(uow, customer_id, address_id)
             await uow.commit()
 
-    async def list_addresses(self, store_id: int, customer_id: int) -> list[AddressSnapshot]:
+    async def list_addresses(
+        self, store_id: int, customer_id: int, *, page_size: int = 0, page_token: str = ""
+    ) -> AddressPage:
+        """One page of the customer's addresses, oldest first."""
+        size = resolve_page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
+        scope = {"list": "customer_addresses", "store_id": store_id, "customer_id": customer_id}
+        (after_id,) = self._page_tokens.decode(page_token, scope) if page_token else (0,)
         async with self._db.reading(store_id) as uow:
             check_customer_id(customer_id)
             await queries.get_customer(uow, customer_id)
-            return await queries.addresses_of(uow, customer_id)
+            addresses = await queries.addresses_after(uow, customer_id, after_id, size + 1)
+        page, token = self._page_tokens.cut(addresses, size, scope, lambda last: [last.address_id])
+        return AddressPage(page, token)

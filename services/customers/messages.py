@@ -8,11 +8,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from commerce.customers.v1 import customer_pb2
+from commerce.type.v1 import money_pb2
 
-from services.core.domain.customer_metrics import CustomerMetric
+from services.core.domain.customer_metrics import CustomerMetric, Money
 from services.core.rpc.convert import MessageOf, timestamp
 from services.customers.models import AddressSnapshot, CustomerSnapshot
-from services.customers.rules import customer_etag
+from services.customers.rules import address_name, customer_name, etag_of
 
 _ADDRESS = MessageOf(customer_pb2.CustomerAddress, AddressSnapshot)
 
@@ -35,7 +36,8 @@ def customer_to_proto(customer: CustomerSnapshot) -> customer_pb2.Customer:
         has_password=customer.hashed_password is not None,
         create_time=timestamp(customer.created_at),
         update_time=timestamp(customer.updated_at),
-        etag=customer_etag(customer),
+        etag=etag_of(customer),
+        name=customer_name(customer.store_id, customer.customer_id),
     )
 
 
@@ -44,15 +46,29 @@ def address_to_proto(address: AddressSnapshot) -> customer_pb2.CustomerAddress:
         address,
         create_time=timestamp(address.created_at),
         update_time=timestamp(address.updated_at),
+        etag=etag_of(address),
+        name=address_name(address),
     )
 
 
-def metric_to_proto(source: str, metric: CustomerMetric) -> customer_pb2.CustomerMetric:
-    message = customer_pb2.CustomerMetric(
-        source=source, name=metric.name, label=metric.label, currency_code=metric.currency_code
-    )
-    if isinstance(metric.value, datetime):
-        message.time_value.CopyFrom(timestamp(metric.value))
-    elif metric.value is not None:
-        message.int_value = metric.value
+def metric_to_proto(
+    source: str, metric: CustomerMetric, *, money_values: bool
+) -> customer_pb2.CustomerMetric:
+    """The metric as the wire shows it; an amount of money as a Money when
+    `money_values`, else (for callers written before Money) as minor units in
+    int_value beside currency_code."""
+    message = customer_pb2.CustomerMetric(source=source, name=metric.name, label=metric.label)
+    value = metric.value
+    if isinstance(value, datetime):
+        message.time_value.CopyFrom(timestamp(value))
+    elif isinstance(value, Money):
+        if money_values:
+            message.money_value.CopyFrom(
+                money_pb2.Money(currency_code=value.currency_code, amount_minor=value.amount_minor)
+            )
+        else:
+            message.int_value = value.amount_minor
+            message.currency_code = value.currency_code
+    elif value is not None:
+        message.int_value = value
     return message

@@ -104,6 +104,9 @@ class CustomerAddress(Base):
     default_billing: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    # Bumped by every change; the API shows it as the address's etag (AIP-154). The
+    # server default gives the addresses that existed before it their first revision.
+    revision: Mapped[int] = mapped_column(default=1, server_default=text("1"))
 
     __table_args__ = (
         ForeignKeyConstraint(
@@ -146,6 +149,7 @@ class AddressSnapshot(RowSnapshot):
     default_billing: bool
     created_at: datetime
     updated_at: datetime
+    revision: int
 
 
 ADDRESS_COLUMNS = columns_of(CustomerAddress, AddressSnapshot)

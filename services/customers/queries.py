@@ -25,9 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from services.core.db.engine import upsert_insert, utc_now
-from services.core.db.statements import Statement, in_store, insert_row
+from services.core.db.statements import Statement, in_store, insert_row, rows_of_keys
 from services.core.db.unit_of_work import UnitOfWork
-from services.core.domain.errors import NotFound
 from services.customers.models import (
     ADDRESS_COLUMNS,
     DEFAULT_ADDRESS_FLAGS,
@@ -40,7 +39,12 @@ from services.customers.models import (
     LoginThrottle,
     ThrottleSnapshot,
 )
-from services.customers.rules import ADDRESS_WRITABLE_FIELDS, email_taken
+from services.customers.rules import (
+    ADDRESS_WRITABLE_FIELDS,
+    address_not_found,
+    customer_not_found,
+    email_taken,
+)
 
 # -- customers ---------------------------------------------------------------------------
 
@@ -53,6 +57,8 @@ _BY_EMAIL_KEY = in_store(Customer, "email_key")
 _FIND_BY_EMAIL_KEY = Statement(select(*SNAPSHOT_COLUMNS).where(*_BY_EMAIL_KEY))
 _EMAIL_KEY_OWNER = Statement(select(Customer.customer_id).where(*_BY_EMAIL_KEY))
 _INSERT_CUSTOMER = insert_row(cast(Table, Customer.__table__))
+# Per dialect: every customer of a list of ids, in one statement.
+_CUSTOMERS_OF_IDS = rows_of_keys(Customer, "customer_id", "customer_ids")
 
 
 def _change(*columns: str, only_if: ColumnElement[bool] | None = None) -> Statement:
@@ -111,8 +117,15 @@ async def get_customer_for_update(uow: UnitOfWork, customer_id: int) -> Customer
 async def _customer(uow: UnitOfWork, query: Statement, customer_id: int) -> CustomerSnapshot:
     row = await uow.fetch_one(query, {"customer_id": customer_id})
     if row is None:
-        raise NotFound("customer", str(customer_id))
+        raise customer_not_found(customer_id)
     return CustomerSnapshot.of(row)
+
+
+async def customers_by_id(uow: UnitOfWork, customer_ids: list[int]) -> dict[int, CustomerSnapshot]:
+    """The store's customers among `customer_ids` (distinct ids), by id, in one
+    statement; an id without a customer is absent."""
+    rows = await uow.fetch(_CUSTOMERS_OF_IDS[uow.dialect], {"customer_ids": customer_ids})
+    return {(customer := CustomerSnapshot.of(row)).customer_id: customer for row in rows}
 
 
 async def find_customer_by_email_key(uow: UnitOfWork, email_key: str) -> CustomerSnapshot | None:
@@ -160,7 +173,7 @@ async def _changed(
 ) -> CustomerSnapshot:
     changed = await _changed_if_found(uow, statement, customer_id, params)
     if changed is None:
-        raise NotFound("customer", str(customer_id))
+        raise customer_not_found(customer_id)
     return changed
 
 
@@ -250,9 +263,17 @@ async def customers_after(
 
 _OF_CUSTOMER = in_store(CustomerAddress, "customer_id")
 _ADDRESS_KEY = in_store(CustomerAddress, "address_id")
-_GET_ADDRESS = Statement(select(*ADDRESS_COLUMNS).where(*_ADDRESS_KEY))
-_ADDRESSES_OF = Statement(
-    select(*ADDRESS_COLUMNS).where(*_OF_CUSTOMER).order_by(CustomerAddress.address_id)
+_NEXT_REVISION = {"revision": CustomerAddress.revision + 1}
+_ADDRESS = select(*ADDRESS_COLUMNS).where(*_ADDRESS_KEY)
+_GET_ADDRESS = Statement(_ADDRESS)
+_GET_ADDRESS_FOR_UPDATE = Statement(_ADDRESS.with_for_update())
+# ListCustomerAddresses' page: the keyset is the address id, read through the
+# (store_id, customer_id, address_id) index.
+_ADDRESSES_AFTER = Statement(
+    select(*ADDRESS_COLUMNS)
+    .where(*_OF_CUSTOMER, CustomerAddress.address_id > bindparam("after_id"))
+    .order_by(CustomerAddress.address_id)
+    .limit(bindparam("limit"))
 )
 _COUNT_ADDRESSES = Statement(select(func.count()).where(*_OF_CUSTOMER))
 _INSERT_ADDRESS = insert_row(cast(Table, CustomerAddress.__table__))
@@ -261,6 +282,7 @@ _CHANGE_ADDRESS = Statement(
     .where(*_ADDRESS_KEY)
     .values(
         {column: bindparam(f"new_{column}") for column in (*ADDRESS_WRITABLE_FIELDS, "updated_at")}
+        | _NEXT_REVISION
     )
     .returning(*ADDRESS_COLUMNS)
 )
@@ -269,7 +291,8 @@ _DELETE_ADDRESS = Statement(
     .where(*in_store(CustomerAddress, "address_id", "customer_id"))
     .returning(CustomerAddress.address_id)
 )
-# A new default shipping (billing) address takes the flag from the customer's others.
+# A new default shipping (billing) address takes the flag from the customer's others,
+# which that changes: they get a new revision (and etag) too.
 _CLEAR_DEFAULT = {
     flag: Statement(
         update(CustomerAddress)
@@ -278,30 +301,39 @@ _CLEAR_DEFAULT = {
             CustomerAddress.address_id != bindparam("address_id"),
             getattr(CustomerAddress, flag).is_(True),
         )
-        .values({flag: False})
+        .values({flag: False} | _NEXT_REVISION)
     )
     for flag in DEFAULT_ADDRESS_FLAGS
 }
 
 
-async def get_address(uow: UnitOfWork, address_id: int) -> AddressSnapshot | None:
-    row = await uow.fetch_one(_GET_ADDRESS, {"address_id": address_id})
+async def get_address(
+    uow: UnitOfWork, address_id: int, *, for_update: bool = False
+) -> AddressSnapshot | None:
+    """The store's address; with `for_update`, its row locked until the transaction
+    ends."""
+    query = _GET_ADDRESS_FOR_UPDATE if for_update else _GET_ADDRESS
+    row = await uow.fetch_one(query, {"address_id": address_id})
     return None if row is None else AddressSnapshot.of(row)
 
 
 async def get_customer_address(
-    uow: UnitOfWork, customer_id: int, address_id: int
+    uow: UnitOfWork, customer_id: int, address_id: int, *, for_update: bool = False
 ) -> AddressSnapshot:
     """The customer's address, or NOT_FOUND (also when it is another customer's)."""
-    address = await get_address(uow, address_id)
+    address = await get_address(uow, address_id, for_update=for_update)
     if address is None or address.customer_id != customer_id:
-        raise NotFound("address", str(address_id))
+        raise address_not_found(customer_id, address_id)
     return address
 
 
-async def addresses_of(uow: UnitOfWork, customer_id: int) -> list[AddressSnapshot]:
-    rows = await uow.fetch(_ADDRESSES_OF, {"customer_id": customer_id})
-    return [AddressSnapshot.of(row) for row in rows]
+async def addresses_after(
+    uow: UnitOfWork, customer_id: int, after_id: int, limit: int
+) -> list[AddressSnapshot]:
+    """Up to `limit` of the customer's addresses with ids above `after_id`, oldest
+    (lowest id) first."""
+    params = {"customer_id": customer_id, "after_id": after_id, "limit": limit}
+    return [AddressSnapshot.of(row) for row in await uow.fetch(_ADDRESSES_AFTER, params)]
 
 
 async def count_addresses(uow: UnitOfWork, customer_id: int) -> int:
@@ -320,14 +352,14 @@ async def change_address(uow: UnitOfWork, address: AddressSnapshot) -> AddressSn
     params |= {"address_id": address.address_id, "new_updated_at": address.updated_at}
     row = await uow.fetch_one(_CHANGE_ADDRESS, params)
     if row is None:
-        raise NotFound("address", str(address.address_id))
+        raise address_not_found(address.customer_id, address.address_id)
     return AddressSnapshot.of(row)
 
 
 async def delete_address(uow: UnitOfWork, customer_id: int, address_id: int) -> None:
     params = {"customer_id": customer_id, "address_id": address_id}
     if await uow.scalar(_DELETE_ADDRESS, params) is None:
-        raise NotFound("address", str(address_id))
+        raise address_not_found(customer_id, address_id)
 
 
 async def clear_other_defaults(

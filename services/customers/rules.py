@@ -6,7 +6,7 @@ number are. No database and no gRPC here, so each is tested on its own
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,10 +14,29 @@ from typing import Any
 import email_validator
 
 from services.core.domain import validation
-from services.core.domain.errors import Aborted, AlreadyExists, InvalidArgument, Violations
-from services.customers.models import DEFAULT_ADDRESS_FLAGS, CustomerSnapshot, ThrottleSnapshot
+from services.core.domain.errors import (
+    Aborted,
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    Violations,
+)
+from services.core.domain.resource_names import name_in_store
+from services.customers.models import (
+    DEFAULT_ADDRESS_FLAGS,
+    AddressSnapshot,
+    CustomerSnapshot,
+    ThrottleSnapshot,
+)
 
 MAX_ADDRESSES_PER_CUSTOMER = 20
+# BatchGetCustomers reads 1 to this many customers in one call (AIP-231).
+MAX_BATCH_CUSTOMERS = 1000
+
+# The collection ids of the module's resource names (AIP-122):
+# stores/{store_id}/customers/{customer_id}/addresses/{address_id}.
+CUSTOMERS = "customers"
+ADDRESSES = "addresses"
 
 # What UpdateCustomer and UpdateCustomerAddress may change, in the API's field names.
 CUSTOMER_WRITABLE_FIELDS = (
@@ -54,6 +73,41 @@ def check_address_id(address_id: int) -> None:
         raise InvalidArgument.of("address_id", "must be a positive address id")
 
 
+def check_batch_customer_ids(customer_ids: Sequence[int]) -> None:
+    """1 to MAX_BATCH_CUSTOMERS ids, each positive; INVALID_ARGUMENT naming each bad
+    one as `customer_ids[i]`."""
+    if not 0 < len(customer_ids) <= MAX_BATCH_CUSTOMERS:
+        raise InvalidArgument.of("customer_ids", f"must name 1 to {MAX_BATCH_CUSTOMERS} customers")
+    problems = Violations()
+    for index, customer_id in enumerate(customer_ids):
+        if customer_id <= 0:
+            problems.add(f"customer_ids[{index}]", "must be a positive customer id")
+    problems.raise_if_any()
+
+
+def first_missing(wanted: Iterable[int], found: Mapping[int, object]) -> int | None:
+    """The first id of `wanted`, in its order, that `found` lacks."""
+    return next((key for key in wanted if key not in found), None)
+
+
+def customer_name(store_id: int, customer_id: int) -> str:
+    return name_in_store(store_id, CUSTOMERS, customer_id)
+
+
+def address_name(address: AddressSnapshot) -> str:
+    return name_in_store(
+        address.store_id, CUSTOMERS, address.customer_id, ADDRESSES, address.address_id
+    )
+
+
+def customer_not_found(customer_id: int) -> NotFound:
+    return NotFound("customer", customer_id, collection=CUSTOMERS)
+
+
+def address_not_found(customer_id: int, address_id: int) -> NotFound:
+    return NotFound("address", address_id, collection=ADDRESSES, parent=(CUSTOMERS, customer_id))
+
+
 def customer_number(customer_id: int) -> str:
     return f"C-{customer_id:06d}"
 
@@ -72,18 +126,22 @@ def login_key(email: str) -> str | None:
     return email_key(valid.normalized)
 
 
-def customer_etag(customer: CustomerSnapshot) -> str:
-    """The customer's version as callers see it (AIP-154): opaque to them."""
-    return f"r{customer.revision}"
+def etag_of(resource: CustomerSnapshot | AddressSnapshot) -> str:
+    """A customer's or an address's version as callers see it (AIP-154): opaque to
+    them."""
+    return f"r{resource.revision}"
 
 
-def check_etag(customer: CustomerSnapshot, etag: str) -> None:
-    """ABORTED when the caller sent an etag and the customer has moved on since."""
-    if etag and etag != customer_etag(customer):
+def check_etag(resource: CustomerSnapshot | AddressSnapshot, etag: str) -> None:
+    """ABORTED when the caller sent an etag and the customer (or address) has moved
+    on since."""
+    current = etag_of(resource)
+    if etag and etag != current:
+        kind = "customer" if isinstance(resource, CustomerSnapshot) else "address"
         raise Aborted(
-            "the customer changed since this etag was read; read it again and retry",
+            f"the {kind} changed since this etag was read; read it again and retry",
             reason="ETAG_MISMATCH",
-            metadata={"current_etag": customer_etag(customer)},
+            metadata={"current_etag": current},
         )
 
 

@@ -5,6 +5,7 @@ services.customers.rules. No gRPC here, so it is testable without a server."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
@@ -29,12 +30,15 @@ from services.customers.models import CustomerSnapshot
 from services.customers.rules import (
     LoginPolicy,
     caller_subject,
+    check_batch_customer_ids,
     check_customer_id,
     check_etag,
     contains_pattern,
+    customer_not_found,
     customer_number,
     customer_values,
     email_subject,
+    first_missing,
     login_key,
     valid_values,
 )
@@ -131,6 +135,18 @@ class CustomerService:
         async with self._db.reading(store_id) as uow:
             check_customer_id(customer_id)
             return await queries.get_customer(uow, customer_id)
+
+    async def batch_get_customers(
+        self, store_id: int, customer_ids: Sequence[int]
+    ) -> list[CustomerSnapshot]:
+        """The customers of `customer_ids` in that order, a repeated id repeated; NOT_FOUND
+        naming the first id (in that order) the store has no customer of."""
+        async with self._db.reading(store_id) as uow:
+            check_batch_customer_ids(customer_ids)
+            found = await queries.customers_by_id(uow, list(dict.fromkeys(customer_ids)))
+            if (missing := first_missing(customer_ids, found)) is not None:
+                raise customer_not_found(missing)  # in the store's scope: named in it
+        return [found[customer_id] for customer_id in customer_ids]
 
     async def update_customer(
         self, store_id: int, customer_id: int, changes: dict[str, Any], *, etag: str = ""

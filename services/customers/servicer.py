@@ -66,6 +66,14 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         customer = await self._service.get_customer(request.store_id, request.customer_id)
         return pb.GetCustomerResponse(customer=customer_to_proto(customer))
 
+    async def BatchGetCustomers(
+        self, request: pb.BatchGetCustomersRequest, context: Context
+    ) -> pb.BatchGetCustomersResponse:
+        customers = await self._service.batch_get_customers(request.store_id, request.customer_ids)
+        return pb.BatchGetCustomersResponse(
+            customers=[customer_to_proto(customer) for customer in customers]
+        )
+
     async def UpdateCustomer(
         self, request: pb.UpdateCustomerRequest, context: Context
     ) -> pb.UpdateCustomerResponse:
@@ -133,7 +141,11 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         changes = masked_changes(request.update_mask, request.address, ADDRESS_WRITABLE_FIELDS)
         require_resource(request, "address")
         address = await self._addresses.update_address(
-            request.store_id, request.customer_id, request.address_id, changes
+            request.store_id,
+            request.customer_id,
+            request.address_id,
+            changes,
+            etag=request.address.etag,
         )
         return pb.UpdateCustomerAddressResponse(address=address_to_proto(address))
 
@@ -141,16 +153,22 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         self, request: pb.DeleteCustomerAddressRequest, context: Context
     ) -> pb.DeleteCustomerAddressResponse:
         await self._addresses.delete_address(
-            request.store_id, request.customer_id, request.address_id
+            request.store_id, request.customer_id, request.address_id, etag=request.etag
         )
         return pb.DeleteCustomerAddressResponse()
 
     async def ListCustomerAddresses(
         self, request: pb.ListCustomerAddressesRequest, context: Context
     ) -> pb.ListCustomerAddressesResponse:
-        addresses = await self._addresses.list_addresses(request.store_id, request.customer_id)
+        page = await self._addresses.list_addresses(
+            request.store_id,
+            request.customer_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
         return pb.ListCustomerAddressesResponse(
-            addresses=[address_to_proto(address) for address in addresses]
+            addresses=[address_to_proto(address) for address in page.addresses],
+            next_page_token=page.next_page_token,
         )
 
     async def GetCustomerMetrics(
@@ -159,7 +177,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
         by_source = await self._service.customer_metrics(request.store_id, request.customer_id)
         return pb.GetCustomerMetricsResponse(
             metrics=[
-                metric_to_proto(source, metric)
+                metric_to_proto(source, metric, money_values=request.money_values)
                 for source, metrics in by_source.items()
                 for metric in metrics
             ]
@@ -182,6 +200,6 @@ def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
         login_policy,
     )
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(
-        CustomerServicer(service, AddressService(context.database)), server
+        CustomerServicer(service, AddressService(context.database, context.page_tokens)), server
     )
     return [pb.DESCRIPTOR.services_by_name["CustomerService"].full_name]

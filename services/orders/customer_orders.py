@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from services.core.db.unit_of_work import TenantDatabase
-from services.core.domain.customer_metrics import CustomerMetric
+from services.core.domain.customer_metrics import CustomerMetric, Money
 from services.core.domain.errors import InvalidArgument
 from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.customers.api import check_customer_id, get_customer
@@ -91,9 +91,11 @@ class OrderMetricsProvider:
         for totals in stats.currencies:
             code = totals.currency_code
             metrics += [
-                CustomerMetric("total_spent", "Total spent", totals.total_spent_minor, code),
+                CustomerMetric("total_spent", "Total spent", Money(code, totals.total_spent_minor)),
                 CustomerMetric(
-                    "avg_order_value", "Average order value", totals.avg_order_value_minor, code
+                    "avg_order_value",
+                    "Average order value",
+                    Money(code, totals.avg_order_value_minor),
                 ),
             ]
         return [

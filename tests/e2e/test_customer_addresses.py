@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from commerce.customers.v1 import customer_pb2
@@ -210,3 +212,199 @@ async def test_addresses_of_unknown_customer_are_not_found(customers, store_id):
         ),
         Code.NOT_FOUND,
     )
+
+
+# -- names and etags ------------------------------------------------------------------------
+
+
+def change_city(
+    store_id, customer_id, address_id, city, etag=""
+) -> pb.UpdateCustomerAddressRequest:
+    return pb.UpdateCustomerAddressRequest(
+        store_id=store_id,
+        customer_id=customer_id,
+        address_id=address_id,
+        address=customer_pb2.CustomerAddress(city=city, etag=etag),
+        update_mask=field_mask_pb2.FieldMask(paths=["city"]),
+    )
+
+
+async def test_an_address_has_its_canonical_name(customers, store_id, customer):
+    created = await add(customers, store_id, customer.customer_id)
+    assert created.name == (
+        f"stores/{store_id}/customers/{customer.customer_id}/addresses/{created.address_id}"
+    )
+    assert customer.name == f"stores/{store_id}/customers/{customer.customer_id}"
+
+
+async def test_every_change_gives_an_address_a_new_etag(customers, store_id, customer):
+    cid = customer.customer_id
+    home = await add(customers, store_id, cid, default_shipping=True)
+    moved = (
+        await customers.UpdateCustomerAddress(
+            change_city(store_id, cid, home.address_id, "Bonn", home.etag)
+        )
+    ).address
+    assert moved.etag
+    assert moved.etag != home.etag
+    # Taking the default from it is a change of it too.
+    await add(customers, store_id, cid, default_shipping=True)
+    (listed_home, _) = await listed(customers, store_id, cid)
+    assert not listed_home.default_shipping
+    assert listed_home.etag not in (home.etag, moved.etag)
+
+
+async def test_a_stale_address_etag_is_aborted_and_changes_nothing(customers, store_id, customer):
+    cid = customer.customer_id
+    created = await add(customers, store_id, cid)
+    current = (
+        await customers.UpdateCustomerAddress(
+            change_city(store_id, cid, created.address_id, "Bonn", created.etag)
+        )
+    ).address
+    failure = await rpc_error(
+        customers.UpdateCustomerAddress(
+            change_city(store_id, cid, created.address_id, "Stale", created.etag)
+        ),
+        Code.ABORTED,
+    )
+    assert failure.error_info.reason == "ETAG_MISMATCH"
+    assert failure.error_info.metadata["current_etag"] == current.etag
+    failure = await rpc_error(
+        customers.DeleteCustomerAddress(
+            pb.DeleteCustomerAddressRequest(
+                store_id=store_id, customer_id=cid, address_id=created.address_id, etag=created.etag
+            )
+        ),
+        Code.ABORTED,
+    )
+    assert failure.error_info.reason == "ETAG_MISMATCH"
+    assert failure.error_info.metadata["current_etag"] == current.etag
+    assert await listed(customers, store_id, cid) == [current]
+
+
+async def test_a_fresh_address_etag_updates_and_deletes(customers, store_id, customer):
+    cid = customer.customer_id
+    created = await add(customers, store_id, cid)
+    updated = (
+        await customers.UpdateCustomerAddress(
+            change_city(store_id, cid, created.address_id, "Bonn", created.etag)
+        )
+    ).address
+    assert updated.city == "Bonn"
+    await customers.DeleteCustomerAddress(
+        pb.DeleteCustomerAddressRequest(
+            store_id=store_id, customer_id=cid, address_id=created.address_id, etag=updated.etag
+        )
+    )
+    assert await listed(customers, store_id, cid) == []
+    # An etag does not turn a missing address into anything but NOT_FOUND.
+    failure = await rpc_error(
+        customers.DeleteCustomerAddress(
+            pb.DeleteCustomerAddressRequest(
+                store_id=store_id, customer_id=cid, address_id=created.address_id, etag=updated.etag
+            )
+        ),
+        Code.NOT_FOUND,
+    )
+    assert failure.resource_info.resource_name == (
+        f"stores/{store_id}/customers/{cid}/addresses/{created.address_id}"
+    )
+
+
+async def test_etag_is_no_path_of_the_update_mask(customers, store_id, customer):
+    created = await add(customers, store_id, customer.customer_id)
+    request = change_city(store_id, customer.customer_id, created.address_id, "Bonn")
+    request.update_mask.paths.append("etag")
+    failure = await rpc_error(customers.UpdateCustomerAddress(request), Code.INVALID_ARGUMENT)
+    assert failure.violated_fields == {"update_mask"}
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+
+def page_request(store_id, customer_id, page_size=0, page_token=""):
+    return pb.ListCustomerAddressesRequest(
+        store_id=store_id, customer_id=customer_id, page_size=page_size, page_token=page_token
+    )
+
+
+async def test_addresses_come_in_pages_oldest_first(customers, store_id, customer):
+    cid = customer.customer_id
+    created = [await add(customers, store_id, cid, city=f"City {i}") for i in range(5)]
+    seen, token, pages = [], "", 0
+    while True:
+        response = await customers.ListCustomerAddresses(page_request(store_id, cid, 2, token))
+        seen += response.addresses
+        pages += 1
+        token = response.next_page_token
+        if not token:
+            break
+    assert seen == created
+    assert pages == 3
+    # Without a page size, one page holds every address a customer can have.
+    for _ in range(MAX_ADDRESSES_PER_CUSTOMER - len(created)):
+        created.append(await add(customers, store_id, cid))
+    everything = await customers.ListCustomerAddresses(page_request(store_id, cid))
+    assert list(everything.addresses) == created
+    assert everything.next_page_token == ""
+
+
+async def test_an_address_page_token_is_bound_to_its_customer(customers, store_id, customer):
+    other = await create_customer(customers, store_id)
+    for owner in (customer, other):
+        for _ in range(2):
+            await add(customers, store_id, owner.customer_id)
+    first = await customers.ListCustomerAddresses(page_request(store_id, customer.customer_id, 1))
+    assert first.next_page_token
+    failure = await rpc_error(
+        customers.ListCustomerAddresses(
+            page_request(store_id, other.customer_id, 1, first.next_page_token)
+        ),
+        Code.INVALID_ARGUMENT,
+    )
+    assert failure.violated_fields == {"page_token"}
+
+
+@pytest.mark.parametrize(("page_size", "expected"), [(150, 20), (-1, None)])
+async def test_address_page_sizes(customers, store_id, customer, page_size, expected):
+    """Above the maximum is lowered to it (all 20 fit); negative is invalid."""
+    for _ in range(MAX_ADDRESSES_PER_CUSTOMER):
+        await add(customers, store_id, customer.customer_id)
+    request = page_request(store_id, customer.customer_id, page_size)
+    if expected is None:
+        failure = await rpc_error(customers.ListCustomerAddresses(request), Code.INVALID_ARGUMENT)
+        assert failure.violated_fields == {"page_size"}
+        return
+    response = await customers.ListCustomerAddresses(request)
+    assert len(response.addresses) == expected
+    assert response.next_page_token == ""
+
+
+async def test_concurrent_address_writers_with_one_etag_have_one_winner(
+    customers, store_id, customer
+):
+    cid = customer.customer_id
+    created = await add(customers, store_id, cid)
+    calls = [
+        customers.UpdateCustomerAddress(
+            change_city(store_id, cid, created.address_id, f"City {i}", created.etag)
+        )
+        for i in range(6)
+    ]
+    calls.append(
+        customers.DeleteCustomerAddress(
+            pb.DeleteCustomerAddressRequest(
+                store_id=store_id, customer_id=cid, address_id=created.address_id, etag=created.etag
+            )
+        )
+    )
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    winners = [r for r in results if not isinstance(r, Exception)]
+    assert len(winners) == 1
+    assert {r.code() for r in results if isinstance(r, grpc.aio.AioRpcError)} == {Code.ABORTED}
+    remaining = await listed(customers, store_id, cid)
+    if isinstance(winners[0], pb.DeleteCustomerAddressResponse):
+        assert remaining == []
+    else:
+        assert remaining == [winners[0].address]

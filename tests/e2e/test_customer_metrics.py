@@ -57,6 +57,7 @@ async def test_metrics_come_from_the_mounted_orders_module(customers, orders, st
         grpc.StatusCode.NOT_FOUND,
     )
     assert failure.resource_info.resource_type == "customer"
+    assert failure.resource_info.resource_name == f"stores/{store_id}/customers/404"
 
 
 async def test_without_orders_mounted_there_are_no_metrics(settings, customers, store_id):
@@ -73,3 +74,45 @@ async def test_without_orders_mounted_there_are_no_metrics(settings, customers, 
             ),
             grpc.StatusCode.NOT_FOUND,
         )
+
+
+async def test_money_values_come_as_money_when_asked_for(customers, orders, store_id):
+    ann = await create_customer(customers, store_id)
+    await create_order(orders, store_id, ann.customer_id, line_items=[line(unit_price_minor=300)])
+    await create_order(
+        orders,
+        store_id,
+        ann.customer_id,
+        currency_code="JPY",
+        line_items=[line(unit_price_minor=500)],
+    )
+    asked = pb.GetCustomerMetricsRequest(
+        store_id=store_id, customer_id=ann.customer_id, money_values=True
+    )
+    metrics = [
+        m for m in (await customers.GetCustomerMetrics(asked)).metrics if m.source == "orders"
+    ]
+    money = [
+        (m.name, m.WhichOneof("value"), m.money_value.currency_code, m.money_value.amount_minor)
+        for m in metrics
+        if m.name in ("total_spent", "avg_order_value")
+    ]
+    assert sorted(money) == [
+        ("avg_order_value", "money_value", "EUR", 300),
+        ("avg_order_value", "money_value", "JPY", 500),
+        ("total_spent", "money_value", "EUR", 300),
+        ("total_spent", "money_value", "JPY", 500),
+    ]
+    assert all(m.currency_code == "" for m in metrics)
+    # A count stays a count.
+    assert plain(metrics)[0] == ("orders", "total_orders", "int_value", 2, "")
+
+    # Not asked for: as callers written before Money read them.
+    default = pb.GetCustomerMetricsRequest(store_id=store_id, customer_id=ann.customer_id)
+    legacy = plain((await customers.GetCustomerMetrics(default)).metrics)
+    assert sorted(m for m in legacy if m[1] in ("total_spent", "avg_order_value")) == [
+        ("orders", "avg_order_value", "int_value", 300, "EUR"),
+        ("orders", "avg_order_value", "int_value", 500, "JPY"),
+        ("orders", "total_spent", "int_value", 300, "EUR"),
+        ("orders", "total_spent", "int_value", 500, "JPY"),
+    ]

@@ -210,7 +210,7 @@ async def test_get_unknown_customer_is_not_found(customers, store_id):
         Code.NOT_FOUND,
     )
     assert failure.error_info.reason == "CUSTOMER_NOT_FOUND"
-    assert failure.resource_info.resource_name == "404"
+    assert failure.resource_info.resource_name == f"stores/{store_id}/customers/404"
 
 
 async def test_get_with_non_positive_id_is_invalid(customers, store_id):

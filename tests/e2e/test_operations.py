@@ -105,6 +105,7 @@ def test_one_log_line_per_rpc_without_secrets(tmp_path, sqlite_env):
         ("GetCustomer", 1, "NOT_FOUND"),
     ]
     assert all(r["duration_ms"] >= 0 for r in rpcs)
+    assert [r.get("resource_name") for r in rpcs] == [None, None, "stores/1/customers/404"]
     everything = server.output()
     assert PASSWORD not in everything
     assert "secret.person" not in everything

@@ -164,7 +164,7 @@ async def test_get_order_errors(orders, store_id):
     )
     assert (failure.resource_info.resource_type, failure.resource_info.resource_name) == (
         "order",
-        "77",
+        f"stores/{store_id}/orders/77",
     )
     failure = await rpc_error(
         orders.GetOrder(pb.GetOrderRequest(store_id=store_id, order_id=0)),

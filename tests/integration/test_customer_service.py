@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import bcrypt
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from services.core.domain.errors import (
     Aborted,
@@ -205,3 +205,33 @@ async def test_counts_whose_window_passed_are_pruned(database, hasher, sessions,
     second = await subjects()
     assert len(second) == 2
     assert not second & first
+
+
+async def test_a_missing_customer_is_named_in_its_store_without_grpc(service, store_id):
+    """The unit of work scopes the names, not only the gRPC layer."""
+    with pytest.raises(NotFound) as raised:
+        await service.batch_get_customers(store_id, [404])
+    assert raised.value.resource_name == f"stores/{store_id}/customers/404"
+
+
+async def test_a_batch_reads_its_customers_in_one_statement(service, database, store_id, backend):
+    if backend != "sqlite":
+        pytest.skip("counted through SQLAlchemy's events, which PostgreSQL's fast path skips")
+    ids = [
+        (await service.create_customer(store_id, NewCustomer(f"b{i}@example.com"))).customer_id
+        for i in range(3)
+    ]
+    statements: list[str] = []
+
+    def count(_connection, _cursor, statement, *_args) -> None:
+        if "FROM customers" in statement:
+            statements.append(statement)
+
+    engine = database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        found = await service.batch_get_customers(store_id, [*ids, ids[0]])
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert [customer.customer_id for customer in found] == [*ids, ids[0]]
+    assert len(statements) == 1

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from services.core.db.engine import Base, create_engine
-from services.migrations import alembic_config
+from services.migrations import alembic_config, upgrade
 
 
 async def test_models_and_migrations_do_not_drift(database_url):
@@ -75,3 +76,27 @@ def test_alembic_ini_knows_every_module_folder():
     }
     folders = {path for path in (root / "migrations/versions").iterdir() if path.is_dir()}
     assert listed == {path for path in folders if not path.name.startswith("__")}
+
+
+async def test_addresses_made_before_etags_start_at_revision_one(tmp_path):
+    """customers_0003 gives the addresses that already exist a revision (an etag)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'before_etags.db'}"
+    await asyncio.to_thread(upgrade, url, "customers_0002")
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as connection:
+            for statement in (
+                "INSERT INTO stores (id, name, is_active, created_at)"
+                " VALUES (1, 's', 1, '2026-01-01 00:00:00')",
+                "INSERT INTO customers VALUES (1, 1, 'C-1', 'a@example.com', 'a@example.com',"
+                " NULL, '', '', '', 0, '', 1, 1, '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+                "INSERT INTO customer_addresses VALUES (1, 5, 1, 'Ann', 'Main St 1', '', 'Berlin',"
+                " '', '', 'DE', '', 0, 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+            ):
+                await connection.execute(text(statement))
+        await asyncio.to_thread(upgrade, url, "heads")
+        async with engine.connect() as connection:
+            revisions = await connection.execute(text("SELECT revision FROM customer_addresses"))
+            assert revisions.scalars().all() == [1]
+    finally:
+        await engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.core.domain.customer_metrics import CustomerMetric, CustomerMetricsRegistry
+from services.core.domain.customer_metrics import CustomerMetric, CustomerMetricsRegistry, Money
 from services.core.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.core.domain.pagination import PageTokenCodec
 from services.core.domain.passwords import PasswordHasher
@@ -80,10 +80,10 @@ async def test_the_orders_metrics_provider_through_the_registry(
     assert metrics == {
         "orders": [
             CustomerMetric("total_orders", "Total orders", 3),
-            CustomerMetric("total_spent", "Total spent", 401, "EUR"),
-            CustomerMetric("avg_order_value", "Average order value", 201, "EUR"),
-            CustomerMetric("total_spent", "Total spent", 5000, "JPY"),
-            CustomerMetric("avg_order_value", "Average order value", 5000, "JPY"),
+            CustomerMetric("total_spent", "Total spent", Money("EUR", 401)),
+            CustomerMetric("avg_order_value", "Average order value", Money("EUR", 201)),
+            CustomerMetric("total_spent", "Total spent", Money("JPY", 5000)),
+            CustomerMetric("avg_order_value", "Average order value", Money("JPY", 5000)),
             CustomerMetric("first_order_time", "First order", first.created_at),
             CustomerMetric("last_order_time", "Last order", last.created_at),
         ]

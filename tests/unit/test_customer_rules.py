@@ -9,17 +9,20 @@ import pytest
 from services.core.domain.errors import Aborted, InvalidArgument, Violations
 from services.customers.models import ThrottleSnapshot
 from services.customers.rules import (
+    MAX_BATCH_CUSTOMERS,
     LoginPolicy,
     address_values,
     caller_subject,
+    check_batch_customer_ids,
     check_customer_id,
     check_etag,
     contains_pattern,
-    customer_etag,
     customer_number,
     customer_values,
     email_key,
     email_subject,
+    etag_of,
+    first_missing,
     login_key,
 )
 
@@ -117,6 +120,22 @@ def test_ids_numbers_and_etags():
         check_customer_id(0)
 
 
+def test_a_batch_names_each_bad_id_by_its_position():
+    check_batch_customer_ids([1] * MAX_BATCH_CUSTOMERS)
+    for too_few_or_many in ([], [1] * (MAX_BATCH_CUSTOMERS + 1)):
+        with pytest.raises(InvalidArgument) as raised:
+            check_batch_customer_ids(too_few_or_many)
+        assert [v.field for v in raised.value.violations] == ["customer_ids"]
+    with pytest.raises(InvalidArgument) as raised:
+        check_batch_customer_ids([3, 0, 5, -1])
+    assert [v.field for v in raised.value.violations] == ["customer_ids[1]", "customer_ids[3]"]
+
+
+def test_the_first_missing_id_is_first_in_request_order():
+    assert first_missing([4, 9, 2, 12, 9], {4: "a"}) == 9
+    assert first_missing([4, 4], {4: "a"}) is None
+
+
 class Revised:
     def __init__(self, revision: int) -> None:
         self.revision = revision
@@ -124,7 +143,7 @@ class Revised:
 
 def test_a_stale_etag_is_refused_and_an_empty_one_skips_the_check():
     customer = Revised(3)
-    assert customer_etag(customer) == "r3"
+    assert etag_of(customer) == "r3"
     check_etag(customer, "")
     check_etag(customer, "r3")
     with pytest.raises(Aborted) as raised:

@@ -144,7 +144,10 @@ async function main(): Promise<void> {
   const [info] = missing.findDetails(ErrorInfoSchema);
   assert.equal(info?.domain, "commerce.customers.v1");
   assert.equal(info?.reason, "CUSTOMER_NOT_FOUND");
-  assert.equal(missing.findDetails(ResourceInfoSchema)[0]?.resourceName, "9000000000000000000");
+  assert.equal(
+    missing.findDetails(ResourceInfoSchema)[0]?.resourceName,
+    `stores/${storeId}/customers/9000000000000000000`,
+  );
 
   console.log(
     JSON.stringify({

@@ -30,6 +30,7 @@ from services.core.db.statements import (
 from services.core.db.stores import STORE_IS_ACTIVE, check_store_id, store_inactive
 from services.core.domain.admission import WorkQueue
 from services.core.domain.errors import NotFound
+from services.core.domain.resource_names import store_scope
 
 NO_PARAMS: Mapping[str, Any] = {}
 
@@ -138,7 +139,8 @@ class TenantDatabase:
     @asynccontextmanager
     async def _unit_of_work(self, store_id: int, *, transaction: bool) -> AsyncIterator[UnitOfWork]:
         check_store_id(store_id)
-        with self.queue.entered():
+        # Inside, errors name their resources in this store (stores/7/customers/42).
+        with store_scope(store_id), self.queue.entered():
             async with self.maintenance(transaction=transaction) as statements:
                 with self.queue.timed():
                     uow = UnitOfWork(store_id, statements)

@@ -15,17 +15,26 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class Money:
+    """An amount of money: an integer number of the currency's minor unit, never a
+    float (1999 with "EUR" is 19.99 EUR)."""
+
+    currency_code: str  # ISO 4217, upper case
+    amount_minor: int
+
+
+@dataclass(frozen=True)
 class CustomerMetric:
     """One figure about one customer."""
 
-    # Stable, snake_case, unique within its provider: "total_orders".
+    # Stable, snake_case, unique within its provider ("total_orders"); an amount of
+    # money appears once per currency.
     name: str
     # For people: "Total orders".
     label: str
-    # A count, an amount in minor units (with currency_code), a time, or None when
-    # there is nothing to measure yet (the first order of a customer without orders).
-    value: int | datetime | None
-    currency_code: str = ""
+    # A count, an amount of money, a time, or None when there is nothing to measure
+    # yet (the first order of a customer without orders).
+    value: int | Money | datetime | None
 
 
 class CustomerMetricsProvider(Protocol):

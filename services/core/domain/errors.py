@@ -3,9 +3,11 @@ to gRPC status codes (services.core.rpc.statuses), so no service knows about gRP
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+
+from services.core.domain.resource_names import STORES, name_in_scope, resource_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +23,9 @@ class DomainError(Exception):
     identifier for programs; `message` is for people."""
 
     default_reason = "ERROR"
+    # The canonical name of the resource the error is about (AIP-122), when it names
+    # one: google.rpc.ResourceInfo and the RPC's log line show it.
+    resource_name = ""
 
     def __init__(
         self,
@@ -49,15 +54,34 @@ class InvalidArgument(DomainError):
 
 
 class NotFound(DomainError):
+    """No such resource. Its ResourceInfo names it canonically: `collection` (by
+    default the regular plural of `resource_type`) and `resource_id`, under `parent`'s
+    collection ids and ids, in the store whose unit of work is open (a store itself
+    is a top-level resource)."""
+
     default_reason = "NOT_FOUND"
 
-    def __init__(self, resource_type: str, resource_name: str, *, reason: str | None = None):
+    def __init__(
+        self,
+        resource_type: str,
+        resource_id: str | int,
+        *,
+        collection: str = "",
+        parent: Sequence[str | int] = (),
+        reason: str | None = None,
+    ):
         super().__init__(
-            f"{resource_type} {resource_name} not found",
+            f"{resource_type} {resource_id} not found",
             reason=reason or f"{resource_type.upper()}_NOT_FOUND",
         )
+        collection = collection or f"{resource_type}s"
         self.resource_type = resource_type
-        self.resource_name = resource_name
+        self.resource_id = str(resource_id)
+        self.resource_name = (
+            resource_name(STORES, resource_id)
+            if collection == STORES and not parent
+            else name_in_scope(*parent, collection, resource_id)
+        )
 
 
 class AlreadyExists(DomainError):

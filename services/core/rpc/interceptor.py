@@ -91,6 +91,7 @@ def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
         started.inc()
         in_flight.inc()
         code = grpc.StatusCode.OK
+        resource = ""  # the resource a failure names, for the log line
         try:
             # The caller stops waiting at its deadline; so does the work, database
             # statements included (asyncpg cancels them; PostgreSQL transactions also
@@ -106,6 +107,7 @@ def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
                         return await (_finished_anyway(work) if finish else work)
             except DomainError as error:
                 status = status_for(error, domain)
+                resource = error.resource_name
             except grpc.aio.AbortError:
                 raise  # a servicer aborted with its own status
             except Exception as error:
@@ -121,7 +123,7 @@ def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
             seconds.observe(elapsed)
             handled[code].inc()
             if logged:
-                _log(method, request, code, elapsed)
+                _log(method, request, code, elapsed, resource)
 
     return guarded
 
@@ -195,21 +197,22 @@ def _failure_status(error: Exception, method: str, *, deadline_passed: bool) -> 
     return plain_status(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def _log(method: str, request: Any, code: grpc.StatusCode, elapsed: float) -> None:
+def _log(method: str, request: Any, code: grpc.StatusCode, elapsed: float, resource: str) -> None:
+    """The RPC's line; a failure that names a resource (NOT_FOUND) names it too."""
     if not rpc_logger.isEnabledFor(logging.INFO):
         return
     store_id = getattr(request, "store_id", None)
     duration_ms = round(elapsed * 1000, 2)
-    rpc_logger.info(
-        "%s store_id=%s code=%s duration_ms=%s",
-        method,
-        store_id,
-        code.name,
-        duration_ms,
-        extra={
-            "grpc_method": method,
-            "store_id": store_id,
-            "grpc_code": code.name,
-            "duration_ms": duration_ms,
-        },
-    )
+    fields = {
+        "grpc_method": method,
+        "store_id": store_id,
+        "grpc_code": code.name,
+        "duration_ms": duration_ms,
+    }
+    line = "%s store_id=%s code=%s duration_ms=%s"
+    arguments: list[Any] = [method, store_id, code.name, duration_ms]
+    if resource:
+        fields["resource_name"] = resource
+        line += " resource_name=%s"
+        arguments.append(resource)
+    rpc_logger.info(line, *arguments, extra=fields)
