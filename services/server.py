@@ -1,5 +1,6 @@
 """The composition root: one grpc.aio server hosting the chosen modules, with health,
-reflection, TLS and metrics. The only place that knows every module."""
+reflection, TLS, metrics and, when asked, the HTTP gateway in front of it. The only
+place that knows every module."""
 
 from __future__ import annotations
 
