@@ -316,11 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    # uvicorn's defaults (its own choice of event loop and HTTP implementation, one
-    # process, no reload) but for the access log: a line per request would cost more
-    # than some of the requests.
+    # What `pip install fastapi uvicorn` gives a team (asyncio, h11, one process, no
+    # reload) but for the access log: a line per request would cost more than some of
+    # the requests. h11 by name: this project also installs httptools (for its HTTP
+    # gateway), which uvicorn would otherwise pick.
     server = _AnnouncingServer(
-        uvicorn.Config(app, host=args.host, port=args.port, access_log=False)
+        uvicorn.Config(app, host=args.host, port=args.port, access_log=False, http="h11")
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:

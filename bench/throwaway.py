@@ -21,10 +21,14 @@ from bench.urls import asyncpg_dsn, sqlalchemy_url
 
 @asynccontextmanager
 async def commerce_server(
-    database_url: str, *, bcrypt_rounds: int = 12, stores: int = 2
+    database_url: str,
+    *,
+    bcrypt_rounds: int = 12,
+    stores: int = 2,
+    serve_flags: tuple[str, ...] = (),
 ) -> AsyncIterator[tuple[str, int]]:
     """(target, server pid) of a server on a fresh database with `stores` stores
-    (ids 1, 2, ...); the database is dropped at the end."""
+    (ids 1, 2, ...), given `serve_flags`; the database is dropped at the end."""
     admin_dsn = asyncpg_dsn(database_url)
     name = f"commerce_bench_{os.getpid()}"
     admin = await asyncpg.connect(admin_dsn)
@@ -46,6 +50,7 @@ async def commerce_server(
                 "serve",
                 "--listen-address",
                 target,
+                *serve_flags,
                 env=env,
                 cwd=ROOT,
                 stdout=log,

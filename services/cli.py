@@ -241,7 +241,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         asyncio.run(serve(settings, share_port=supervised))
     except CannotListen as error:
-        print(f"error: {error} (setting listen_address)", file=sys.stderr)
+        print(f"error: {error} (setting {error.setting})", file=sys.stderr)
         return 2
     return 0
 

@@ -16,7 +16,12 @@ from typing import Any
 
 
 class CannotListen(Exception):
-    """The server cannot listen on its address; the message says why, in one line."""
+    """The server cannot listen on its address; the message says why, in one line, and
+    `setting` names the setting that gave the address."""
+
+    def __init__(self, message: str, setting: str = "listen_address") -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class AddressInUse(CannotListen):
@@ -75,3 +80,21 @@ def claim_for_workers(address: str) -> list[socket.socket]:
         # Only old connections in TIME_WAIT of a server without SO_REUSEPORT stand in
         # the way (the check passed): serve unclaimed rather than not at all.
         return []
+
+
+def listening_sockets(address: str, *, share_port: bool, setting: str) -> list[socket.socket]:
+    """Sockets listening on every address `address` resolves to, for a server that
+    accepts on them itself (the HTTP gateway; gRPC binds its own). `share_port`: with
+    SO_REUSEPORT, for the workers of one supervisor. Raises CannotListen."""
+    try:
+        sockets = _bind_all(address, reuseaddr=True, reuseport=share_port)
+    except AddressInUse as error:
+        raise AddressInUse(str(error), setting) from None
+    except OSError as error:
+        raise CannotListen(f"cannot listen on {address}: {error.strerror}", setting) from None
+    if not sockets:
+        raise CannotListen(f"cannot listen on {address}: no such local address", setting)
+    for sock in sockets:
+        sock.listen(1024)
+        sock.setblocking(False)
+    return sockets

@@ -1,18 +1,23 @@
 """The composition root: one grpc.aio server hosting the chosen modules, with health,
-reflection, TLS and metrics. The only place that knows every module."""
+reflection, TLS, metrics and, when asked, the HTTP gateway in front of it. The only
+place that knows every module."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
+import socket
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,6 +29,8 @@ from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.customer_metrics import CustomerMetricsRegistry
 from services.core.domain.pagination import PageTokenCodec
 from services.core.domain.passwords import PasswordHasher
+from services.core.http.gateway import gateway_app
+from services.core.http.listener import HttpListener, HttpTls
 from services.core.modules import ModuleContext, MountFunction
 from services.core.rpc.callers import CallerAuthInterceptor, load_callers
 from services.core.rpc.interceptor import RpcInterceptor
@@ -32,7 +39,7 @@ from services.core.rpc.reflection import enable_reflection
 from services.core.rpc.statuses import retry_status
 from services.core.settings import Settings
 from services.customers.servicer import mount as mount_customers
-from services.listen import CannotListen, check_free
+from services.listen import CannotListen, check_free, listening_sockets
 from services.loyalty.servicer import mount as mount_loyalty
 from services.orders.servicer import mount as mount_orders
 
@@ -108,6 +115,10 @@ class Application:
         )
         self.port = 0
         self.address = ""
+        self.http_port = 0
+        self.http: HttpListener | None = None
+        self._gateway_channel: grpc.aio.Channel | None = None
+        self._private_directory = ""
         self.service_names: list[str] = []
         self._background: list[asyncio.Task[None]] = []
         self._status: int = NOT_SERVING
@@ -139,6 +150,7 @@ class Application:
         except RuntimeError as error:  # gRPC's "Failed to bind to address ..."
             raise CannotListen(f"cannot listen on {address}: {error}".split(";")[0]) from None
         self.address = f"{address.rpartition(':')[0]}:{self.port}"
+        http_sockets = self._bind_http() if self.settings.http_listen_address else []
         # Health is settled before the port answers: a probe that sees the server up
         # must also find every service's status, never NOT_FOUND for a moment.
         reachable = await self.database_reachable()
@@ -150,6 +162,8 @@ class Application:
                 self.database_label,
             )
         await self.server.start()
+        if http_sockets:
+            await self._start_gateway(http_sockets)
         self._background = [
             asyncio.create_task(self._watch_database()),
             asyncio.create_task(self._forget_expired_request_ids()),
@@ -161,6 +175,50 @@ class Application:
             "TLS" if credentials else "plaintext",
         )
         return self.port
+
+    def _bind_http(self) -> list[socket.socket]:
+        """Binds the HTTP gateway's address, and gives the gateway a gRPC port of its
+        own: a unix socket in a directory only this user may enter. The gateway's calls
+        reach this process (not another worker on the shared port) whatever the gRPC
+        port's TLS, and the server can tell them from any other caller
+        (services.core.rpc.callers.CLIENT_ADDRESS_KEY)."""
+        address = self.settings.http_listen_address
+        sockets = listening_sockets(
+            address, share_port=self.share_port, setting="http_listen_address"
+        )
+        self.http_port = sockets[0].getsockname()[1]
+        self._private_directory = tempfile.mkdtemp(prefix="commerce-gateway-")  # mode 0700
+        self.server.add_insecure_port(f"unix:{self._private_directory}/grpc.sock")
+        return sockets
+
+    async def _start_gateway(self, sockets: list[socket.socket]) -> None:
+        limit = self.settings.max_message_bytes
+        self._gateway_channel = grpc.aio.insecure_channel(
+            f"unix:{self._private_directory}/grpc.sock",
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ],
+        )
+        pool = descriptor_pool.Default()
+        services = [pool.FindServiceByName(name) for name in self.service_names]
+        app = gateway_app(self._gateway_channel, services, max_message_bytes=limit)
+        tls = None
+        if self.settings.tls_cert_file:
+            tls = HttpTls(
+                self.settings.tls_cert_file,
+                self.settings.tls_key_file,
+                self.settings.tls_client_ca_file,
+            )
+        self.http = HttpListener(app, sockets, grace_seconds=self.settings.grace_seconds, tls=tls)
+        await self.http.start()
+        host = self.settings.http_listen_address.rpartition(":")[0]
+        logger.info(
+            "serving HTTP (Connect protocol) on %s:%d (%s)",
+            host,
+            self.http_port,
+            "TLS" if tls else "plaintext",
+        )
 
     @property
     def database_label(self) -> str:
@@ -177,12 +235,21 @@ class Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.health.enter_graceful_shutdown()
+        # The HTTP listener stops accepting now and answers its requests in flight,
+        # whose gRPC calls the drain below waits for like any other.
+        http_stopped = asyncio.create_task(self.http.stop(grace)) if self.http else None
         # Draining in front of gRPC's own stop: once that stops, calls that reached the
         # process but no handler yet are cancelled, and CANCELLED is not retried.
         started = asyncio.get_running_loop().time()
         await self.drain.drain(grace)
+        if http_stopped is not None:
+            await http_stopped
         elapsed = asyncio.get_running_loop().time() - started
         await self.server.stop(max(grace - elapsed, 0.0))
+        if self._gateway_channel is not None:
+            await self._gateway_channel.close()
+        if self._private_directory:
+            shutil.rmtree(self._private_directory, ignore_errors=True)
         await self.engine.dispose()
         self.passwords.close()
 

@@ -75,12 +75,16 @@ class Supervisor:
         if problem := module_problem(self.settings.module_names):
             print(f"error: {problem}", file=sys.stderr)
             return 2
-        try:
-            # Held until this process exits: its workers, and only they, join the port.
-            self.claim = claim_for_workers(self.settings.listen_address)
-        except CannotListen as error:
-            print(f"error: {error} (setting listen_address)", file=sys.stderr)
-            return 2
+        for setting in ("listen_address", "http_listen_address"):
+            address: str = getattr(self.settings, setting)
+            if not address:
+                continue
+            try:
+                # Held until this process exits: its workers, and only they, join the port.
+                self.claim += claim_for_workers(address)
+            except CannotListen as error:
+                print(f"error: {error} (setting {setting})", file=sys.stderr)
+                return 2
         env = self.worker_environment()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.forward)

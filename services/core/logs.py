@@ -12,6 +12,9 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s"
 
 
 QUIET_DRIVER_LOGGERS = ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool")
+# uvicorn, serving the HTTP gateway, announces its start and stop at INFO under the
+# name "uvicorn.error"; the server's own lines say it. Its warnings and errors stay.
+QUIET_SERVER_LOGGERS = ("uvicorn.error",)
 
 
 def configure_logging(level: str, log_format: str) -> None:
@@ -40,5 +43,5 @@ def configure_logging(level: str, log_format: str) -> None:
     # Database drivers log each statement, aiosqlite with its bound values (password
     # hashes, emails), at DEBUG; SQLAlchemy logs statements at INFO. Our own levels
     # never switch that on.
-    for driver in QUIET_DRIVER_LOGGERS:
+    for driver in QUIET_DRIVER_LOGGERS + QUIET_SERVER_LOGGERS:
         logging.getLogger(driver).setLevel(max(logging.WARNING, logging.getLevelName(level)))

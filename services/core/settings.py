@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         "(env DATABASE_URL works too)",
     )
     listen_address: str = Field(default="127.0.0.1:50051", description="host:port to serve on")
+    http_listen_address: str = Field(
+        default="",
+        description="host:port to serve the same services over plain HTTP on, in the "
+        "Connect protocol (JSON or protobuf bodies; curl, browsers) (empty: off)",
+    )
     services: str = Field(
         default="",
         description="comma-separated modules to mount: customers, orders, loyalty (empty: all)",
@@ -163,7 +168,7 @@ class Settings(BaseSettings):
     def _upper(cls, level: str) -> str:
         return level.upper()
 
-    @field_validator("listen_address", "metrics_address")
+    @field_validator("listen_address", "http_listen_address", "metrics_address")
     @classmethod
     def _host_port(cls, address: str) -> str:
         if address and not address.rpartition(":")[2].isdigit():
@@ -181,8 +186,12 @@ class Settings(BaseSettings):
     def _tls_pairs(self) -> Settings:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("tls_cert_file and tls_key_file go together")
-        if self.workers > 1 and self.listen_address.endswith(":0"):
+        if self.workers > 1 and (
+            self.listen_address.endswith(":0") or self.http_listen_address.endswith(":0")
+        ):
             raise ValueError("several workers need a fixed port to share, not :0")
+        if self.http_listen_address and self.http_listen_address == self.listen_address:
+            raise ValueError("http_listen_address must differ from listen_address")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         return self

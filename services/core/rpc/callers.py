@@ -65,6 +65,13 @@ WRITE_VERBS = frozenset(
 )
 _VERB = re.compile(r"^(?:Batch)?[A-Z][a-z]*")
 
+# The HTTP gateway (services.core.http) reaches the gRPC server over a private unix
+# socket, so the server sees that socket as every HTTP call's peer; the gateway names
+# the HTTP client's address in this metadata key. The server believes it only from a
+# unix socket peer (the socket's directory is the server user's alone), and the
+# gateway drops the key from what HTTP callers send: nobody can pose as an address.
+CLIENT_ADDRESS_KEY = "commerce-client-address"
+
 # The name of the caller whose token the current call carries (set for unary calls).
 _current_caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
 
@@ -156,14 +163,23 @@ def load_callers(path: str) -> dict[str, Caller]:
 def caller_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """Who makes the current call: 'token:<name>' for a call with a caller token, else
     'address:<IP address of the peer>' (without its port, which changes with every
-    connection)."""
+    connection), the HTTP client's for a call through the HTTP gateway."""
     if name := _current_caller.get():
         return "token:" + name
     peer = context.peer() or ""
     kind, _, address = peer.partition(":")
     if kind in ("ipv4", "ipv6"):
         address = address.rpartition(":")[0] or address
+    elif kind == "unix" and (forwarded := _forwarded_client(context)):
+        address = forwarded
     return "address:" + address
+
+
+def _forwarded_client(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_ADDRESS_KEY and isinstance(value, str):
+            return value
+    return ""
 
 
 class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
