@@ -59,6 +59,10 @@ class Order(Base):
     contact_email: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    # Bumped by every change; the API shows it as the order's etag (AIP-154).
+    revision: Mapped[int] = mapped_column(Integer, server_default="1")
+    tracking_reference: Mapped[str] = mapped_column(String(100), server_default="")
+    cancel_reason: Mapped[str] = mapped_column(String(200), server_default="")
 
     __table_args__ = (
         ForeignKeyConstraint(
@@ -107,6 +111,28 @@ class OrderLineItem(Base):
     )
 
 
+class OrderRevision(Base):
+    """What a status change left of an order's changing fields, one row per change:
+    a retried change answers with the order as its first try left it, even after
+    the order moved on (its other fields never change)."""
+
+    __tablename__ = "order_revisions"
+
+    store_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(String(20))
+    tracking_reference: Mapped[str] = mapped_column(String(100))
+    cancel_reason: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["store_id", "order_id"], ["orders.store_id", "orders.order_id"], ondelete="CASCADE"
+        ),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class LineItemSnapshot(RowSnapshot):
     """A line as the queries return it: OrderLineItem's fields, without the ORM."""
@@ -137,6 +163,9 @@ class OrderSnapshot:
     contact_email: str
     created_at: datetime
     updated_at: datetime
+    revision: int
+    tracking_reference: str
+    cancel_reason: str
     line_items: tuple[LineItemSnapshot, ...] = ()
     customer: CustomerSnapshot | None = None
 

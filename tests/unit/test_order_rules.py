@@ -133,7 +133,19 @@ def test_a_filter_needs_a_time_range_that_is_not_empty():
 
 def order(order_id: int, created_at: datetime) -> OrderSnapshot:
     return OrderSnapshot(
-        1, order_id, order_number(order_id), None, "PENDING", "EUR", 0, "", created_at, created_at
+        1,
+        order_id,
+        order_number(order_id),
+        None,
+        "PENDING",
+        "EUR",
+        0,
+        "",
+        created_at,
+        created_at,
+        1,
+        "",
+        "",
     )
 
 
