@@ -1,5 +1,5 @@
 """orders: the revision behind an order's etag, its tracking reference and cancel
-reason, and what each status change left of the order
+reason, what each status change left of the order, and guest orders newest first
 
 Revision ID: orders_0002
 Revises: orders_0001
@@ -31,6 +31,14 @@ def upgrade() -> None:
         "orders",
         sa.Column("cancel_reason", sa.String(length=200), server_default="", nullable=False),
     )
+    # Guest orders newest first, in index order (see services.orders.models).
+    op.create_index(
+        "ix_orders_guests",
+        "orders",
+        ["store_id", "created_at", "order_id"],
+        postgresql_where=sa.text("customer_id IS NULL"),
+        sqlite_where=sa.text("customer_id IS NULL"),
+    )
     op.create_table(
         "order_revisions",
         sa.Column("store_id", sa.BigInteger(), nullable=False),
@@ -54,6 +62,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("order_revisions")
+    op.drop_index("ix_orders_guests", table_name="orders")
     with op.batch_alter_table("orders") as batch:
         batch.drop_column("cancel_reason")
         batch.drop_column("tracking_reference")
