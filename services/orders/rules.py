@@ -247,8 +247,9 @@ def expected_revision(etag: str) -> int | None:
     one this server never issued, so that it is ABORTED like any stale etag."""
     if not etag:
         return None
-    digits = etag.removeprefix("r")
-    if etag[:1] != "r" or not digits.isascii() or not digits.isdigit() or len(digits) > 9:
+    digits = etag[1:]
+    issued = digits.isascii() and digits.isdigit() and len(digits) <= 9
+    if not issued or etag != order_etag(int(digits)):
         return 0
     return int(digits)
 
