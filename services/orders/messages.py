@@ -9,11 +9,12 @@ from typing import Any
 
 from commerce.customers.v1 import customer_pb2
 from commerce.orders.v1 import order_pb2
+from commerce.type.v1 import money_pb2
 
 from services.core.rpc.convert import timestamp
 from services.customers.messages import customer_to_proto
 from services.orders.models import LineItemSnapshot, OrderSnapshot, OrderStatus
-from services.orders.rules import CustomerOrderStats, OrderPage
+from services.orders.rules import CustomerOrderStats, OrderPage, order_etag
 
 PROTO_STATUS: dict[OrderStatus, order_pb2.OrderStatus.ValueType] = {
     status: order_pb2.OrderStatus.Value(f"ORDER_STATUS_{status.name}") for status in OrderStatus
@@ -27,6 +28,8 @@ def order_to_proto(
     if customer is None and order.customer is not None:
         customer = customer_to_proto(order.customer)
     return order_pb2.Order(
+        name=order_name(order),
+        etag=order_etag(order.revision),
         store_id=order.store_id,
         order_id=order.order_id,
         order_number=order.order_number,
@@ -34,12 +37,24 @@ def order_to_proto(
         customer=customer,
         status=PROTO_STATUS[OrderStatus(order.status)],
         currency_code=order.currency_code,
-        line_items=[_line_to_proto(line) for line in order.line_items],
+        line_items=[_line_to_proto(line, order.currency_code) for line in order.line_items],
         total_minor=order.total_minor,
+        total=money(order.currency_code, order.total_minor),
         contact_email=order.contact_email,
         create_time=timestamp(order.created_at),
         update_time=timestamp(order.updated_at),
+        tracking_reference=order.tracking_reference,
+        cancel_reason=order.cancel_reason,
     )
+
+
+def order_name(order: OrderSnapshot) -> str:
+    """The order's resource name (AIP-122)."""
+    return f"stores/{order.store_id}/orders/{order.order_id}"
+
+
+def money(currency_code: str, amount_minor: int) -> money_pb2.Money:
+    return money_pb2.Money(currency_code=currency_code, amount_minor=amount_minor)
 
 
 def orders_to_proto(orders: Sequence[OrderSnapshot]) -> list[order_pb2.Order]:
@@ -57,7 +72,7 @@ def page_fields(page: OrderPage) -> dict[str, Any]:
     return {"orders": orders_to_proto(page.orders), "next_page_token": page.next_page_token}
 
 
-def _line_to_proto(line: LineItemSnapshot) -> order_pb2.OrderLineItem:
+def _line_to_proto(line: LineItemSnapshot, currency_code: str) -> order_pb2.OrderLineItem:
     return order_pb2.OrderLineItem(
         line_number=line.line_number,
         sku=line.sku,
@@ -65,6 +80,8 @@ def _line_to_proto(line: LineItemSnapshot) -> order_pb2.OrderLineItem:
         quantity=line.quantity,
         unit_price_minor=line.unit_price_minor,
         line_total_minor=line.line_total_minor,
+        unit_price=money(currency_code, line.unit_price_minor),
+        line_total=money(currency_code, line.line_total_minor),
     )
 
 
@@ -84,6 +101,12 @@ def stats_to_proto(stats: CustomerOrderStats) -> order_pb2.CustomerOrderStats:
                 currency_code=totals.currency_code, amount_minor=totals.avg_order_value_minor
             )
             for totals in stats.currencies
+        ],
+        total_spent_per_currency=[
+            money(totals.currency_code, totals.total_spent_minor) for totals in stats.currencies
+        ],
+        avg_order_value_per_currency=[
+            money(totals.currency_code, totals.avg_order_value_minor) for totals in stats.currencies
         ],
         first_order_time=timestamp(stats.first_order_time) if stats.first_order_time else None,
         last_order_time=timestamp(stats.last_order_time) if stats.last_order_time else None,

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -59,6 +60,10 @@ class Order(Base):
     contact_email: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    # Bumped by every change; the API shows it as the order's etag (AIP-154).
+    revision: Mapped[int] = mapped_column(Integer, server_default="1")
+    tracking_reference: Mapped[str] = mapped_column(String(100), server_default="")
+    cancel_reason: Mapped[str] = mapped_column(String(200), server_default="")
 
     __table_args__ = (
         ForeignKeyConstraint(
@@ -72,6 +77,18 @@ class Order(Base):
         # however deep it is.
         Index("ix_orders_created", "store_id", "created_at", "order_id"),
         Index("ix_orders_status", "store_id", "status", "created_at", "order_id"),
+        # Guest orders newest first. ix_orders_customer finds them too (customer_id IS
+        # NULL), but not in its order: a plan through it reads and sorts every guest
+        # order of the store for each page, and a generic plan picks it when the
+        # statistics saw few guests.
+        Index(
+            "ix_orders_guests",
+            "store_id",
+            "created_at",
+            "order_id",
+            postgresql_where=text("customer_id IS NULL"),
+            sqlite_where=text("customer_id IS NULL"),
+        ),
         # A customer's history, and on PostgreSQL also their statistics: the included
         # columns let the statistics aggregate read the index alone (index-only scan)
         # instead of visiting one table page per order.
@@ -107,6 +124,28 @@ class OrderLineItem(Base):
     )
 
 
+class OrderRevision(Base):
+    """What a status change left of an order's changing fields, one row per change:
+    a retried change answers with the order as its first try left it, even after
+    the order moved on (its other fields never change)."""
+
+    __tablename__ = "order_revisions"
+
+    store_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(String(20))
+    tracking_reference: Mapped[str] = mapped_column(String(100))
+    cancel_reason: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["store_id", "order_id"], ["orders.store_id", "orders.order_id"], ondelete="CASCADE"
+        ),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class LineItemSnapshot(RowSnapshot):
     """A line as the queries return it: OrderLineItem's fields, without the ORM."""
@@ -137,6 +176,9 @@ class OrderSnapshot:
     contact_email: str
     created_at: datetime
     updated_at: datetime
+    revision: int
+    tracking_reference: str
+    cancel_reason: str
     line_items: tuple[LineItemSnapshot, ...] = ()
     customer: CustomerSnapshot | None = None
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from enum import Enum
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
@@ -23,6 +25,7 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
+    union_all,
     update,
 )
 
@@ -38,10 +41,12 @@ from services.orders.models import (
     LineItemSnapshot,
     Order,
     OrderLineItem,
+    OrderRevision,
     OrderSnapshot,
     OrderStatus,
 )
 from services.orders.rules import (
+    MAX_STATUS_FILTERS,
     CustomerOrderStats,
     OrderFilter,
     PageRequest,
@@ -51,7 +56,7 @@ from services.orders.rules import (
 
 _ORDER_KEY = in_store(Order, "order_id")
 _GET_ORDER = Statement(select(*ORDER_COLUMNS).where(*_ORDER_KEY))
-_ORDER_STATUS = Statement(select(Order.status).where(*_ORDER_KEY))
+_ORDER_STATE = Statement(select(Order.status, Order.revision).where(*_ORDER_KEY))
 _ORDER_LINES = Statement(
     select(*LINE_ITEM_COLUMNS)
     .where(*in_store(OrderLineItem, "order_id"))
@@ -61,20 +66,46 @@ _INSERT_ORDER = insert_row(cast(Table, Order.__table__))
 _INSERT_LINE_ITEMS = insert_row(cast(Table, OrderLineItem.__table__))
 
 
-def _move_order(status: OrderStatus) -> Statement:
-    """One conditional UPDATE into `status`, from the statuses allowed to precede it:
-    the transition is checked and made atomically, without a lock held across round
-    trips."""
-    allowed = or_(*(Order.status == source.value for source in sources_of(status)))
-    return Statement(
-        update(Order)
-        .where(*_ORDER_KEY, allowed)
-        .values(status=status.value, updated_at=bindparam("new_updated_at"))
-        .returning(*ORDER_COLUMNS)
-    )
+_INSERT_REVISION = insert_row(cast(Table, OrderRevision.__table__))
+_REVISION = Statement(
+    select(
+        OrderRevision.status,
+        OrderRevision.tracking_reference,
+        OrderRevision.cancel_reason,
+        OrderRevision.updated_at,
+    ).where(*in_store(OrderRevision, "order_id", "revision"))
+)
 
 
-_MOVE_ORDER = {status: _move_order(status) for status in OrderStatus if sources_of(status)}
+def _move_order(status: OrderStatus, *, with_etag: bool) -> Statement:
+    """One conditional UPDATE into `status`, from the statuses allowed to precede it
+    (and, with an etag, only at the revision it names): the checks and the change are
+    one atomic step, without a lock held across round trips. Only ShipOrder sets a
+    tracking reference and only CancelOrder a reason; they never change after."""
+    conditions = [
+        *_ORDER_KEY,
+        or_(*(Order.status == source.value for source in sources_of(status))),
+    ]
+    if with_etag:
+        conditions.append(Order.revision == bindparam("expected_revision"))
+    changes: dict[str, Any] = {
+        "status": status.value,
+        "updated_at": bindparam("new_updated_at"),
+        "revision": Order.revision + 1,
+    }
+    if status is OrderStatus.SHIPPED:
+        changes["tracking_reference"] = bindparam("new_tracking_reference")
+    if status is OrderStatus.CANCELLED:
+        changes["cancel_reason"] = bindparam("new_cancel_reason")
+    return Statement(update(Order).where(*conditions).values(changes).returning(*ORDER_COLUMNS))
+
+
+_MOVE_ORDER = {
+    (status, with_etag): _move_order(status, with_etag=with_etag)
+    for status in OrderStatus
+    if sources_of(status)
+    for with_etag in (False, True)
+}
 
 
 async def get_order(uow: UnitOfWork, order_id: int) -> OrderSnapshot:
@@ -104,19 +135,62 @@ async def insert_order(
     )
 
 
-async def move_order(uow: UnitOfWork, order_id: int, status: OrderStatus) -> OrderSnapshot | None:
+async def move_order(
+    uow: UnitOfWork,
+    order_id: int,
+    status: OrderStatus,
+    *,
+    revision: int | None = None,
+    tracking_reference: str = "",
+    cancel_reason: str = "",
+) -> OrderSnapshot | None:
     """Gives the order `status` if the status machine allows it from the order's
-    current one; None if it does not (or there is no such order: see order_status)."""
-    if status not in _MOVE_ORDER:  # nothing may become it
+    current one and the order is at `revision` (when given), and records what the
+    change left; None if not (or there is no such order: see order_state)."""
+    if (status, False) not in _MOVE_ORDER:  # nothing may become it
         return None
-    params = {"order_id": order_id, "new_updated_at": utc_now()}
-    row = await uow.fetch_one(_MOVE_ORDER[status], params)
-    return None if row is None else await _with_details(uow, row)
+    params: dict[str, Any] = {
+        "order_id": order_id,
+        "new_updated_at": utc_now(),
+        "new_tracking_reference": tracking_reference,
+        "new_cancel_reason": cancel_reason,
+    }
+    if revision is not None:
+        params["expected_revision"] = revision
+    row = await uow.fetch_one(_MOVE_ORDER[status, revision is not None], params)
+    if row is None:
+        return None
+    moved = await _with_details(uow, row)
+    await uow.execute(
+        _INSERT_REVISION,
+        {
+            "order_id": order_id,
+            "revision": moved.revision,
+            "status": moved.status,
+            "tracking_reference": moved.tracking_reference,
+            "cancel_reason": moved.cancel_reason,
+            "updated_at": moved.updated_at,
+        },
+    )
+    return moved
 
 
-async def order_status(uow: UnitOfWork, order_id: int) -> OrderStatus | None:
-    status = await uow.scalar(_ORDER_STATUS, {"order_id": order_id})
-    return None if status is None else OrderStatus(status)
+async def order_state(uow: UnitOfWork, order_id: int) -> tuple[OrderStatus, int] | None:
+    """The order's status and revision; None when the store has no such order."""
+    row = await uow.fetch_one(_ORDER_STATE, {"order_id": order_id})
+    return None if row is None else (OrderStatus(row["status"]), int(row["revision"]))
+
+
+async def order_at_revision(uow: UnitOfWork, order_id: int, revision: int) -> OrderSnapshot:
+    """The order as the change that made `revision` left it: its fields that change
+    with its status as they were then, the others (and its customer) as they are."""
+    order = await get_order(uow, order_id)
+    if order.revision == revision:
+        return order
+    then = await uow.fetch_one(_REVISION, {"order_id": order_id, "revision": revision})
+    if then is None:  # written with the key that names it: never, short of a bug
+        return order
+    return replace(order, revision=revision, **dict(then))
 
 
 async def _with_details(uow: UnitOfWork, row: Mapping[str, Any]) -> OrderSnapshot:
@@ -129,19 +203,33 @@ async def _with_details(uow: UnitOfWork, row: Mapping[str, Any]) -> OrderSnapsho
 # -- pages, newest first -------------------------------------------------------------------
 
 
+class _Customers(Enum):
+    """Whose orders a page query reads."""
+
+    ANY = "any"
+    ONE = "one"
+    # customer_id IS NULL: ix_orders_customer serves it like one customer's id.
+    GUESTS = "guests"
+
+
 class _Shape(NamedTuple):
     """Which filters a page query has: each combination is one fixed statement."""
 
-    status: bool
-    customer: bool
+    statuses: bool
+    customers: _Customers
     created_from: bool
     created_before: bool
 
     @classmethod
     def of(cls, filters: OrderFilter) -> _Shape:
+        customers = _Customers.ANY
+        if filters.customer_id:
+            customers = _Customers.ONE
+        elif filters.guests_only:
+            customers = _Customers.GUESTS
         return cls(
-            filters.status is not None,
-            bool(filters.customer_id),
+            bool(filters.statuses),
+            customers,
             filters.created_from is not None,
             filters.created_before is not None,
         )
@@ -155,11 +243,12 @@ def _position(time: str, order_id: str) -> ColumnElement[Any]:
 
 
 def _matching(shape: _Shape) -> list[ColumnElement[bool]]:
+    """The conditions of a shape but its statuses (see _page)."""
     conditions = list(in_store(Order))
-    if shape.status:
-        conditions.append(Order.status == bindparam("status"))
-    if shape.customer:
+    if shape.customers is _Customers.ONE:
         conditions.append(Order.customer_id == bindparam("customer_id"))
+    if shape.customers is _Customers.GUESTS:
+        conditions.append(Order.customer_id.is_(None))
     if shape.created_from:
         conditions.append(Order.created_at >= bindparam("created_from", type_=UtcDateTime()))
     if shape.created_before:
@@ -167,22 +256,49 @@ def _matching(shape: _Shape) -> list[ColumnElement[bool]]:
     return conditions
 
 
+def _status_param(index: int) -> str:
+    return f"status_{index}"
+
+
 def _page(shape: _Shape, after: bool) -> Statement:
+    """A page of the shape. With statuses, one newest-first branch per status, each a
+    range of ix_orders_status (or of the customer's index) that stops at the page's
+    size, merged and cut again: a page reads at most a page per status however many
+    orders match, where one `status IN (...)` range would have to sort them all. A
+    branch whose status parameter is NULL (fewer statuses than branches) reads
+    nothing."""
     conditions = _matching(shape)
     if after:
         conditions.append(_position("after_time", "after_id") > _KEYSET)
+
+    def newest(*where: ColumnElement[bool]) -> Any:
+        return (
+            select(*ORDER_COLUMNS)
+            .where(*conditions, *where)
+            .order_by(Order.created_at.desc(), Order.order_id.desc())
+            .limit(bindparam("limit"))
+        )
+
+    if not shape.statuses:
+        return Statement(newest())
+    branches = [
+        select(newest(Order.status == bindparam(_status_param(index))).subquery(f"s{index}"))
+        for index in range(MAX_STATUS_FILTERS)
+    ]
+    merged = union_all(*branches).subquery("matching")
     return Statement(
-        select(*ORDER_COLUMNS)
-        .where(*conditions)
-        .order_by(Order.created_at.desc(), Order.order_id.desc())
+        select(merged)
+        .order_by(merged.c.created_at.desc(), merged.c.order_id.desc())
         .limit(bindparam("limit"))
     )
 
 
 # Every combination of filters, built (not yet compiled) once at import.
 _ORDER_PAGES = {
-    (_Shape(*flags), after): _page(_Shape(*flags), after)
-    for flags in itertools.product((False, True), repeat=len(_Shape._fields))
+    (shape, after): _page(shape, after)
+    for shape in itertools.starmap(
+        _Shape, itertools.product((False, True), _Customers, (False, True), (False, True))
+    )
     for after in (False, True)
 }
 
@@ -208,8 +324,10 @@ async def orders_page(
     every order, when the filter is one customer and the caller has read them."""
     shape = _Shape.of(filters)
     params: dict[str, Any] = {"limit": request.size + 1}
-    if filters.status is not None:
-        params["status"] = filters.status.value
+    if filters.statuses:
+        statuses = [status.value for status in filters.statuses]
+        for index in range(MAX_STATUS_FILTERS):
+            params[_status_param(index)] = statuses[index] if index < len(statuses) else None
     params |= {
         name: value
         for name, value in (

@@ -6,14 +6,14 @@ tested on its own (tests/unit/test_order_rules.py)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from iso4217 import Currency
 
 from services.core.domain import validation
-from services.core.domain.errors import FailedPrecondition, InvalidArgument, Violations
+from services.core.domain.errors import Aborted, FailedPrecondition, InvalidArgument, Violations
 from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.orders.models import OrderSnapshot, OrderStatus
 
@@ -27,6 +27,11 @@ ITEM_NAME_MAX = 200
 # Ten billion major units of a two-decimal currency: far above any real order, far
 # below where int64 arithmetic in any client language could overflow.
 MAX_AMOUNT_MINOR = 10**12
+
+TRACKING_REFERENCE_MAX = 100
+CANCEL_REASON_MAX = 200
+# ListOrders' `statuses`: as many as there are statuses to name.
+MAX_STATUS_FILTERS = 5
 
 # Which status may follow which. DELIVERED and CANCELLED are final.
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
@@ -44,6 +49,9 @@ class NewLineItem:
     name: str
     quantity: int
     unit_price_minor: int
+    # The currency the caller gave with the price; None when the price came without
+    # one (the deprecated unit_price_minor).
+    unit_price_currency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,12 +65,27 @@ class NewOrder:
 
 @dataclass(frozen=True)
 class OrderFilter:
-    """ListOrders' filters; None (or 0 for the customer) means "no filter"."""
+    """ListOrders' filters; None, empty, 0 or False means "no filter". `status` is
+    the deprecated single status: normalized_filter folds it into `statuses`."""
 
     status: OrderStatus | None = None
     customer_id: int = 0
     created_from: datetime | None = None
     created_before: datetime | None = None
+    statuses: tuple[OrderStatus, ...] = ()
+    guests_only: bool = False
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """A request to move an order to `status`: PayOrder, ShipOrder, DeliverOrder or
+    CancelOrder. An empty etag applies the change whatever the order's revision."""
+
+    order_id: int
+    status: OrderStatus
+    etag: str = ""
+    tracking_reference: str = ""
+    cancel_reason: str = ""
 
 
 NO_FILTER = OrderFilter()
@@ -102,7 +125,7 @@ def validated_order(new: NewOrder) -> dict[str, Any]:
     elif len(new.line_items) > MAX_LINE_ITEMS:
         problems.add("line_items", f"must have at most {MAX_LINE_ITEMS} lines")
     lines = [
-        _validated_line(problems, f"line_items[{index}].", line)
+        _validated_line(problems, f"line_items[{index}].", line, currency_code)
         for index, line in enumerate(new.line_items[:MAX_LINE_ITEMS])
     ]
     if not problems.items and order_total(lines) > MAX_AMOUNT_MINOR:
@@ -124,15 +147,29 @@ def numbered_lines(lines: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _validated_line(problems: Violations, prefix: str, line: NewLineItem) -> dict[str, Any]:
+def _validated_line(
+    problems: Violations, prefix: str, line: NewLineItem, currency_code: str
+) -> dict[str, Any]:
+    """The line's stored values. The price is the same value whichever field carried
+    it, so a retry that moves it from unit_price_minor to unit_price is the same
+    request (the idempotency fingerprint hashes these values)."""
     sku = validation.text(problems, prefix + "sku", line.sku, max_length=SKU_MAX, required=True)
     name = validation.text(
         problems, prefix + "name", line.name, max_length=ITEM_NAME_MAX, required=True
     )
     if not 0 < line.quantity <= MAX_QUANTITY:
         problems.add(prefix + "quantity", f"must be from 1 to {MAX_QUANTITY}")
+    price_field = prefix + "unit_price_minor"
+    if line.unit_price_currency is not None:
+        price_field = prefix + "unit_price.amount_minor"
+        given = line.unit_price_currency.strip().upper()
+        if given and given != currency_code:
+            problems.add(
+                prefix + "unit_price.currency_code",
+                "must be empty or the order's currency_code",
+            )
     if not 0 <= line.unit_price_minor <= MAX_AMOUNT_MINOR:
-        problems.add(prefix + "unit_price_minor", f"must be from 0 to {MAX_AMOUNT_MINOR}")
+        problems.add(price_field, f"must be from 0 to {MAX_AMOUNT_MINOR}")
     return {
         "sku": sku,
         "name": name,
@@ -176,7 +213,76 @@ def invalid_transition(current: OrderStatus, requested: OrderStatus) -> FailedPr
     )
 
 
+def validated_change(change: StatusChange) -> dict[str, Any]:
+    """A status change's normalized values (what its request_id's fingerprint
+    hashes), or INVALID_ARGUMENT naming every problem."""
+    problems = Violations()
+    if change.order_id <= 0:
+        problems.add("order_id", "must be a positive order id")
+    tracking_reference = validation.text(
+        problems, "tracking_reference", change.tracking_reference, max_length=TRACKING_REFERENCE_MAX
+    )
+    cancel_reason = change.cancel_reason
+    if change.status is OrderStatus.CANCELLED:
+        cancel_reason = validation.text(
+            problems, "reason", change.cancel_reason, max_length=CANCEL_REASON_MAX, required=True
+        )
+    problems.raise_if_any()
+    return {
+        "order_id": change.order_id,
+        "status": change.status.value,
+        "etag": change.etag,
+        "tracking_reference": tracking_reference,
+        "cancel_reason": cancel_reason,
+    }
+
+
+def order_etag(revision: int) -> str:
+    """The order's version as callers see it (AIP-154): opaque to them."""
+    return f"r{revision}"
+
+
+def expected_revision(etag: str) -> int | None:
+    """The revision an etag names: None without an etag, 0 (which no order has) for
+    one this server never issued, so that it is ABORTED like any stale etag."""
+    if not etag:
+        return None
+    digits = etag[1:]
+    issued = digits.isascii() and digits.isdigit() and len(digits) <= 9
+    if not issued or etag != order_etag(int(digits)):
+        return 0
+    return int(digits)
+
+
+def check_etag(revision: int, etag: str) -> None:
+    """ABORTED when the caller sent an etag and the order has moved on since."""
+    if etag and etag != order_etag(revision):
+        raise Aborted(
+            "the order changed since this etag was read; read it again and retry",
+            reason="ETAG_MISMATCH",
+            metadata={"current_etag": order_etag(revision)},
+        )
+
+
 # -- pages of orders, newest first -----------------------------------------------------------
+
+
+def normalized_filter(filters: OrderFilter) -> OrderFilter:
+    """The filters as one query shape: the deprecated `status` folded into a sorted,
+    duplicate-free `statuses`; INVALID_ARGUMENT for filters that contradict."""
+    check_filter(filters)
+    problems = Violations()
+    if filters.status is not None and filters.statuses:
+        problems.add("status", "must not be set with statuses: use statuses alone")
+    if len(filters.statuses) > MAX_STATUS_FILTERS:
+        problems.add("statuses", f"must name at most {MAX_STATUS_FILTERS} statuses")
+    if filters.guests_only and filters.customer_id:
+        problems.add("guests_only", "must not be set with customer_id")
+    problems.raise_if_any()
+    given = filters.statuses if filters.status is None else (filters.status,)
+    order = list(OrderStatus)
+    statuses = tuple(sorted(set(given), key=order.index))
+    return replace(filters, status=None, statuses=statuses)
 
 
 def check_filter(filters: OrderFilter) -> None:

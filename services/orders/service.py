@@ -6,12 +6,13 @@ server."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import replace
+from typing import Any
 
 from services.core.db.counters import next_store_number
 from services.core.db.engine import utc_now
 from services.core.db.idempotency import RequestKey, claim, remember
-from services.core.db.unit_of_work import TenantDatabase
+from services.core.db.unit_of_work import TenantDatabase, UnitOfWork
 from services.core.domain.errors import NotFound
 from services.core.domain.pagination import PageTokenCodec
 from services.customers.api import lock_active_customer
@@ -22,20 +23,33 @@ from services.orders.rules import (
     NewOrder,
     OrderFilter,
     OrderPage,
-    check_filter,
+    StatusChange,
+    check_etag,
     check_order_id,
     cut_page,
+    expected_revision,
     invalid_transition,
+    normalized_filter,
     numbered_lines,
     order_number,
     order_total,
     page_request,
+    validated_change,
     validated_order,
 )
 
 ORDER_COUNTER = "order"
 # Operation name of the idempotency keys of CreateOrder; stored, so never rename it.
 CREATE_ORDER = "orders.CreateOrder"
+# Operation names of the idempotency keys of the status changes, by the status each
+# one gives; stored, so never rename one. Their keys remember the order's revision
+# the change made (the order itself is named by the request, which is fingerprinted).
+CHANGE_OPERATIONS = {
+    OrderStatus.PAID: "orders.PayOrder",
+    OrderStatus.SHIPPED: "orders.ShipOrder",
+    OrderStatus.DELIVERED: "orders.DeliverOrder",
+    OrderStatus.CANCELLED: "orders.CancelOrder",
+}
 
 
 class OrderService:
@@ -71,6 +85,9 @@ class OrderService:
                 "contact_email": values["contact_email"],
                 "created_at": now,
                 "updated_at": now,
+                "revision": 1,
+                "tracking_reference": "",
+                "cancel_reason": "",
             }
             created = await queries.insert_order(uow, order, lines, customer)
             await remember(uow, key, order_id)
@@ -90,10 +107,8 @@ class OrderService:
         page_token: str = "",
         filters: OrderFilter = NO_FILTER,
     ) -> OrderPage:
-        check_filter(filters)
-        scope = {"list": "orders", "store_id": store_id} | {
-            name: str(value) for name, value in asdict(filters).items()
-        }
+        filters = normalized_filter(filters)
+        scope = _page_scope(store_id, filters)
         request = page_request(self._page_tokens, scope, page_size, page_token)
         async with self._db.reading(store_id) as uow:
             orders = await queries.orders_page(uow, filters, request)
@@ -102,13 +117,71 @@ class OrderService:
     async def update_status(
         self, store_id: int, order_id: int, status: OrderStatus
     ) -> OrderSnapshot:
+        """The deprecated UpdateOrderStatus: a change without etag or request_id."""
         async with self._db.writing(store_id) as uow:
             check_order_id(order_id)
-            moved = await queries.move_order(uow, order_id, status)
-            if moved is None:
-                current = await queries.order_status(uow, order_id)
-                if current is None:
-                    raise NotFound("order", str(order_id))
-                raise invalid_transition(current, status)
+            moved = await _move(uow, StatusChange(order_id, status))
             await uow.commit()
         return moved
+
+    async def change_status(
+        self, store_id: int, change: StatusChange, *, request_id: str = ""
+    ) -> OrderSnapshot:
+        """PayOrder, ShipOrder, DeliverOrder and CancelOrder. A retry with the
+        request_id of a change that landed answers with the order as that change left
+        it, whatever happened to the order since; the key is written in the change's
+        own transaction, so a change that failed or rolled back left none."""
+        values = validated_change(change)
+        key = RequestKey.parse(CHANGE_OPERATIONS[change.status], request_id, values)
+        async with self._db.writing(store_id) as uow:
+            # Before the etag and status checks: after the first try, both fail.
+            if (revision := await claim(uow, key)) is not None:
+                return await queries.order_at_revision(uow, change.order_id, revision)
+            moved = await _move(uow, replace(change, **_stored(values)))
+            await remember(uow, key, moved.revision)
+            await uow.commit()
+        return moved
+
+
+def _stored(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: values[name] for name in ("tracking_reference", "cancel_reason")}
+
+
+async def _move(uow: UnitOfWork, change: StatusChange) -> OrderSnapshot:
+    """Makes the change, or raises why not: NOT_FOUND, ABORTED for a stale etag (checked
+    first), FAILED_PRECONDITION when the order's status cannot become the new one."""
+    moved = await queries.move_order(
+        uow,
+        change.order_id,
+        change.status,
+        revision=expected_revision(change.etag),
+        tracking_reference=change.tracking_reference,
+        cancel_reason=change.cancel_reason,
+    )
+    if moved is not None:
+        return moved
+    current = await queries.order_state(uow, change.order_id)
+    if current is None:
+        raise NotFound("order", str(change.order_id))
+    status, revision = current
+    check_etag(revision, change.etag)
+    raise invalid_transition(status, change.status)
+
+
+def _page_scope(store_id: int, filters: OrderFilter) -> dict[str, Any]:
+    """What a page token of ListOrders is bound to. A single status is bound as the
+    deprecated `status` was, and the newer filters only when set, so the tokens of
+    requests that use none of them stay valid across versions."""
+    scope: dict[str, Any] = {
+        "list": "orders",
+        "store_id": store_id,
+        "status": str(filters.statuses[0]) if len(filters.statuses) == 1 else "None",
+        "customer_id": str(filters.customer_id),
+        "created_from": str(filters.created_from),
+        "created_before": str(filters.created_before),
+    }
+    if len(filters.statuses) > 1:
+        scope["statuses"] = [status.value for status in filters.statuses]
+    if filters.guests_only:
+        scope["guests_only"] = True
+    return scope

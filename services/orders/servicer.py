@@ -4,6 +4,7 @@ rules live in the service layer, errors become statuses in services.core.rpc.sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
@@ -20,7 +21,6 @@ from google.protobuf.message import Message
 
 from services.core.domain.errors import InvalidArgument
 from services.core.modules import ModuleContext
-from services.core.rpc.convert import values_from
 from services.orders.customer_orders import CustomerOrderService, OrderMetricsProvider
 from services.orders.messages import (
     PROTO_STATUS,
@@ -30,7 +30,7 @@ from services.orders.messages import (
     stats_to_proto,
 )
 from services.orders.models import OrderStatus
-from services.orders.rules import NewLineItem, NewOrder, OrderFilter
+from services.orders.rules import NewLineItem, NewOrder, OrderFilter, StatusChange
 from services.orders.service import OrderService
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -40,9 +40,18 @@ _STATUS_FROM_PROTO: dict[int, OrderStatus] = {
 }
 
 
+def _new_line(line: order_pb2.OrderLineItem) -> NewLineItem:
+    """The line's values; a set `unit_price` wins over the deprecated unit_price_minor."""
+    if line.HasField("unit_price"):
+        price, currency = line.unit_price.amount_minor, line.unit_price.currency_code
+    else:
+        price, currency = line.unit_price_minor, None
+    return NewLineItem(line.sku, line.name, line.quantity, price, unit_price_currency=currency)
+
+
 def _new_order(request: orders_pb.CreateOrderRequest) -> NewOrder:
     return NewOrder(
-        line_items=[values_from(NewLineItem, line) for line in request.line_items],
+        line_items=[_new_line(line) for line in request.line_items],
         currency_code=request.currency_code,
         customer_id=request.customer_id,
         contact_email=request.contact_email,
@@ -56,11 +65,15 @@ def _status_filter(status: int) -> OrderStatus | None:
     return _status(status)
 
 
-def _status(status: int) -> OrderStatus:
+def _status(status: int, field: str = "status") -> OrderStatus:
     if status not in _STATUS_FROM_PROTO:
         names = ", ".join(f"ORDER_STATUS_{known.name}" for known in OrderStatus)
-        raise InvalidArgument.of("status", f"must be one of {names}")
+        raise InvalidArgument.of(field, f"must be one of {names}")
     return _STATUS_FROM_PROTO[status]
+
+
+def _statuses(statuses: Sequence[int]) -> tuple[OrderStatus, ...]:
+    return tuple(_status(status, f"statuses[{index}]") for index, status in enumerate(statuses))
 
 
 def _time(field: str, request: Message) -> datetime | None:
@@ -101,6 +114,8 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
             customer_id=request.customer_id,
             created_from=_time("create_time_start", request),
             created_before=_time("create_time_end", request),
+            statuses=_statuses(request.statuses),
+            guests_only=request.guests_only,
         )
         page = await self._service.list_orders(
             request.store_id,
@@ -117,6 +132,49 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
             request.store_id, request.order_id, _status(request.status)
         )
         return orders_pb.UpdateOrderStatusResponse(order=order_to_proto(order))
+
+    async def PayOrder(
+        self, request: orders_pb.PayOrderRequest, context: Context
+    ) -> orders_pb.PayOrderResponse:
+        change = StatusChange(request.order_id, OrderStatus.PAID, request.etag)
+        order = await self._service.change_status(
+            request.store_id, change, request_id=request.request_id
+        )
+        return orders_pb.PayOrderResponse(order=order_to_proto(order))
+
+    async def ShipOrder(
+        self, request: orders_pb.ShipOrderRequest, context: Context
+    ) -> orders_pb.ShipOrderResponse:
+        change = StatusChange(
+            request.order_id,
+            OrderStatus.SHIPPED,
+            request.etag,
+            tracking_reference=request.tracking_reference,
+        )
+        order = await self._service.change_status(
+            request.store_id, change, request_id=request.request_id
+        )
+        return orders_pb.ShipOrderResponse(order=order_to_proto(order))
+
+    async def DeliverOrder(
+        self, request: orders_pb.DeliverOrderRequest, context: Context
+    ) -> orders_pb.DeliverOrderResponse:
+        change = StatusChange(request.order_id, OrderStatus.DELIVERED, request.etag)
+        order = await self._service.change_status(
+            request.store_id, change, request_id=request.request_id
+        )
+        return orders_pb.DeliverOrderResponse(order=order_to_proto(order))
+
+    async def CancelOrder(
+        self, request: orders_pb.CancelOrderRequest, context: Context
+    ) -> orders_pb.CancelOrderResponse:
+        change = StatusChange(
+            request.order_id, OrderStatus.CANCELLED, request.etag, cancel_reason=request.reason
+        )
+        order = await self._service.change_status(
+            request.store_id, change, request_id=request.request_id
+        )
+        return orders_pb.CancelOrderResponse(order=order_to_proto(order))
 
 
 class CustomerOrderServicer(customer_order_service_pb2_grpc.CustomerOrderServiceServicer):

@@ -70,8 +70,8 @@ def test_list_and_describe_through_reflection(client):
     assert "commerce.orders.v1.CustomerOrderService.GetCustomerOrderStats" in methods
     # An order embeds a customer: a message of another package, resolved by reflection.
     order = client("describe", "commerce.orders.v1.Order")
-    assert ".commerce.customers.v1.Customer customer = 5;" in order
-    assert ".commerce.orders.v1.OrderStatus status = 6;" in order
+    assert ".commerce.customers.v1.Customer customer = 5 " in order
+    assert ".commerce.orders.v1.OrderStatus status = 6 " in order
     rpc = client("describe", "commerce.customers.v1.CustomerService.GetCustomer")
     assert "returns ( .commerce.customers.v1.GetCustomerResponse )" in rpc
 

@@ -306,8 +306,8 @@ def test_orders_alone_describes_the_customers_messages_it_embeds(tmp_path, sqlit
         )
     assert "commerce.customers.v1.CustomerService" not in listed
     assert "commerce.orders.v1.OrderService" in listed
-    assert ".commerce.customers.v1.Customer customer = 5;" in order
-    assert "string email = 4;" in customer
+    assert ".commerce.customers.v1.Customer customer = 5 " in order
+    assert "string email = 4 " in customer
     assert placed["order"]["total_minor"] == "300"
 
 

@@ -169,3 +169,137 @@ async def test_a_page_token_is_bound_to_its_store_and_filters(orders, store_id, 
         pb.ListOrdersRequest(store_id=store_id, page_token=token, page_size=10)
     )
     assert [order.order_id for order in rest.orders] == [2, 1]
+
+
+async def pay(orders, store_id: int, order: order_pb2.Order) -> order_pb2.Order:
+    request = pb.PayOrderRequest(store_id=store_id, order_id=order.order_id)
+    return (await orders.PayOrder(request)).order
+
+
+async def test_filters_by_several_statuses_in_pages(orders, store_id):
+    placed = [await create_order(orders, store_id) for _ in range(7)]
+    paid = [await pay(orders, store_id, order) for order in placed[1::2]]
+    cancelled = (
+        await orders.CancelOrder(
+            pb.CancelOrderRequest(store_id=store_id, order_id=placed[0].order_id, reason="no")
+        )
+    ).order
+    pending = [order for order in placed[2::2]]
+
+    def ids(listed: list[order_pb2.Order]) -> list[int]:
+        return [order.order_id for order in listed]
+
+    newest_first = sorted([*paid, cancelled], key=lambda order: -order.order_id)
+    for page_size in (1, 2, 10):
+        listed = await list_all(
+            orders,
+            pb.ListOrdersRequest(
+                store_id=store_id,
+                page_size=page_size,
+                statuses=[S.ORDER_STATUS_CANCELLED, S.ORDER_STATUS_PAID, S.ORDER_STATUS_PAID],
+            ),
+        )
+        assert ids(listed) == ids(newest_first)
+    one = await list_all(
+        orders, pb.ListOrdersRequest(store_id=store_id, statuses=[S.ORDER_STATUS_PENDING])
+    )
+    assert ids(one) == ids(pending[::-1])
+    every = [
+        S.ORDER_STATUS_PENDING,
+        S.ORDER_STATUS_PAID,
+        S.ORDER_STATUS_SHIPPED,
+        S.ORDER_STATUS_DELIVERED,
+        S.ORDER_STATUS_CANCELLED,
+    ]
+    listed = await list_all(orders, pb.ListOrdersRequest(store_id=store_id, statuses=every))
+    assert ids(listed) == ids(placed[::-1])
+
+
+async def test_filters_guest_orders(orders, customers, store_id):
+    ann = await create_customer(customers, store_id)
+    guests = []
+    for _ in range(3):
+        await create_order(orders, store_id, ann.customer_id)
+        guests.append(await create_order(orders, store_id))
+    await pay(orders, store_id, guests[1])
+    listed = await list_all(
+        orders, pb.ListOrdersRequest(store_id=store_id, guests_only=True, page_size=2)
+    )
+    assert [order.order_id for order in listed] == [order.order_id for order in guests[::-1]]
+    assert all(not order.HasField("customer") for order in listed)
+    paid_guests = await list_all(
+        orders,
+        pb.ListOrdersRequest(
+            store_id=store_id, guests_only=True, statuses=[S.ORDER_STATUS_PAID], page_size=1
+        ),
+    )
+    assert [order.order_id for order in paid_guests] == [guests[1].order_id]
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"statuses": [S.ORDER_STATUS_UNSPECIFIED]}, "statuses[0]"),
+        ({"statuses": [S.ORDER_STATUS_PAID, 42]}, "statuses[1]"),
+        ({"statuses": [S.ORDER_STATUS_PAID] * 6}, "statuses"),
+        ({"statuses": [S.ORDER_STATUS_PAID], "status": S.ORDER_STATUS_PAID}, "status"),
+        ({"guests_only": True, "customer_id": 1}, "guests_only"),
+    ],
+)
+async def test_contradicting_or_bad_status_filters_are_invalid(
+    orders, store_id, request_fields, field
+):
+    failure = await rpc_error(
+        orders.ListOrders(pb.ListOrdersRequest(store_id=store_id, **request_fields)),
+        Code.INVALID_ARGUMENT,
+    )
+    assert failure.violated_fields == {field}
+
+
+async def test_a_page_token_is_bound_to_the_statuses_and_guests_filters(orders, store_id):
+    for _ in range(3):
+        await pay(orders, store_id, await create_order(orders, store_id))
+    first = pb.ListOrdersRequest(
+        store_id=store_id, page_size=1, statuses=[S.ORDER_STATUS_PAID, S.ORDER_STATUS_SHIPPED]
+    )
+    token = (await orders.ListOrders(first)).next_page_token
+    assert token
+    for request in (
+        pb.ListOrdersRequest(store_id=store_id, page_token=token),
+        pb.ListOrdersRequest(store_id=store_id, page_token=token, statuses=[S.ORDER_STATUS_PAID]),
+        pb.ListOrdersRequest(
+            store_id=store_id,
+            page_token=token,
+            statuses=[S.ORDER_STATUS_PAID, S.ORDER_STATUS_SHIPPED],
+            guests_only=True,
+        ),
+    ):
+        failure = await rpc_error(orders.ListOrders(request), Code.INVALID_ARGUMENT)
+        assert failure.violated_fields == {"page_token"}
+    # The same filters in another order, or repeated, are the same filters.
+    same = pb.ListOrdersRequest(
+        store_id=store_id,
+        page_token=token,
+        statuses=[S.ORDER_STATUS_SHIPPED, S.ORDER_STATUS_PAID, S.ORDER_STATUS_PAID],
+    )
+    assert len((await orders.ListOrders(same)).orders) == 2
+    guests = (
+        await orders.ListOrders(
+            pb.ListOrdersRequest(store_id=store_id, page_size=1, guests_only=True)
+        )
+    ).next_page_token
+    failure = await rpc_error(
+        orders.ListOrders(pb.ListOrdersRequest(store_id=store_id, page_token=guests)),
+        Code.INVALID_ARGUMENT,
+    )
+    assert failure.violated_fields == {"page_token"}
+    # The deprecated single status and a one-status `statuses` are one filter.
+    single = (
+        await orders.ListOrders(
+            pb.ListOrdersRequest(store_id=store_id, page_size=1, status=S.ORDER_STATUS_PAID)
+        )
+    ).next_page_token
+    rest = await orders.ListOrders(
+        pb.ListOrdersRequest(store_id=store_id, page_token=single, statuses=[S.ORDER_STATUS_PAID])
+    )
+    assert len(rest.orders) == 2

@@ -87,7 +87,7 @@ def fixed_statements() -> Iterator[tuple[str, Statement]]:
 def test_the_statements_are_found() -> None:
     names = {name for name, _ in fixed_statements()}
     assert "services.orders.queries._PAGE_LINES[postgresql]" in names
-    assert sum(".orders.queries._ORDER_PAGES" in name for name in names) == 32
+    assert sum(".orders.queries._ORDER_PAGES" in name for name in names) == 48
     assert len(names) > 60
 
 
@@ -147,6 +147,8 @@ _FILL_STORE = (
     FROM generate_series(1, {orders}) AS o""",
     """INSERT INTO order_line_items SELECT $1, o, l, 'SKU', 'Item', 1, 500, 500
     FROM generate_series(1, {orders}) AS o, generate_series(1, 2) AS l""",
+    """INSERT INTO order_revisions SELECT $1, o, 2, 'paid', '', '', now()
+    FROM generate_series(1, {orders}) AS o""",
     """INSERT INTO customer_addresses SELECT $1, c * 2 + a, c, 'Recipient', 'Line 1', '',
         'City', '', '', 'DE', '', a = 0, a = 0, now(), now()
     FROM generate_series(1, {customers}) AS c, generate_series(0, 1) AS a""",
@@ -239,7 +241,9 @@ async def test_no_generic_plan_reads_a_store_by_store_id_alone(big_store_databas
 GROWING_STORE_CALLS = {
     "GetCustomer": (customer_queries._GET_CUSTOMER, {"customer_id": 1}),
     "ListCustomerOrders": (
-        order_queries._ORDER_PAGES[order_queries._Shape(False, True, False, False), False],
+        order_queries._ORDER_PAGES[
+            order_queries._Shape(False, order_queries._Customers.ONE, False, False), False
+        ],
         {"customer_id": 1, "limit": 11},
     ),
     "a page's lines": (order_queries._PAGE_LINES["postgresql"], {"order_ids": [1, 2, 3]}),

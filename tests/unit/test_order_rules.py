@@ -20,9 +20,12 @@ from services.orders.rules import (
     OrderFilter,
     check_filter,
     cut_page,
+    expected_revision,
     invalid_transition,
     is_currency,
+    normalized_filter,
     numbered_lines,
+    order_etag,
     order_number,
     order_total,
     page_request,
@@ -133,7 +136,19 @@ def test_a_filter_needs_a_time_range_that_is_not_empty():
 
 def order(order_id: int, created_at: datetime) -> OrderSnapshot:
     return OrderSnapshot(
-        1, order_id, order_number(order_id), None, "PENDING", "EUR", 0, "", created_at, created_at
+        1,
+        order_id,
+        order_number(order_id),
+        None,
+        "PENDING",
+        "EUR",
+        0,
+        "",
+        created_at,
+        created_at,
+        1,
+        "",
+        "",
     )
 
 
@@ -201,3 +216,26 @@ def test_statistics_count_each_currency_and_span_all_of_them():
         ],
     )
     assert (empty.currencies, empty.first_order_time, empty.total_orders) == ([], None, 0)
+
+
+def test_only_an_etag_this_server_issues_names_a_revision() -> None:
+    assert expected_revision("") is None
+    assert expected_revision(order_etag(42)) == 42
+    for foreign in ("42", "r", "r-1", "r042", "R42", "r4 2", "r\u0661", "r" + "9" * 10):
+        assert expected_revision(foreign) == 0, foreign
+
+
+def test_the_deprecated_status_folds_into_statuses() -> None:
+    folded = normalized_filter(OrderFilter(status=OrderStatus.PAID))
+    assert (folded.status, folded.statuses) == (None, (OrderStatus.PAID,))
+    several = normalized_filter(
+        OrderFilter(statuses=(OrderStatus.CANCELLED, OrderStatus.PENDING, OrderStatus.CANCELLED))
+    )
+    assert several.statuses == (OrderStatus.PENDING, OrderStatus.CANCELLED)
+    for contradicting in (
+        OrderFilter(status=OrderStatus.PAID, statuses=(OrderStatus.PAID,)),
+        OrderFilter(guests_only=True, customer_id=3),
+        OrderFilter(statuses=(OrderStatus.PAID,) * 6),
+    ):
+        with pytest.raises(InvalidArgument):
+            normalized_filter(contradicting)
