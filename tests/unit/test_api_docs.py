@@ -291,3 +291,17 @@ def test_grpcurl_and_curl_bodies_take_the_type_their_call_names():
         "commerce.orders.v1.CancelOrderRequest",
     ]
     assert example_problems(guide) == []
+
+
+def heading_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_within_the_guide_reaches_a_heading():
+    guide = GUIDE.read_text()
+    anchors = {heading_anchor(h) for h in re.findall(r"^#{2,4} (.+)$", guide, re.MULTILINE)}
+    links = set(re.findall(r"\]\(#([\w-]+)\)", guide))
+    assert links
+    assert links - anchors == set()
+    assert heading_anchor("Orders: status changes") == "orders-status-changes"
