@@ -11,12 +11,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from commerce.customers.v1 import customer_service_pb2
 from commerce.loyalty.v1 import customer_loyalty_service_pb2
 from commerce.orders.v1 import customer_order_service_pb2, order_service_pb2
+from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (the printed error's types)
 
 from tests.process import (
     GRPCURL,
@@ -163,9 +165,25 @@ def run_session_once(document: str, port: int) -> str:
     return ""
 
 
-def json_blocks(document: str) -> list[dict[str, Any]]:
+def printed_answers(document: str, section: str) -> dict[str, Message]:
+    """The ```json blocks of a document's section, each parsed as the message its
+    info string names (```json google.rpc.Status), by that name."""
     text = (ROOT / document).read_text()
-    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", text, re.DOTALL)]
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    answers = {}
+    for type_name, block in re.findall(r"```json (\S+)\n(.*?)```", body, re.DOTALL):
+        assert type_name not in answers, f"two {type_name} answers in {section}"
+        answers[type_name] = parsed(type_name, block)
+    return answers
+
+
+def parsed(type_name: str, text: str) -> Message:
+    """JSON as grpcurl prints it (proto field names) or canonical (lowerCamelCase): the
+    same message either way."""
+    descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
+    message = message_factory.GetMessageClass(descriptor)()
+    json_format.Parse(text, message)
+    return message
 
 
 def test_readme_grpcurl_tour_works_by_copy_paste(demo_server):
@@ -191,14 +209,25 @@ def test_api_guide_shows_every_rpc_and_works_by_copy_paste(demo_server):
 
     outputs = run_session("docs/api.md", demo_server.port)
     # The answers the guide prints are the ones its session produces.
-    printed_stats, printed_error = json_blocks("docs/api.md")
-    stats = json.loads(outputs["commerce.orders.v1.CustomerOrderService/GetCustomerOrderStats"])
+    printed = printed_answers("docs/api.md", API_SESSION_SECTION)
+    stats_type = "commerce.orders.v1.GetCustomerOrderStatsResponse"
+    printed_stats = printed[stats_type]
+    stats = parsed(
+        stats_type, outputs["commerce.orders.v1.CustomerOrderService/GetCustomerOrderStats"]
+    )
     for timestamp in ("first_order_time", "last_order_time"):
-        assert stats["stats"].pop(timestamp)
-        assert printed_stats["stats"].pop(timestamp)
+        assert stats.stats.HasField(timestamp)
+        assert printed_stats.stats.HasField(timestamp)
+        stats.stats.ClearField(timestamp)
+        printed_stats.stats.ClearField(timestamp)
     assert stats == printed_stats
-    error = json.loads(outputs["commerce.customers.v1.CustomerService/GetCustomer"])
-    assert error == printed_error
+    error = parsed(
+        "google.rpc.Status", outputs["commerce.customers.v1.CustomerService/GetCustomer"]
+    )
+    # As dicts: the details are Any, whose packed bytes need not order a map alike.
+    assert json_format.MessageToDict(error) == json_format.MessageToDict(
+        printed["google.rpc.Status"]
+    )
 
 
 def test_sigterm_stops_the_server_cleanly(demo_server):

@@ -68,12 +68,19 @@ def test_list_and_describe_through_reflection(client):
     assert set(client("list").split()) == SERVICES
     methods = client("list", "commerce.orders.v1.CustomerOrderService").split()
     assert "commerce.orders.v1.CustomerOrderService.GetCustomerOrderStats" in methods
-    # An order embeds a customer: a message of another package, resolved by reflection.
+    # An order embeds messages of other packages (a customer, money), resolved by
+    # reflection with their options (field behaviors, deprecation, HTTP mappings).
     order = client("describe", "commerce.orders.v1.Order")
-    assert ".commerce.customers.v1.Customer customer = 5 " in order
-    assert ".commerce.orders.v1.OrderStatus status = 6 " in order
+    assert (
+        ".commerce.customers.v1.Customer customer = 5 "
+        "[deprecated = true, (.google.api.field_behavior) = OUTPUT_ONLY];"
+    ) in order
+    assert (
+        ".commerce.type.v1.Money total = 15 [(.google.api.field_behavior) = OUTPUT_ONLY];" in order
+    )
     rpc = client("describe", "commerce.customers.v1.CustomerService.GetCustomer")
     assert "returns ( .commerce.customers.v1.GetCustomerResponse )" in rpc
+    assert 'get:"/v1/stores/{store_id}/customers/{customer_id}"' in rpc
 
 
 def test_every_service_answers_a_call(client):
