@@ -239,8 +239,8 @@ func (c clients) notFoundDetails(ctx context.Context, storeID int64) (string, st
 	check(info != nil && resource != nil, "NOT_FOUND carries ErrorInfo and ResourceInfo: %v", st.Details())
 	check(info.GetDomain() == "commerce.customers.v1", "the ErrorInfo domain is the proto package: %v", info)
 	check(info.GetReason() == "CUSTOMER_NOT_FOUND", "the reason: %v", info)
-	wanted := strconv.FormatInt(unknownCustomerID, 10)
-	check(resource.GetResourceName() == wanted, "ResourceInfo names the id: %v", resource)
+	wanted := fmt.Sprintf("stores/%d/customers/%d", storeID, unknownCustomerID)
+	check(resource.GetResourceName() == wanted, "ResourceInfo names the customer: %v", resource)
 	return info.GetReason(), resource.GetResourceName()
 }
 

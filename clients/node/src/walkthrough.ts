@@ -112,10 +112,19 @@ async function main(): Promise<void> {
   } while (pageToken !== "");
   assert.deepEqual(history, [second.orderId, placed.orderId]);
 
-  await orders.updateOrderStatus(
-    { storeId, orderId: second.orderId, status: OrderStatus.CANCELLED },
-    callOptions,
-  );
+  // A status change carries the etag it was decided on and a request_id: its retry
+  // answers what the first try answered instead of FAILED_PRECONDITION.
+  const cancel = {
+    storeId,
+    orderId: second.orderId,
+    etag: second.etag,
+    reason: "changed my mind",
+    requestId: randomUUID(),
+  };
+  const cancelled = (await orders.cancelOrder(cancel, callOptions)).order;
+  const cancelledAgain = (await orders.cancelOrder(cancel, callOptions)).order;
+  assert.equal(cancelled?.status, OrderStatus.CANCELLED);
+  assert.equal(cancelledAgain?.etag, cancelled?.etag);
   const { stats } = await customerOrders.getCustomerOrderStats(
     { storeId, customerId: customer.customerId },
     callOptions,
@@ -123,8 +132,8 @@ async function main(): Promise<void> {
   assert.ok(stats);
   assert.equal(stats.totalOrders, 1n, "a cancelled order counts in no statistic");
   assert.deepEqual(
-    stats.totalSpent.map((money) => [money.currencyCode, money.amountMinor]),
-    [["EUR", placed.totalMinor]],
+    stats.totalSpentPerCurrency.map((money) => [money.currencyCode, money.amountMinor]),
+    [["EUR", placed.total?.amountMinor]],
   );
 
   // Errors: a status code plus google.rpc details, decoded with the generated schemas.
