@@ -113,7 +113,9 @@ def test_readme_flow_in_order_by_copy_paste(fresh_server):
     run_documented_commands("README.md", "Stores", env)
     outputs = run_session("README.md", server.port)
     stats = json.loads(outputs["commerce.orders.v1.CustomerOrderService/GetCustomerOrderStats"])
-    assert stats["stats"]["total_spent"] == [{"currency_code": "EUR", "amount_minor": "2598"}]
+    spent = [{"currency_code": "EUR", "amount_minor": "2598"}]
+    assert stats["stats"]["total_spent_per_currency"] == spent
+    assert stats["stats"]["total_spent"] == spent  # deprecated, filled until v2
     assert "EMAIL_TAKEN" in run_session_once("docs/api.md", server.port)
 
 
@@ -189,7 +191,9 @@ def parsed(type_name: str, text: str) -> Message:
 def test_readme_grpcurl_tour_works_by_copy_paste(demo_server):
     outputs = run_session("README.md", demo_server.port)
     stats = json.loads(outputs["commerce.orders.v1.CustomerOrderService/GetCustomerOrderStats"])
-    assert stats["stats"]["total_spent"] == [{"currency_code": "EUR", "amount_minor": "2598"}]
+    spent = [{"currency_code": "EUR", "amount_minor": "2598"}]
+    assert stats["stats"]["total_spent_per_currency"] == spent
+    assert stats["stats"]["total_spent"] == spent  # deprecated, filled until v2
 
 
 def test_api_guide_shows_every_rpc_and_works_by_copy_paste(demo_server):
