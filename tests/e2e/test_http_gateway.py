@@ -154,7 +154,10 @@ def test_errors_are_connect_error_bodies_with_the_grpc_details(tmp_path, env):
         assert missing.body["code"] == "not_found"
         assert missing.detail(error_details_pb2.ErrorInfo).reason == "CUSTOMER_NOT_FOUND"
         resource = missing.detail(error_details_pb2.ResourceInfo)
-        assert (resource.resource_type, resource.resource_name) == ("customer", "999999")
+        assert (resource.resource_type, resource.resource_name) == (
+            "customer",
+            "stores/1/customers/999999",
+        )
 
         # A misspelt field is refused, not ignored; so is a body that is no JSON.
         for body, named in (('{"storeId": 1, "emial": "a@example.com"}', "emial"), ("{", "JSON")):
