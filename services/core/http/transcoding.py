@@ -98,18 +98,19 @@ def _parse_body(request: Message, body_field: str, body: bytes) -> None:
 
 
 def _apply_query(request: Message, route: Route, query_string: bytes) -> None:
-    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, encoding="utf-8")
-    grouped: dict[str, list[str]] = {}
-    for key, value in pairs:
-        grouped.setdefault(key, []).append(value)
-    bound = route.bound_fields()
-    for key, values in grouped.items():
+    text = query_string.decode("utf-8", "replace")
+    # By field, not by spelling: `customerIds=1&customer_ids=2` is one repeated field.
+    grouped: dict[tuple[str, ...], tuple[list[FieldDescriptor], list[str]]] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True, encoding="utf-8"):
         if route.body == "*":
             raise InvalidArgument.of(
                 key, "not a query parameter of this method: its body carries every field"
             )
         fields = _resolve(_descriptor(request), key)
         path = tuple(found.name for found in fields)
+        grouped.setdefault(path, (fields, []))[1].append(value)
+    bound = route.bound_fields()
+    for path, (fields, values) in grouped.items():
         if any(path[: len(taken)] == taken for taken in bound):
             raise InvalidArgument.of(
                 ".".join(path), "is set by the path or the body, not by the query string"
