@@ -86,7 +86,8 @@ def test_a_custom_verb_and_a_variable_holding_a_colon_are_told_apart():
 @pytest.mark.parametrize(
     "template",
     [
-        "/v1/{name=stores/*}/customers",
+        "/v1/stores/{store_id=**}/customers",
+        "/v1/{store_id=stores/*}/customers",
         "/v1/stores/{store_id}/**",
         "/v1/stores/{no_such_field}",
         "/v1/stores/{store_id}/customers/{customer_ids}",  # repeated: no path variable
@@ -157,6 +158,18 @@ def test_a_bad_query_parameter_is_invalid_argument_naming_it(query, field):
     with pytest.raises(InvalidArgument) as error:
         build_request(route, [(("store_id",), "7")], query, b"")
     assert _violation(error) == field
+
+
+def test_the_query_string_cannot_set_what_the_body_field_or_the_path_sets():
+    route = _route("CustomerService", "UpdateCustomer")
+    bindings = [(("store_id",), "1"), (("customer_id",), "2")]
+    for query, field in (
+        (b"customer.firstName=Ann", "customer.first_name"),
+        (b"storeId=1", "store_id"),
+    ):
+        with pytest.raises(InvalidArgument) as error:
+            build_request(route, bindings, query, b"{}")
+        assert _violation(error) == field
 
 
 def test_a_path_variable_must_be_of_its_fields_type_and_agree_with_the_body():

@@ -9,7 +9,8 @@ transcoding builds it (AIP-127):
   snake_case name, nested ones with dots (`createTimeStart`, `customer.email`),
   repeated ones by repetition, enums by name or number, Timestamp, Duration,
   FieldMask and the wrappers in their JSON string form; a parameter that names no
-  such field is refused.
+  such field is refused. A path variable or a field the body fills cannot be set
+  from the query string.
 
 A field the body sets and a path variable names must agree: a body that says store
 2 sent to /v1/stores/1/... is refused rather than quietly overruled."""
@@ -184,8 +185,6 @@ def _json_value(leaf: FieldDescriptor, text: str, name: str) -> Any:
         if text.lower() not in _BOOLEANS:
             raise InvalidArgument.of(name, f"must be true or false, not {_quote(text)}")
         return _BOOLEANS[text.lower()]
-    if kind.type == FieldDescriptor.TYPE_ENUM and _INTEGER.fullmatch(text):
-        return int(text)
     return text
 
 
