@@ -1,6 +1,7 @@
-"""The Connect application: one endpoint per unary method of the mounted services,
-each forwarding its call to the process's own gRPC server (see the package's
-docstring for why)."""
+"""The gateway's application: one Connect endpoint per unary method of the mounted
+services, each forwarding its call to the process's own gRPC server (see the
+package's docstring for why); every other path goes to the REST routes
+(services.core.http.rest)."""
 
 from __future__ import annotations
 
