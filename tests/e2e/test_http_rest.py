@@ -171,7 +171,7 @@ def test_lists_take_query_parameters_repeated_fields_by_repetition(http_port):
     assert since.body == {}
 
 
-def test_errors_are_google_rpc_status_bodies(http_port):
+def test_errors_are_google_rpc_status_bodies(http_port, tmp_path):
     unknown = rest(http_port, "GET", "/v1/stores/1/nothing")
     assert unknown.status == 404
     assert unknown.body["code"] == 5
@@ -207,6 +207,13 @@ def test_errors_are_google_rpc_status_bodies(http_port):
     misspelt = rest(http_port, "POST", "/v1/stores/1/customers", {"emial": unique_email()})
     assert misspelt.status == 400
     assert misspelt.detail(ERROR_INFO)["reason"] == "MALFORMED_REQUEST"
+
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({"email": "a" * (5 << 20)}))  # beyond the 4-MiB default
+    upload = ("--data-binary", f"@{huge}", "-H", "expect:")  # no 100 Continue to parse
+    too_large = rest(http_port, "POST", "/v1/stores/1/customers", None, *upload)
+    assert too_large.status == 429
+    assert too_large.detail(ERROR_INFO)["reason"] == "REQUEST_TOO_LARGE"
 
     # The service's own validation, as over gRPC.
     invalid = rest(http_port, "POST", "/v1/stores/1/customers", {"email": "not-an-email"})

@@ -179,7 +179,7 @@ def _unrouted(http_method: str, raw_path: str, match: Match | None) -> Answer:
     allowed = ", ".join(match.allowed)
     status = _status(
         grpc.StatusCode.UNIMPLEMENTED,
-        f"{http_method} is not served at {quoted}; {allowed} is",
+        f"{raw_path[:_MAX_PATH_QUOTED]} takes {allowed}, not {http_method}",
         error_details_pb2.ErrorInfo(
             reason="METHOD_NOT_ALLOWED", domain=_GATEWAY_DOMAIN, metadata={"allow": allowed}
         ),
