@@ -7,6 +7,7 @@ HTTP/JSON transcoding does."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -15,10 +16,12 @@ from commerce.orders.v1 import order_pb2, order_service_pb2
 from connectrpc._protocol import ConnectWireError
 from connectrpc.code import Code
 from google.api import http_pb2
+from google.protobuf import any_pb2
 from google.protobuf.descriptor import ServiceDescriptor
+from google.rpc import error_details_pb2, status_pb2
 
 from services.core.domain.errors import InvalidArgument
-from services.core.http.errors import HTTP_STATUSES
+from services.core.http.errors import HTTP_STATUSES, status_http
 from services.core.http.routes import Route, UnsupportedRule, parse_rule, route_table
 from services.core.http.transcoding import build_request
 from tests.descriptors import commerce_files, http_rule, methods
@@ -204,3 +207,14 @@ def test_rest_and_connect_answer_a_status_with_the_same_http_status(code):
     connect_code = Code.CANCELED if code is grpc.StatusCode.CANCELLED else Code[code.name]
     connect = ConnectWireError(connect_code, "", ()).to_http_status().code
     assert HTTP_STATUSES[code] == connect
+
+
+def test_a_retry_info_and_unauthenticated_advise_the_http_client():
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromTimedelta(timedelta(milliseconds=1200))
+    packed = any_pb2.Any()
+    packed.Pack(retry)
+    busy = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], details=[packed])
+    assert status_http(busy) == (503, [("retry-after", "2")])
+    unknown_caller = status_pb2.Status(code=grpc.StatusCode.UNAUTHENTICATED.value[0])
+    assert status_http(unknown_caller) == (401, [("www-authenticate", "Bearer")])
