@@ -1,6 +1,7 @@
 """What the HTTP gateway costs: GetCustomer and CreateOrder through gRPC and through
-the gateway (Connect protocol, JSON over HTTP/1.1), on one `commerce serve` process
-and a throwaway PostgreSQL database, in alternating rounds.
+the gateway (Connect protocol, JSON over HTTP/1.1; GetCustomer also at its REST path,
+`GET /v1/stores/1/customers/<id>`), on one `commerce serve` process and a throwaway
+PostgreSQL database, in alternating rounds.
 
     .venv/bin/python -m bench.gateway [--database-url URL] [--rounds 2] [--seconds 8]
 
@@ -60,6 +61,12 @@ def _requests(customer_id: int) -> dict[str, tuple[str, Message]]:
     }
 
 
+def _rest_path(request: Message) -> str:
+    """GetCustomer's path under its google.api.http rule."""
+    assert isinstance(request, customer_service_pb2.GetCustomerRequest)
+    return f"/v1/stores/{request.store_id}/customers/{request.customer_id}"
+
+
 def _row(name: str, transport: str, results: Sequence[Result]) -> str:
     whole = Result.combined(results)
     rates = " / ".join(f"{result.per_second:,.0f}" for result in results)
@@ -98,7 +105,11 @@ async def main(argv: Sequence[str] | None = None) -> int:
                     body=_json(message),
                     headers=HTTP_HEADERS,
                 )
-                for transport, run in (("gRPC", grpc_run), ("HTTP gateway", http_run)):
+                runs = [("gRPC", grpc_run), ("HTTP gateway", http_run)]
+                if name == "GetCustomer":
+                    rest_url = f"http://127.0.0.1:{http_port}{_rest_path(message)}"
+                    runs.append(("HTTP gateway, REST", partial(http_load.run, rest_url, pid)))
+                for transport, run in runs:
                     result = await asyncio.to_thread(run)
                     results.setdefault((name, transport), []).append(result)
     print("| call | path | req/s (each round) | p50 ms | p99 ms | server CPU ms / call | errors |")

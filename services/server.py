@@ -214,7 +214,7 @@ class Application:
         await self.http.start()
         host = self.settings.http_listen_address.rpartition(":")[0]
         logger.info(
-            "serving HTTP (Connect protocol) on %s:%d (%s)",
+            "serving HTTP (REST and the Connect protocol) on %s:%d (%s)",
             host,
             self.http_port,
             "TLS" if tls else "plaintext",

@@ -14,6 +14,7 @@ from typing import Any
 
 from connectrpc.errors import ConnectError
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from services.core.domain.errors import InvalidArgument
@@ -62,10 +63,16 @@ def malformed(message_class: type[Message], problem: str) -> ConnectError:
     """The MALFORMED_REQUEST error of a JSON body the parser refused, in the domain
     of the method's package (as the gRPC server words it for a bad binary body)."""
     descriptor: Any = message_class.DESCRIPTOR
+    status = status_for(malformed_error(descriptor, problem), domain=descriptor.file.package)
+    return connect_error(status.code, status.details, status.trailing_metadata)
+
+
+def malformed_error(descriptor: Descriptor, problem: str) -> InvalidArgument:
+    """INVALID_ARGUMENT, reason MALFORMED_REQUEST, quoting the first line of the
+    parser's complaint (which names the field)."""
     reason = problem.strip().splitlines()[0][:MAX_PARSER_MESSAGE] if problem.strip() else ""
     error = InvalidArgument(
         [], f"the request body is not a valid JSON {descriptor.full_name}: {reason}"
     )
     error.reason = MALFORMED_REASON
-    status = status_for(error, domain=descriptor.file.package)
-    return connect_error(status.code, status.details, status.trailing_metadata)
+    return error

@@ -4,6 +4,8 @@ protocol's base64 bytes and as readable `debug` JSON."""
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import grpc
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError, ErrorDetail
-from google.protobuf import descriptor_pb2
+from google.protobuf import any_pb2, descriptor_pb2, json_format
 from google.protobuf.descriptor import FileDescriptor
 from google.rpc import error_details_pb2, status_pb2
 from protobuf import Registry
@@ -100,9 +102,83 @@ def error_headers(error: ConnectError) -> list[tuple[str, str]]:
     headers: list[tuple[str, str]] = []
     for detail in error.details:
         if detail.type_name == RETRY_INFO:
-            delay = error_details_pb2.RetryInfo.FromString(detail.message_bytes).retry_delay
-            seconds = math.ceil(delay.ToTimedelta().total_seconds())
-            headers.append(("retry-after", str(max(seconds, 1))))
+            retry = error_details_pb2.RetryInfo.FromString(detail.message_bytes)
+            headers.append(("retry-after", _whole_seconds(retry)))
     if error.code is Code.UNAUTHENTICATED:
         headers.append(("www-authenticate", "Bearer"))
     return headers
+
+
+def _whole_seconds(retry: error_details_pb2.RetryInfo) -> str:
+    seconds = math.ceil(retry.retry_delay.ToTimedelta().total_seconds())
+    return str(max(seconds, 1))
+
+
+# google.rpc.Code to HTTP status, as Google's HTTP/JSON transcoders map them (the
+# Connect protocol's table is the same: both protocols answer one status alike).
+HTTP_STATUSES: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def rpc_status(
+    code: grpc.StatusCode, message: str, trailing_metadata: Iterable[tuple[str, Any]] | None
+) -> status_pb2.Status:
+    """The google.rpc.Status of a gRPC status: the one the server sent in its
+    trailers, or one of the code and message alone."""
+    for key, value in trailing_metadata or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            status.message = status.message or message
+            return status
+    return status_pb2.Status(code=code.value[0], message=message)
+
+
+def status_json(status: status_pb2.Status) -> bytes:
+    """The error body of HTTP/JSON transcoding: `{"code": 5, "message": "...",
+    "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", ...}]}`."""
+    body = {
+        "code": status.code,
+        "message": status.message,
+        "details": [_detail_json(detail) for detail in status.details],
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _detail_json(packed: any_pb2.Any) -> dict[str, Any]:
+    try:
+        # The google.rpc details are in the default pool (error_details_pb2 is imported).
+        as_dict: dict[str, Any] = json_format.MessageToDict(packed)
+    except Exception:  # a type this process does not know: its bytes, as JSON has them
+        return {"@type": packed.type_url, "value": base64.b64encode(packed.value).decode()}
+    return as_dict
+
+
+def status_http(status: status_pb2.Status) -> tuple[int, list[tuple[str, str]]]:
+    """The HTTP status of a google.rpc.Status, and the headers that advise a plain
+    HTTP client: Retry-After from a RetryInfo, WWW-Authenticate when unauthenticated."""
+    code = _BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    headers: list[tuple[str, str]] = []
+    for packed in status.details:
+        retry = error_details_pb2.RetryInfo()
+        if packed.Unpack(retry):
+            headers.append(("retry-after", _whole_seconds(retry)))
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        headers.append(("www-authenticate", "Bearer"))
+    return HTTP_STATUSES.get(code, 500), headers

@@ -1,13 +1,11 @@
-"""The Connect application: one endpoint per unary method of the mounted services,
-each forwarding its call to the process's own gRPC server (see the package's
-docstring for why)."""
+"""The gateway's application: one Connect endpoint per unary method of the mounted
+services, each forwarding its call to the process's own gRPC server (see the
+package's docstring for why); every other path goes to the REST routes
+(services.core.http.rest)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
@@ -23,39 +21,14 @@ from google.protobuf.message import Message
 
 from services.core.http.codecs import JsonCodec, PassThroughProtoCodec
 from services.core.http.errors import connect_error, error_headers
-from services.core.rpc.callers import CLIENT_ADDRESS_KEY
+from services.core.http.metadata import copy_metadata, metadata_from
+from services.core.http.rest import RestGateway
 
 logger = logging.getLogger(__name__)
 
 Forward: TypeAlias = "Callable[[Any, RequestContext[Any, Any]], Awaitable[Message]]"
 Scope: TypeAlias = "dict[str, Any]"
 Send: TypeAlias = "Callable[[dict[str, Any]], Awaitable[None]]"
-
-# Request headers that are no metadata: HTTP's own (hop by hop, framing, content
-# negotiation), the Connect protocol's, and the client address only the gateway sets.
-_NOT_METADATA = frozenset(
-    {
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-        "trailer",
-        "expect",
-        "content-type",
-        "content-length",
-        "content-encoding",
-        "accept",
-        "accept-encoding",
-        "user-agent",
-        CLIENT_ADDRESS_KEY,
-    }
-)
-_RESERVED_PREFIXES = ("grpc-", "connect-", ":")
-# What gRPC accepts as a metadata key; HTTP allows more in a header name (`x!y`).
-_METADATA_KEY = re.compile(r"^[0-9a-z_.-]+$")
 
 _IDEMPOTENCY = {
     descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN: IdempotencyLevel.UNKNOWN,
@@ -65,25 +38,9 @@ _IDEMPOTENCY = {
 
 
 def request_metadata(ctx: RequestContext[Any, Any]) -> list[tuple[str, str | bytes]]:
-    """The call's gRPC metadata: the caller's headers (binary `-bin` ones decoded from
-    base64, as the Connect protocol sends them) and the caller's real address, which
-    the gRPC server would otherwise see as this process's."""
-    metadata: list[tuple[str, str | bytes]] = []
-    for key, value in ctx.request_headers.allitems():
-        if key in _NOT_METADATA or key.startswith(_RESERVED_PREFIXES):
-            continue
-        if not _METADATA_KEY.match(key):
-            continue  # gRPC would refuse the whole call for it
-        if key.endswith("-bin"):
-            try:
-                metadata.append((key, base64.b64decode(value + "==")))
-            except (binascii.Error, ValueError):
-                continue  # not base64: no metadata the server could read
-        elif value.isascii() and value.isprintable():
-            metadata.append((key, value))
-    if ctx.client_address:
-        metadata.append((CLIENT_ADDRESS_KEY, ctx.client_address.rpartition(":")[0]))
-    return metadata
+    """The call's gRPC metadata, from the Connect request's headers and peer."""
+    address = ctx.client_address.rpartition(":")[0] if ctx.client_address else None
+    return metadata_from(ctx.request_headers.allitems(), address)
 
 
 def _serialize(request: Message | bytes) -> bytes:
@@ -116,18 +73,12 @@ def forwarder(channel: grpc.aio.Channel, path: str, response_class: type[Message
         except Exception:  # a bug of the gateway's: logged, never an UNKNOWN for the caller
             logger.exception("the HTTP gateway failed to forward a call of %s", path)
             raise ConnectError(Code.INTERNAL, "internal error") from None
-        _copy_metadata(await call.initial_metadata(), ctx.response_headers.add)
+        copy_metadata(await call.initial_metadata(), ctx.response_headers.add)
         # Connect's unary responses carry trailers as `trailer-` headers.
-        _copy_metadata(await call.trailing_metadata(), ctx.response_trailers.add)
+        copy_metadata(await call.trailing_metadata(), ctx.response_trailers.add)
         return response
 
     return forward
-
-
-def _copy_metadata(metadata: Any, add: Callable[[str, str], None]) -> None:
-    for key, value in metadata or ():
-        if isinstance(value, str) and not key.startswith(_RESERVED_PREFIXES):
-            add(key, value)
 
 
 def idempotency_of(method: MethodDescriptor) -> IdempotencyLevel:
@@ -164,7 +115,11 @@ class ConnectGateway(ConnectASGIApplication[None]):
     gRPC-Web protocols connectrpc also speaks are refused: gRPC clients call the gRPC
     port, which needs no translation."""
 
-    def __init__(self, routes: Mapping[str, Any], *, max_message_bytes: int) -> None:
+    def __init__(
+        self, routes: Mapping[str, Any], rest: RestGateway, *, max_message_bytes: int
+    ) -> None:
+        self._connect_paths = frozenset(routes)
+        self._rest = rest
         super().__init__(
             service=None,
             endpoints=lambda _service: routes,
@@ -179,6 +134,9 @@ class ConnectGateway(ConnectASGIApplication[None]):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and _content_type(scope).startswith(b"application/grpc"):
             await _refuse_grpc(send)
+            return
+        if scope["type"] == "http" and scope["path"] not in self._connect_paths:
+            await self._rest(scope, receive, send)  # a REST path, or none at all
             return
         await super().__call__(scope, receive, send)
 
@@ -210,5 +168,8 @@ async def _refuse_grpc(send: Send) -> None:
 def gateway_app(
     channel: grpc.aio.Channel, services: Iterable[ServiceDescriptor], *, max_message_bytes: int
 ) -> ConnectGateway:
-    """The Connect application for `services`, forwarding over `channel`."""
-    return ConnectGateway(endpoints(channel, services), max_message_bytes=max_message_bytes)
+    """The gateway for `services`, forwarding over `channel`: the Connect protocol at
+    /<package>.<Service>/<Method>, REST at the paths of the google.api.http rules."""
+    services = list(services)
+    rest = RestGateway(channel, services, max_message_bytes=max_message_bytes)
+    return ConnectGateway(endpoints(channel, services), rest, max_message_bytes=max_message_bytes)

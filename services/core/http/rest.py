@@ -1,0 +1,219 @@
+"""The REST side of the gateway: the paths the methods' google.api.http rules
+declare (`GET /v1/stores/1/customers/42`), transcoded to gRPC calls forwarded over
+the same private channel, with the same metadata and deadline, as Connect calls; the
+answer is the response message as canonical proto3 JSON, or a google.rpc.Status
+JSON body (`{"code": 5, "message": ..., "details": [{"@type": ...}]}`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf import any_pb2, json_format
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+
+from services.core.domain.errors import DomainError, InvalidArgument
+from services.core.http.codecs import JsonCodec
+from services.core.http.errors import rpc_status, status_http, status_json
+from services.core.http.metadata import copy_metadata, metadata_from
+from services.core.http.routes import Match, Route, route_table
+from services.core.http.transcoding import build_request
+from services.core.rpc.statuses import status_for
+
+logger = logging.getLogger(__name__)
+
+Receive: TypeAlias = "Callable[[], Awaitable[dict[str, Any]]]"
+Send: TypeAlias = "Callable[[dict[str, Any]], Awaitable[None]]"
+Answer: TypeAlias = "tuple[int, list[tuple[str, str]], bytes]"
+
+TIMEOUT_HEADER = "connect-timeout-ms"
+_JSON = ("content-type", "application/json")
+# The domain of the errors that belong to no method: the path matched none.
+_GATEWAY_DOMAIN = "commerce"
+_MAX_PATH_QUOTED = 200
+_CODEC = JsonCodec()
+
+
+class _TooLarge(Exception):
+    """The request body exceeds the message size limit."""
+
+
+class RestGateway:
+    """An ASGI application serving the REST routes of `services`."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        services: Iterable[ServiceDescriptor],
+        *,
+        max_message_bytes: int,
+    ) -> None:
+        self.table = route_table(services)
+        for problem in self.table.unsupported:
+            logger.warning("the HTTP gateway serves no REST route for %s", problem)
+        self._max_message_bytes = max_message_bytes
+        self._calls = {
+            route.grpc_path: channel.unary_unary(
+                route.grpc_path,
+                request_serializer=_serialize,
+                response_deserializer=route.response_class.FromString,
+            )
+            for route in self.table.routes
+        }
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        try:
+            status, headers, body = await self._answer(scope, receive)
+        except Exception:  # a bug of the gateway's: logged, never a bare 500 page
+            logger.exception("the HTTP gateway failed to answer %s", scope.get("path"))
+            status, headers, body = _failure(_status(grpc.StatusCode.INTERNAL, "internal error"))
+        await _respond(send, status, headers, body)
+
+    async def _answer(self, scope: dict[str, Any], receive: Receive) -> Answer:
+        raw_path = bytes(scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        http_method = scope["method"]
+        match = self.table.match(http_method, raw_path)
+        if match is None or match.route is None:
+            return _unrouted(http_method, raw_path, match)
+        route = match.route
+        headers = [
+            (bytes(key).decode("latin-1").lower(), bytes(value).decode("latin-1"))
+            for key, value in scope.get("headers", ())
+        ]
+        try:
+            timeout = _timeout(headers)
+            body = await _read_body(receive, self._max_message_bytes) if route.body else b""
+            request = build_request(route, match.bindings, scope.get("query_string", b""), body)
+        except DomainError as error:
+            status = status_for(error, domain=route.method.containing_service.file.package)
+            return _failure(rpc_status(status.code, status.details, status.trailing_metadata))
+        except _TooLarge:
+            return _failure(_too_large(route, self._max_message_bytes))
+        client = scope.get("client")
+        metadata = metadata_from(headers, client[0] if client else None)
+        return await self._forward(route, request, metadata, timeout)
+
+    async def _forward(
+        self,
+        route: Route,
+        request: Message,
+        metadata: list[tuple[str, str | bytes]],
+        deadline_seconds: float | None,
+    ) -> Answer:
+        call = self._calls[route.grpc_path](request, metadata=metadata, timeout=deadline_seconds)
+        try:
+            response: Message = await call
+        except grpc.aio.AioRpcError as failure:
+            status = rpc_status(
+                failure.code(), failure.details() or "", failure.trailing_metadata()
+            )
+            return _failure(status)
+        headers = [_JSON]
+        copy_metadata(await call.initial_metadata(), lambda k, v: headers.append((k, v)))
+        # As the Connect path sends them: trailers become `trailer-` headers.
+        trailers = await call.trailing_metadata()
+        copy_metadata(trailers, lambda k, v: headers.append((f"trailer-{k}", v)))
+        return 200, headers, _encode(response, route.response_body)
+
+
+def _serialize(request: Message) -> bytes:
+    return request.SerializeToString()
+
+
+def _encode(response: Message, response_body: str) -> bytes:
+    if not response_body:
+        return _CODEC.encode(response)
+    found = response.DESCRIPTOR.fields_by_name[response_body]
+    if found.message_type is not None and not found.is_repeated:
+        return _CODEC.encode(getattr(response, response_body))
+    whole = json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+    value = whole.get(found.json_name)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _timeout(headers: list[tuple[str, str]]) -> float | None:
+    """The call's deadline in seconds, from Connect-Timeout-Ms as the Connect path
+    reads it (at most 10 digits of milliseconds)."""
+    value = next((v for k, v in headers if k == TIMEOUT_HEADER), "")
+    if not value:
+        return None
+    if len(value) > 10 or not (value.isascii() and value.isdigit()):
+        raise InvalidArgument(
+            [], f"the Connect-Timeout-Ms header must be 1 to 10 digits, not {value[:20]!r}"
+        )
+    return int(value) / 1000
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _unrouted(http_method: str, raw_path: str, match: Match | None) -> Answer:
+    quoted = f"{http_method} {raw_path}"[:_MAX_PATH_QUOTED]
+    if match is None:
+        return _failure(
+            _status(
+                grpc.StatusCode.NOT_FOUND,
+                f"no method is served at {quoted}",
+                error_details_pb2.ErrorInfo(reason="ROUTE_NOT_FOUND", domain=_GATEWAY_DOMAIN),
+            )
+        )
+    allowed = ", ".join(match.allowed)
+    status = _status(
+        grpc.StatusCode.UNIMPLEMENTED,
+        f"{raw_path[:_MAX_PATH_QUOTED]} takes {allowed}, not {http_method}",
+        error_details_pb2.ErrorInfo(
+            reason="METHOD_NOT_ALLOWED", domain=_GATEWAY_DOMAIN, metadata={"allow": allowed}
+        ),
+    )
+    _, headers, body = _failure(status)
+    return 405, [*headers, ("allow", allowed)], body
+
+
+def _too_large(route: Route, limit: int) -> status_pb2.Status:
+    return _status(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"the request body exceeds the limit of {limit} bytes",
+        error_details_pb2.ErrorInfo(
+            reason="REQUEST_TOO_LARGE", domain=route.method.containing_service.file.package
+        ),
+    )
+
+
+def _status(code: grpc.StatusCode, message: str, *details: Message) -> status_pb2.Status:
+    status = status_pb2.Status(code=code.value[0], message=message)
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return status
+
+
+def _failure(status: status_pb2.Status) -> Answer:
+    http_status, headers = status_http(status)
+    return http_status, [_JSON, *headers], status_json(status)
+
+
+async def _respond(send: Send, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    encoded = [(key.encode("latin-1"), value.encode("latin-1")) for key, value in headers]
+    encoded.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": encoded})
+    await send({"type": "http.response.body", "body": body})
