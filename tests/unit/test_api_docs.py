@@ -6,7 +6,8 @@ How an example names its type (the guide's convention):
 - a ```json block names it after the language: ```json commerce.orders.v1.Order
 - a grpcurl `-d '...'` body is the request of the method the command calls;
 - a curl `-d '...'` body is what the HTTP rule matching its verb and path takes:
-  the whole request (`body: "*"`) or the field the rule names.
+  the whole request (`body: "*"`) or the field the rule names; at a Connect path
+  (`/package.Service/Method`), the method's request.
 Any other JSON object in the guide (a bare block, an inline `{...}`) has no type and
 fails the test."""
 
@@ -134,6 +135,7 @@ class Example:
 FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<body>.*?)^```", re.MULTILINE | re.DOTALL)
 INLINE_OBJECT = re.compile(r"`(\{\s*\"[^`]*\})`")
 GRPC_METHOD = re.compile(r"^(?P<service>[\w.]+)/(?P<method>\w+)$")
+CONNECT_PATH = re.compile(r"/(?P<service>[\w.]+)/(?P<method>\w+)")
 
 
 def examples(guide: str) -> Iterator[Example]:
@@ -194,6 +196,8 @@ def curl_body_type(words: list[str]) -> str | None:
     if url is None:
         return None
     path = "/" + url.split("://", 1)[1].split("/", 1)[-1].split("?", 1)[0]
+    if connect := CONNECT_PATH.fullmatch(path):  # the Connect protocol: /package.Service/Method
+        return grpcurl_body_type([f"{connect['service']}/{connect['method']}"])
     for service in SERVICES:
         for method in service.methods:
             mapping = annotated_mapping(method)
