@@ -171,6 +171,47 @@ def test_lists_take_query_parameters_repeated_fields_by_repetition(http_port):
     assert since.body == {}
 
 
+def test_order_status_changes_take_etag_and_request_id_over_rest(http_port):
+    line = {"sku": "SKU-1", "name": "Widget", "quantity": 1, "unitPrice": {"amountMinor": "500"}}
+    order = {"currencyCode": "EUR", "lineItems": [line]}
+    placed = rest(http_port, "POST", "/v1/stores/1/orders", order).body["order"]
+    assert placed["etag"] == "r1"
+    path = f"/v1/stores/1/orders/{placed['orderId']}"
+
+    stale = rest(http_port, "POST", f"{path}:pay", {"etag": "r0"})
+    assert stale.status == 409, stale.body
+    assert stale.detail(ERROR_INFO)["reason"] == "ETAG_MISMATCH"
+
+    pay = {"etag": placed["etag"], "requestId": str(uuid.uuid4())}
+    paid = rest(http_port, "POST", f"{path}:pay", pay)
+    assert paid.status == 200, paid.body
+    assert paid.body["order"]["status"] == "ORDER_STATUS_PAID"
+    # The retry of a change that landed answers as the first try did.
+    again = rest(http_port, "POST", f"{path}:pay", pay)
+    assert again.status == 200, again.body
+    assert again.body == paid.body
+    # Without its request_id, the same change is refused: the order is PAID already.
+    refused = rest(http_port, "POST", f"{path}:pay", {})
+    assert refused.status == 400, refused.body
+    assert refused.detail(ERROR_INFO)["reason"] == "INVALID_STATUS_TRANSITION"
+
+    shipped = rest(http_port, "POST", f"{path}:ship", {"trackingReference": "TRK-1"})
+    assert shipped.body["order"]["trackingReference"] == "TRK-1"
+    # A repeated enum from the query string, by repetition.
+    listed = rest(
+        http_port,
+        "GET",
+        "/v1/stores/1/orders?guestsOnly=true&statuses=ORDER_STATUS_SHIPPED"
+        "&statuses=ORDER_STATUS_DELIVERED&pageSize=500",
+    )
+    assert listed.status == 200, listed.body
+    assert placed["orderId"] in [listed_order["orderId"] for listed_order in listed.body["orders"]]
+    assert {o["status"] for o in listed.body["orders"]} <= {
+        "ORDER_STATUS_SHIPPED",
+        "ORDER_STATUS_DELIVERED",
+    }
+
+
 def test_errors_are_google_rpc_status_bodies(http_port, tmp_path):
     unknown = rest(http_port, "GET", "/v1/stores/1/nothing")
     assert unknown.status == 404
