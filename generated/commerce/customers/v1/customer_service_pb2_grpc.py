@@ -36,8 +36,8 @@ class CustomerServiceStub:
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
 
-    Every method is also reachable over plain HTTP with JSON at the path its
-    `google.api.http` option gives (for example
+    When the server's HTTP port is on, every method is also reachable over plain
+    HTTP with JSON at the path its `google.api.http` option gives (for example
     `GET /v1/stores/7/customers/42`).
     """
 
@@ -125,8 +125,8 @@ class CustomerServiceServicer:
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
 
-    Every method is also reachable over plain HTTP with JSON at the path its
-    `google.api.http` option gives (for example
+    When the server's HTTP port is on, every method is also reachable over plain
+    HTTP with JSON at the path its `google.api.http` option gives (for example
     `GET /v1/stores/7/customers/42`).
     """
 
@@ -327,8 +327,8 @@ class CustomerService:
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
 
-    Every method is also reachable over plain HTTP with JSON at the path its
-    `google.api.http` option gives (for example
+    When the server's HTTP port is on, every method is also reachable over plain
+    HTTP with JSON at the path its `google.api.http` option gives (for example
     `GET /v1/stores/7/customers/42`).
     """
 

@@ -37,8 +37,8 @@ class CustomerServiceStub:
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
 
-    Every method is also reachable over plain HTTP with JSON at the path its
-    `google.api.http` option gives (for example
+    When the server's HTTP port is on, every method is also reachable over plain
+    HTTP with JSON at the path its `google.api.http` option gives (for example
     `GET /v1/stores/7/customers/42`).
     """
 
@@ -114,8 +114,8 @@ class CustomerServiceAsyncStub(CustomerServiceStub):
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
 
-    Every method is also reachable over plain HTTP with JSON at the path its
-    `google.api.http` option gives (for example
+    When the server's HTTP port is on, every method is also reachable over plain
+    HTTP with JSON at the path its `google.api.http` option gives (for example
     `GET /v1/stores/7/customers/42`).
     """
 
@@ -187,8 +187,8 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
 
-    Every method is also reachable over plain HTTP with JSON at the path its
-    `google.api.http` option gives (for example
+    When the server's HTTP port is on, every method is also reachable over plain
+    HTTP with JSON at the path its `google.api.http` option gives (for example
     `GET /v1/stores/7/customers/42`).
     """
 

@@ -36,8 +36,8 @@ class OrderServiceStub:
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
 
-    Every method is also reachable over plain HTTP with JSON at the path its
-    `google.api.http` option gives.
+    When the server's HTTP port is on, every method is also reachable over plain
+    HTTP with JSON at the path its `google.api.http` option gives.
 
     Each status change has its own method (PayOrder, ShipOrder, DeliverOrder,
     CancelOrder), safe to retry: with a `request_id`, a retry answers what the
@@ -105,8 +105,8 @@ class OrderServiceServicer:
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
 
-    Every method is also reachable over plain HTTP with JSON at the path its
-    `google.api.http` option gives.
+    When the server's HTTP port is on, every method is also reachable over plain
+    HTTP with JSON at the path its `google.api.http` option gives.
 
     Each status change has its own method (PayOrder, ShipOrder, DeliverOrder,
     CancelOrder), safe to retry: with a `request_id`, a retry answers what the
@@ -247,8 +247,8 @@ class OrderService:
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
 
-    Every method is also reachable over plain HTTP with JSON at the path its
-    `google.api.http` option gives.
+    When the server's HTTP port is on, every method is also reachable over plain
+    HTTP with JSON at the path its `google.api.http` option gives.
 
     Each status change has its own method (PayOrder, ShipOrder, DeliverOrder,
     CancelOrder), safe to retry: with a `request_id`, a retry answers what the

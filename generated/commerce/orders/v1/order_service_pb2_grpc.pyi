@@ -43,8 +43,8 @@ class OrderServiceStub:
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
 
-    Every method is also reachable over plain HTTP with JSON at the path its
-    `google.api.http` option gives.
+    When the server's HTTP port is on, every method is also reachable over plain
+    HTTP with JSON at the path its `google.api.http` option gives.
 
     Each status change has its own method (PayOrder, ShipOrder, DeliverOrder,
     CancelOrder), safe to retry: with a `request_id`, a retry answers what the
@@ -108,8 +108,8 @@ class OrderServiceAsyncStub(OrderServiceStub):
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
 
-    Every method is also reachable over plain HTTP with JSON at the path its
-    `google.api.http` option gives.
+    When the server's HTTP port is on, every method is also reachable over plain
+    HTTP with JSON at the path its `google.api.http` option gives.
 
     Each status change has its own method (PayOrder, ShipOrder, DeliverOrder,
     CancelOrder), safe to retry: with a `request_id`, a retry answers what the
@@ -169,8 +169,8 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     machine-readable reason) and, for INVALID_ARGUMENT, `google.rpc.BadRequest`
     naming each offending field.
 
-    Every method is also reachable over plain HTTP with JSON at the path its
-    `google.api.http` option gives.
+    When the server's HTTP port is on, every method is also reachable over plain
+    HTTP with JSON at the path its `google.api.http` option gives.
 
     Each status change has its own method (PayOrder, ShipOrder, DeliverOrder,
     CancelOrder), safe to retry: with a `request_id`, a retry answers what the
