@@ -12,7 +12,7 @@ import signal
 import socket
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -25,6 +25,8 @@ from sqlalchemy.pool import QueuePool
 
 from services.core.db.engine import create_engine, is_sqlite, utc_now
 from services.core.db.idempotency import forget_expired
+from services.core.db.retention import Purge, RetentionRegistry
+from services.core.db.statements import Transaction
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.customer_metrics import CustomerMetricsRegistry
 from services.core.domain.pagination import PageTokenCodec
@@ -97,6 +99,7 @@ class Application:
             self.engine, store_cache_seconds=settings.store_cache_seconds
         )
         self.customer_metrics = CustomerMetricsRegistry()
+        self.retention = RetentionRegistry()
         self.passwords = PasswordHasher(settings.bcrypt_rounds, settings.password_hash_workers)
         self.health = health.aio.HealthServicer()
         self.drain = DrainInterceptor()
@@ -133,6 +136,7 @@ class Application:
             passwords=self.passwords,
             page_tokens=PageTokenCodec(self.settings.page_token_secret),
             customer_metrics=self.customer_metrics,
+            retention=self.retention,
         )
         for name in self.module_names:
             self.service_names += MODULES[name](self.server, context)
@@ -285,20 +289,30 @@ class Application:
         return isinstance(pool, QueuePool) and pool.checkedout() >= pool.size()
 
     async def forget_expired_request_ids(self) -> int:
-        """Deletes the request_ids older than the retention; returns how many."""
+        """Deletes the request_ids older than the retention, and what the modules keep
+        to answer their retries; returns how many request_ids."""
         before = utc_now() - timedelta(hours=self.settings.request_id_retention_hours)
-        forgotten = 0
+        forgotten = await self._purge(_forget_request_ids, before)
+        for name, purge in self.retention:
+            if purged := await self._purge(purge, before):
+                logger.info("purged %d expired %s", purged, name)
+        return forgotten
+
+    async def _purge(self, purge: Purge, before: datetime) -> int:
+        """Runs `purge` one batch per transaction until a batch comes back short."""
+        purged = 0
         while True:
             async with self.database.maintenance() as statements:
-                deleted = await forget_expired(statements, before, batch=PURGE_BATCH)
+                deleted = await purge(statements, before, PURGE_BATCH)
                 await statements.commit()
-            forgotten += deleted
+            purged += deleted
             if deleted < PURGE_BATCH:
-                return forgotten
+                return purged
 
     async def _forget_expired_request_ids(self) -> None:
-        """Keeps the idempotency keys from growing without bound: at start, then every
-        PURGE_INTERVAL seconds. Every worker does it; the deletes are idempotent."""
+        """Keeps the idempotency keys (and what the modules keep with them) from
+        growing without bound: at start, then every PURGE_INTERVAL seconds. Every
+        worker does it; the deletes are idempotent."""
         while True:
             try:
                 if forgotten := await self.forget_expired_request_ids():
@@ -311,6 +325,10 @@ class Application:
         self._status = status
         for service in ["", *self.service_names]:
             await self.health.set(service, status)
+
+
+async def _forget_request_ids(statements: Transaction, before: datetime, batch: int) -> int:
+    return await forget_expired(statements, before, batch=batch)
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -7,6 +7,7 @@ from typing import Protocol
 
 import grpc
 
+from services.core.db.retention import RetentionRegistry
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.customer_metrics import CustomerMetricsRegistry
 from services.core.domain.pagination import PageTokenCodec
@@ -24,6 +25,8 @@ class ModuleContext:
     page_tokens: PageTokenCodec
     # Modules register their customer metrics providers here while mounting.
     customer_metrics: CustomerMetricsRegistry
+    # ... and how to delete the rows they keep only for a while.
+    retention: RetentionRegistry
 
 
 class MountFunction(Protocol):

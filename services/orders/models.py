@@ -143,6 +143,8 @@ class OrderRevision(Base):
         ForeignKeyConstraint(
             ["store_id", "order_id"], ["orders.store_id", "orders.order_id"], ondelete="CASCADE"
         ),
+        # Expired revisions are found by age across every store (purge_expired_revisions).
+        Index("ix_order_revisions_updated_at", "updated_at"),
     )
 
 

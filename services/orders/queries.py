@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, NamedTuple, cast
 
@@ -30,7 +31,15 @@ from sqlalchemy import (
 )
 
 from services.core.db.engine import UtcDateTime, utc_now
-from services.core.db.statements import Statement, in_store, insert_row, rows_of_keys
+from services.core.db.retention import delete_oldest
+from services.core.db.statements import (
+    DIALECTS,
+    Statement,
+    Transaction,
+    in_store,
+    insert_row,
+    rows_of_keys,
+)
 from services.core.db.unit_of_work import UnitOfWork
 from services.core.domain.errors import NotFound
 from services.customers.api import CustomerSnapshot, get_customer
@@ -191,6 +200,22 @@ async def order_at_revision(uow: UnitOfWork, order_id: int, revision: int) -> Or
     if then is None:  # written with the key that names it: never, short of a bug
         return order
     return replace(order, revision=revision, **dict(then))
+
+
+# A revision outlives the request_id that names it by this much, so that a key still
+# remembered never lacks its revision (both are written in one transaction, their
+# times a moment apart).
+REVISION_MARGIN = timedelta(days=1)
+_PURGE_REVISIONS = {
+    dialect: delete_oldest(OrderRevision, OrderRevision.updated_at, dialect) for dialect in DIALECTS
+}
+
+
+async def purge_expired_revisions(statements: Transaction, before: datetime, batch: int) -> int:
+    """Deletes up to `batch` revisions that no remembered request_id (created at or
+    after `before`) can name any more; returns how many."""
+    params = {"before": before - REVISION_MARGIN, "batch": batch}
+    return len(await statements.fetch(_PURGE_REVISIONS[statements.dialect], params))
 
 
 async def _with_details(uow: UnitOfWork, row: Mapping[str, Any]) -> OrderSnapshot:

@@ -30,6 +30,7 @@ from services.orders.messages import (
     stats_to_proto,
 )
 from services.orders.models import OrderStatus
+from services.orders.queries import purge_expired_revisions
 from services.orders.rules import NewLineItem, NewOrder, OrderFilter, StatusChange
 from services.orders.service import OrderService
 
@@ -221,6 +222,7 @@ def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     customers tables, not the customers servicer."""
     statistics = OrderMetricsProvider(context.database)
     context.customer_metrics.register(statistics)
+    context.retention.register("order revisions", purge_expired_revisions)
     order_service_pb2_grpc.add_OrderServiceServicer_to_server(
         OrderServicer(OrderService(context.database, context.page_tokens)), server
     )

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from services.core.db.engine import utc_now
 from services.core.db.idempotency import IdempotencyKey
 from services.core.domain.errors import Aborted, FailedPrecondition
 from services.core.domain.pagination import PageTokenCodec
 from services.orders import service as order_service_module
 from services.orders.models import OrderRevision, OrderStatus
+from services.orders.queries import purge_expired_revisions
 from services.orders.rules import NewLineItem, NewOrder, StatusChange
 from services.orders.service import OrderService
 
@@ -88,3 +91,52 @@ async def test_the_change_and_its_key_commit_together(
     assert (paid.status, paid.revision) == ("paid", 2)
     assert await order_service.change_status(store_id, pay, request_id=request_id) == paid
     assert await count(sessions, IdempotencyKey, store_id) == 1
+
+
+async def test_expired_revisions_are_purged_and_remembered_ones_kept(
+    order_service, store_id, sessions, database
+):
+    """What a status change left of the order is kept while a request_id can name it
+    (and a margin beyond), then purged, oldest first."""
+    order_id = await placed(order_service, store_id)
+    pay, ship, deliver = (
+        StatusChange(order_id, status)
+        for status in (OrderStatus.PAID, OrderStatus.SHIPPED, OrderStatus.DELIVERED)
+    )
+    ship_request = str(uuid.uuid4())
+    await order_service.change_status(store_id, pay, request_id=str(uuid.uuid4()))
+    shipped = await order_service.change_status(store_id, ship, request_id=ship_request)
+    await order_service.change_status(store_id, deliver, request_id=str(uuid.uuid4()))
+
+    now = utc_now()
+    cutoff = now - timedelta(hours=1)  # the request_id retention's cutoff
+    ages = {2: now - timedelta(days=3650), 3: cutoff - timedelta(hours=1)}
+    async with sessions() as session, session.begin():
+        for revision, updated_at in ages.items():
+            await session.execute(
+                update(OrderRevision)
+                .where(
+                    OrderRevision.store_id == store_id,
+                    OrderRevision.order_id == order_id,
+                    OrderRevision.revision == revision,
+                )
+                .values(updated_at=updated_at)
+            )
+
+    rounds = []
+    while not rounds or rounds[-1] == 1:
+        async with database.maintenance() as statements:
+            rounds.append(await purge_expired_revisions(statements, cutoff, 1))
+            await statements.commit()
+    # No other test's revision is that old: only the paid one goes; the shipped one,
+    # just past the cutoff, is within the margin and still answers its retry.
+    assert rounds == [1, 0]
+    async with sessions() as session:
+        left = await session.scalars(
+            select(OrderRevision.revision).where(
+                OrderRevision.store_id == store_id, OrderRevision.order_id == order_id
+            )
+        )
+        assert sorted(left) == [3, 4]
+    retried = await order_service.change_status(store_id, ship, request_id=ship_request)
+    assert (retried.status, retried.revision) == ("shipped", shipped.revision)

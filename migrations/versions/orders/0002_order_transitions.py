@@ -58,9 +58,11 @@ def upgrade() -> None:
             "store_id", "order_id", "revision", name=op.f("pk_order_revisions")
         ),
     )
+    op.create_index("ix_order_revisions_updated_at", "order_revisions", ["updated_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_order_revisions_updated_at", table_name="order_revisions")
     op.drop_table("order_revisions")
     op.drop_index("ix_orders_guests", table_name="orders")
     with op.batch_alter_table("orders") as batch:

@@ -18,21 +18,17 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    ColumnElement,
     ForeignKey,
     Index,
     String,
-    any_,
     bindparam,
-    delete,
-    func,
-    literal_column,
     select,
 )
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.core.db.engine import Base, UtcDateTime, utc_now
+from services.core.db.retention import delete_oldest
 from services.core.db.statements import (
     DIALECTS,
     Statement,
@@ -133,22 +129,8 @@ async def remember(uow: UnitOfWork, key: RequestKey | None, resource_id: int) ->
 
 def _forget(dialect: str) -> Statement:
     """Deletes the oldest expired keys, up to a batch, found by age through
-    ix_idempotency_keys_created_at (oldest first, so no plan scans the table for rows
-    that happen to be expired) and deleted by their physical row ids: PostgreSQL's
-    ctid (a TID scan, where a join back through the key could turn into a scan of
-    every key), SQLite's rowid."""
-    row_id: ColumnElement[Any] = literal_column("ctid" if dialect == "postgresql" else "rowid")
-    expired = (
-        select(row_id)
-        .where(IdempotencyKey.created_at < bindparam("before", type_=UtcDateTime()))
-        .order_by(IdempotencyKey.created_at)
-        .limit(bindparam("batch"))
-    )
-    if dialect == "postgresql":
-        chosen = row_id == any_(func.array(expired.scalar_subquery()))
-    else:
-        chosen = row_id.in_(expired)
-    return Statement(delete(IdempotencyKey).where(chosen).returning(IdempotencyKey.request_id))
+    ix_idempotency_keys_created_at."""
+    return delete_oldest(IdempotencyKey, IdempotencyKey.created_at, dialect)
 
 
 _FORGET = {dialect: _forget(dialect) for dialect in DIALECTS}
