@@ -55,29 +55,11 @@ class Answer:
         raise AssertionError(f"no {name} in {self.body}")
 
 
-def curl(
-    port: int,
-    method: str,
-    body: dict[str, Any] | str,
-    *options: str,
-    content_type: str = "application/json",
-) -> Answer:
-    """POSTs `body` (JSON) to /commerce.customers.v1.CustomerService/<method>."""
-    text = body if isinstance(body, str) else json.dumps(body)
+def exchange(*arguments: str) -> tuple[int, dict[str, str], Any]:
+    """Runs curl with `arguments` (URL included); the answer's status, headers (names
+    in lower case) and JSON body ({} when empty)."""
     result = subprocess.run(
-        [
-            CURL or "curl",
-            "-sS",
-            "-i",
-            "--max-time",
-            "60",
-            "-H",
-            f"content-type: {content_type}",
-            "--data-binary",
-            text,
-            *options,
-            f"http://127.0.0.1:{port}/{CUSTOMERS}/{method}",
-        ],
+        [CURL or "curl", "-sS", "-i", "--max-time", "60", *arguments],
         capture_output=True,
         text=True,
         timeout=90,
@@ -90,7 +72,28 @@ def curl(
     for line in header_lines:
         key, _, value = line.partition(":")
         headers[key.strip().lower()] = value.strip()
-    return Answer(int(status_line.split()[1]), headers, json.loads(payload) if payload else {})
+    return int(status_line.split()[1]), headers, json.loads(payload) if payload else {}
+
+
+def curl(
+    port: int,
+    method: str,
+    body: dict[str, Any] | str,
+    *options: str,
+    content_type: str = "application/json",
+) -> Answer:
+    """POSTs `body` (JSON) to /commerce.customers.v1.CustomerService/<method>."""
+    text = body if isinstance(body, str) else json.dumps(body)
+    return Answer(
+        *exchange(
+            "-H",
+            f"content-type: {content_type}",
+            "--data-binary",
+            text,
+            *options,
+            f"http://127.0.0.1:{port}/{CUSTOMERS}/{method}",
+        )
+    )
 
 
 def serve_http(tmp_path: Path, env: dict[str, str], *args: str):  # type: ignore[no-untyped-def]

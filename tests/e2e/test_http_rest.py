@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.helpers import PASSWORD
 from tests.e2e.test_callers import new_caller
-from tests.process import free_port, migrated_sqlite_env, running_server
+from tests.e2e.test_http_gateway import exchange, serve_http
+from tests.process import migrated_sqlite_env
 
 CURL = shutil.which("curl")
 pytestmark = pytest.mark.skipif(CURL is None, reason="needs the curl binary")
@@ -45,31 +44,15 @@ def rest(
 ) -> Answer:
     """`method path` (query string included) on the HTTP port, with `body` as JSON."""
     data = ["--data-binary", json.dumps(body), "-H", "content-type: application/json"]
-    result = subprocess.run(
-        [
-            CURL or "curl",
-            "-sS",
-            "-i",
-            "--max-time",
-            "60",
+    return Answer(
+        *exchange(
             "-X",
             method,
             *(data if body is not None else []),
             *options,
             f"http://127.0.0.1:{port}{path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=True,
+        )
     )
-    head, _, payload = result.stdout.partition("\n\n")
-    status_line, *header_lines = head.splitlines()
-    headers = {}
-    for line in header_lines:
-        key, _, value = line.partition(":")
-        headers[key.strip().lower()] = value.strip()
-    return Answer(int(status_line.split()[1]), headers, json.loads(payload) if payload else {})
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +60,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """One migrated SQLite database with store 1 for the module's servers (each test
     uses emails of its own)."""
     return migrated_sqlite_env(tmp_path_factory.mktemp("rest"), "REST")
-
-
-def serve_http(tmp_path: Path, env: dict[str, str], *args: str):  # type: ignore[no-untyped-def]
-    http_port = free_port()
-    return http_port, running_server(
-        tmp_path, env, "--http-listen-address", f"127.0.0.1:{http_port}", *args
-    )
 
 
 def unique_email() -> str:
