@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf import any_pb2, json_format
+from google.protobuf import json_format
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
@@ -23,7 +23,7 @@ from services.core.http.errors import rpc_status, status_http, status_json
 from services.core.http.metadata import copy_metadata, metadata_from
 from services.core.http.routes import Match, Route, route_table
 from services.core.http.transcoding import build_request
-from services.core.rpc.statuses import status_for
+from services.core.rpc.statuses import status_for, status_message
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ class RestGateway:
             status, headers, body = await self._answer(scope, receive)
         except Exception:  # a bug of the gateway's: logged, never a bare 500 page
             logger.exception("the HTTP gateway failed to answer %s", scope.get("path"))
-            status, headers, body = _failure(_status(grpc.StatusCode.INTERNAL, "internal error"))
+            status, headers, body = _failure(
+                status_message(grpc.StatusCode.INTERNAL, "internal error", [])
+            )
         await _respond(send, status, headers, body)
 
     async def _answer(self, scope: dict[str, Any], receive: Receive) -> Answer:
@@ -170,41 +172,36 @@ def _unrouted(http_method: str, raw_path: str, match: Match | None) -> Answer:
     quoted = f"{http_method} {raw_path}"[:_MAX_PATH_QUOTED]
     if match is None:
         return _failure(
-            _status(
+            status_message(
                 grpc.StatusCode.NOT_FOUND,
                 f"no method is served at {quoted}",
-                error_details_pb2.ErrorInfo(reason="ROUTE_NOT_FOUND", domain=_GATEWAY_DOMAIN),
+                [error_details_pb2.ErrorInfo(reason="ROUTE_NOT_FOUND", domain=_GATEWAY_DOMAIN)],
             )
         )
     allowed = ", ".join(match.allowed)
-    status = _status(
+    status = status_message(
         grpc.StatusCode.UNIMPLEMENTED,
         f"{raw_path[:_MAX_PATH_QUOTED]} takes {allowed}, not {http_method}",
-        error_details_pb2.ErrorInfo(
-            reason="METHOD_NOT_ALLOWED", domain=_GATEWAY_DOMAIN, metadata={"allow": allowed}
-        ),
+        [
+            error_details_pb2.ErrorInfo(
+                reason="METHOD_NOT_ALLOWED", domain=_GATEWAY_DOMAIN, metadata={"allow": allowed}
+            )
+        ],
     )
     _, headers, body = _failure(status)
     return 405, [*headers, ("allow", allowed)], body
 
 
 def _too_large(route: Route, limit: int) -> status_pb2.Status:
-    return _status(
+    return status_message(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         f"the request body exceeds the limit of {limit} bytes",
-        error_details_pb2.ErrorInfo(
-            reason="REQUEST_TOO_LARGE", domain=route.method.containing_service.file.package
-        ),
+        [
+            error_details_pb2.ErrorInfo(
+                reason="REQUEST_TOO_LARGE", domain=route.method.containing_service.file.package
+            )
+        ],
     )
-
-
-def _status(code: grpc.StatusCode, message: str, *details: Message) -> status_pb2.Status:
-    status = status_pb2.Status(code=code.value[0], message=message)
-    for detail in details:
-        packed = any_pb2.Any()
-        packed.Pack(detail)
-        status.details.append(packed)
-    return status
 
 
 def _failure(status: status_pb2.Status) -> Answer:

@@ -8,6 +8,7 @@ with its traceback and the caller gets INTERNAL with no detail."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -187,11 +188,17 @@ def _retry_info(retry_after: timedelta) -> error_details_pb2.RetryInfo:
     return retry
 
 
-def _status(code: grpc.StatusCode, message: str, details: list[Any]) -> grpc.Status:
+def status_message(
+    code: grpc.StatusCode, message: str, details: Iterable[Any]
+) -> status_pb2.Status:
+    """The google.rpc.Status of `code` and `message`, with `details` packed."""
     packed = []
     for detail in details:
         holder = any_pb2.Any()
         holder.Pack(detail)
         packed.append(holder)
-    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
-    return rpc_status.to_status(proto)
+    return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
+
+
+def _status(code: grpc.StatusCode, message: str, details: list[Any]) -> grpc.Status:
+    return rpc_status.to_status(status_message(code, message, details))
