@@ -13,6 +13,7 @@ from services.core.db.engine import utc_now
 from services.core.db.idempotency import RequestKey, claim, remember
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.errors import FailedPrecondition
+from services.core.domain.etags import check_etag
 from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.customers import queries
 from services.customers.models import AddressSnapshot
@@ -22,7 +23,6 @@ from services.customers.rules import (
     address_values,
     check_address_id,
     check_customer_id,
-    check_etag,
     valid_values,
 )
 
@@ -101,7 +101,7 @@ class AddressService:
             await queries.get_customer_for_update(uow, customer_id)
             check_address_id(address_id)
             address = await queries.get_customer_address(uow, customer_id, address_id)
-            check_etag(address, etag)
+            check_etag("address", address.revision, etag)
             await queries.clear_other_defaults(uow, customer_id, address_id, values)
             changed = await queries.change_address(
                 uow, replace(address, **values, updated_at=utc_now())
@@ -121,7 +121,7 @@ class AddressService:
                 address = await queries.get_customer_address(
                     uow, customer_id, address_id, for_update=True
                 )
-                check_etag(address, etag)
+                check_etag("address", address.revision, etag)
             await queries.delete_address(uow, customer_id, address_id)
             await uow.commit()
 

@@ -11,9 +11,10 @@ from commerce.customers.v1 import customer_pb2
 from commerce.type.v1 import money_pb2
 
 from services.core.domain.customer_metrics import CustomerMetric, Money
+from services.core.domain.etags import etag
 from services.core.rpc.convert import MessageOf, timestamp
 from services.customers.models import AddressSnapshot, CustomerSnapshot
-from services.customers.rules import address_name, customer_name, etag_of
+from services.customers.rules import address_name, customer_name
 
 _ADDRESS = MessageOf(customer_pb2.CustomerAddress, AddressSnapshot)
 
@@ -36,7 +37,7 @@ def customer_to_proto(customer: CustomerSnapshot) -> customer_pb2.Customer:
         has_password=customer.hashed_password is not None,
         create_time=timestamp(customer.created_at),
         update_time=timestamp(customer.updated_at),
-        etag=etag_of(customer),
+        etag=etag(customer.revision),
         name=customer_name(customer.store_id, customer.customer_id),
     )
 
@@ -46,7 +47,7 @@ def address_to_proto(address: AddressSnapshot) -> customer_pb2.CustomerAddress:
         address,
         create_time=timestamp(address.created_at),
         update_time=timestamp(address.updated_at),
-        etag=etag_of(address),
+        etag=etag(address.revision),
         name=address_name(address),
     )
 

@@ -15,7 +15,6 @@ import email_validator
 
 from services.core.domain import validation
 from services.core.domain.errors import (
-    Aborted,
     AlreadyExists,
     InvalidArgument,
     NotFound,
@@ -25,7 +24,6 @@ from services.core.domain.resource_names import name_in_store
 from services.customers.models import (
     DEFAULT_ADDRESS_FLAGS,
     AddressSnapshot,
-    CustomerSnapshot,
     ThrottleSnapshot,
 )
 
@@ -124,25 +122,6 @@ def login_key(email: str) -> str | None:
     except email_validator.EmailNotValidError:
         return None
     return email_key(valid.normalized)
-
-
-def etag_of(resource: CustomerSnapshot | AddressSnapshot) -> str:
-    """A customer's or an address's version as callers see it (AIP-154): opaque to
-    them."""
-    return f"r{resource.revision}"
-
-
-def check_etag(resource: CustomerSnapshot | AddressSnapshot, etag: str) -> None:
-    """ABORTED when the caller sent an etag and the customer (or address) has moved
-    on since."""
-    current = etag_of(resource)
-    if etag and etag != current:
-        kind = "customer" if isinstance(resource, CustomerSnapshot) else "address"
-        raise Aborted(
-            f"the {kind} changed since this etag was read; read it again and retry",
-            reason="ETAG_MISMATCH",
-            metadata={"current_etag": current},
-        )
 
 
 def email_taken() -> AlreadyExists:

@@ -23,6 +23,7 @@ from services.core.domain.errors import (
     Unauthenticated,
     Violations,
 )
+from services.core.domain.etags import check_etag
 from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.core.domain.passwords import PasswordHasher, password_problem
 from services.customers import queries
@@ -32,7 +33,6 @@ from services.customers.rules import (
     caller_subject,
     check_batch_customer_ids,
     check_customer_id,
-    check_etag,
     contains_pattern,
     customer_not_found,
     customer_number,
@@ -156,7 +156,7 @@ class CustomerService:
             check_customer_id(customer_id)
             # The row lock makes the etag check and the change one atomic step.
             customer = await queries.get_customer_for_update(uow, customer_id)
-            check_etag(customer, etag)
+            check_etag("customer", customer.revision, etag)
             if values.get("email_key", customer.email_key) != customer.email_key:
                 await queries.ensure_email_free(uow, values["email_key"])
             changed = await queries.change_profile(uow, customer_id, asdict(customer) | values)
@@ -192,7 +192,7 @@ class CustomerService:
         async with self._db.writing(store_id) as uow:
             check_customer_id(customer_id)
             customer = await queries.get_customer_for_update(uow, customer_id)
-            check_etag(customer, etag)
+            check_etag("customer", customer.revision, etag)
             if customer.is_active == active:
                 return customer
             changed = await queries.change_status(uow, customer_id, active)

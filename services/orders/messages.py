@@ -11,10 +11,11 @@ from commerce.customers.v1 import customer_pb2
 from commerce.orders.v1 import order_pb2
 from commerce.type.v1 import money_pb2
 
+from services.core.domain.etags import etag
 from services.core.rpc.convert import timestamp
 from services.customers.messages import customer_to_proto
 from services.orders.models import LineItemSnapshot, OrderSnapshot, OrderStatus
-from services.orders.rules import CustomerOrderStats, OrderPage, order_etag
+from services.orders.rules import CustomerOrderStats, OrderPage
 
 PROTO_STATUS: dict[OrderStatus, order_pb2.OrderStatus.ValueType] = {
     status: order_pb2.OrderStatus.Value(f"ORDER_STATUS_{status.name}") for status in OrderStatus
@@ -29,7 +30,7 @@ def order_to_proto(
         customer = customer_to_proto(order.customer)
     return order_pb2.Order(
         name=order_name(order),
-        etag=order_etag(order.revision),
+        etag=etag(order.revision),
         store_id=order.store_id,
         order_id=order.order_id,
         order_number=order.order_number,

@@ -13,7 +13,7 @@ from typing import Any
 from iso4217 import Currency
 
 from services.core.domain import validation
-from services.core.domain.errors import Aborted, FailedPrecondition, InvalidArgument, Violations
+from services.core.domain.errors import FailedPrecondition, InvalidArgument, Violations
 from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.orders.models import OrderSnapshot, OrderStatus
 
@@ -235,33 +235,6 @@ def validated_change(change: StatusChange) -> dict[str, Any]:
         "tracking_reference": tracking_reference,
         "cancel_reason": cancel_reason,
     }
-
-
-def order_etag(revision: int) -> str:
-    """The order's version as callers see it (AIP-154): opaque to them."""
-    return f"r{revision}"
-
-
-def expected_revision(etag: str) -> int | None:
-    """The revision an etag names: None without an etag, 0 (which no order has) for
-    one this server never issued, so that it is ABORTED like any stale etag."""
-    if not etag:
-        return None
-    digits = etag[1:]
-    issued = digits.isascii() and digits.isdigit() and len(digits) <= 9
-    if not issued or etag != order_etag(int(digits)):
-        return 0
-    return int(digits)
-
-
-def check_etag(revision: int, etag: str) -> None:
-    """ABORTED when the caller sent an etag and the order has moved on since."""
-    if etag and etag != order_etag(revision):
-        raise Aborted(
-            "the order changed since this etag was read; read it again and retry",
-            reason="ETAG_MISMATCH",
-            metadata={"current_etag": order_etag(revision)},
-        )
 
 
 # -- pages of orders, newest first -----------------------------------------------------------

@@ -14,6 +14,7 @@ from services.core.db.engine import utc_now
 from services.core.db.idempotency import RequestKey, claim, remember
 from services.core.db.unit_of_work import TenantDatabase, UnitOfWork
 from services.core.domain.errors import NotFound
+from services.core.domain.etags import check_etag, revision_named
 from services.core.domain.pagination import PageTokenCodec
 from services.customers.api import lock_active_customer
 from services.orders import queries
@@ -24,10 +25,8 @@ from services.orders.rules import (
     OrderFilter,
     OrderPage,
     StatusChange,
-    check_etag,
     check_order_id,
     cut_page,
-    expected_revision,
     invalid_transition,
     normalized_filter,
     numbered_lines,
@@ -154,7 +153,7 @@ async def _move(uow: UnitOfWork, change: StatusChange) -> OrderSnapshot:
         uow,
         change.order_id,
         change.status,
-        revision=expected_revision(change.etag),
+        revision=revision_named(change.etag),
         tracking_reference=change.tracking_reference,
         cancel_reason=change.cancel_reason,
     )
@@ -164,7 +163,7 @@ async def _move(uow: UnitOfWork, change: StatusChange) -> OrderSnapshot:
     if current is None:
         raise NotFound("order", str(change.order_id))
     status, revision = current
-    check_etag(revision, change.etag)
+    check_etag("order", revision, change.etag)
     raise invalid_transition(status, change.status)
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.core.domain.errors import InvalidArgument
+from services.core.domain.etags import etag, revision_named
 from services.core.domain.pagination import PageTokenCodec
 from services.orders.models import OrderSnapshot, OrderStatus
 from services.orders.rules import (
@@ -20,12 +21,10 @@ from services.orders.rules import (
     OrderFilter,
     check_filter,
     cut_page,
-    expected_revision,
     invalid_transition,
     is_currency,
     normalized_filter,
     numbered_lines,
-    order_etag,
     order_number,
     order_total,
     page_request,
@@ -219,10 +218,10 @@ def test_statistics_count_each_currency_and_span_all_of_them():
 
 
 def test_only_an_etag_this_server_issues_names_a_revision() -> None:
-    assert expected_revision("") is None
-    assert expected_revision(order_etag(42)) == 42
+    assert revision_named("") is None
+    assert revision_named(etag(42)) == 42
     for foreign in ("42", "r", "r-1", "r042", "R42", "r4 2", "r\u0661", "r" + "9" * 10):
-        assert expected_revision(foreign) == 0, foreign
+        assert revision_named(foreign) == 0, foreign
 
 
 def test_the_deprecated_status_folds_into_statuses() -> None:
