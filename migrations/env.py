@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 import services.customers.models
 import services.loyalty.models
 import services.orders.models  # noqa: F401
-from services.core.db import idempotency, stores  # noqa: F401
+from services.core.db import idempotency, outbox, stores  # noqa: F401
 from services.core.db.engine import Base, create_engine
 from services.core.settings import Settings
 

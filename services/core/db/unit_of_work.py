@@ -6,7 +6,10 @@ Every RPC reaches its store's rows through one `UnitOfWork`, opened by
 transaction round trips they do not need). Opening one checks the store first, so no
 module can forget to; and every statement it runs gets the store's id bound as
 `store_id`, so no query can name another store's rows by mistake. The queries of
-each module take the unit of work and nothing else."""
+each module take the unit of work and nothing else.
+
+A unit of work also carries the events of its changes (`record`): they are written
+in its transaction when it commits (services.core.db.outbox)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from services.core import deadlines
+from services.core.db.outbox import DomainEvent, append
 from services.core.db.statements import (
     CoreTransaction,
     DriverTransaction,
@@ -41,10 +45,17 @@ class UnitOfWork:
     `store_id` is bound into every statement's parameters: a query says
     `bindparam("store_id")` and never passes it."""
 
-    def __init__(self, store_id: int, transaction: Transaction) -> None:
+    def __init__(
+        self,
+        store_id: int,
+        transaction: Transaction,
+        on_events: Callable[[], None] | None = None,
+    ) -> None:
         self.store_id = store_id
         self._transaction = transaction
         self.dialect = transaction.dialect
+        self._events: list[DomainEvent] = []
+        self._on_events = on_events
 
     def _scoped(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {**params, "store_id": self.store_id}
@@ -68,8 +79,18 @@ class UnitOfWork:
     async def execute_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
         await self._transaction.execute_many(statement, [self._scoped(row) for row in rows])
 
+    def record(self, event: DomainEvent) -> None:
+        """Adds the event of a change made in this unit of work: written in its
+        transaction at commit, dropped with it otherwise."""
+        self._events.append(event)
+
     async def commit(self) -> None:
+        if self._events:
+            await append(self._transaction, self.store_id, self._events)
         await self._transaction.commit()
+        if self._events and self._on_events is not None:
+            self._on_events()
+        self._events.clear()
 
 
 class StoreStatusCache:
@@ -126,6 +147,9 @@ class TenantDatabase:
         pool = engine.pool
         connections = pool.size() if isinstance(pool, QueuePool) else 1
         self.queue = WorkQueue("database work", connections, seconds_each=0.005)
+        # Called after a unit of work committed events, so a relay in this process
+        # wakes at once (others learn it from the database).
+        self.events_committed: Callable[[], None] | None = None
 
     def writing(self, store_id: int) -> AbstractAsyncContextManager[UnitOfWork]:
         """A transaction in the store, bounded by the caller's deadline: rolled back
@@ -143,7 +167,7 @@ class TenantDatabase:
         with store_scope(store_id), self.queue.entered():
             async with self.maintenance(transaction=transaction) as statements:
                 with self.queue.timed():
-                    uow = UnitOfWork(store_id, statements)
+                    uow = UnitOfWork(store_id, statements, self.events_committed)
                     await self.stores.require_active(uow)
                     yield uow
 

@@ -1,0 +1,187 @@
+"""The transactional outbox: every change a module makes is recorded as an event in
+the same transaction as the change, so no crash can lose an event of a committed
+change or leave one of a rolled-back change.
+
+A module describes its change as a `DomainEvent` and hands it to its unit of work
+(`UnitOfWork.record`); the unit of work appends the events when it commits. Each
+event gets the next sequence number of its subject (the resource that changed) from
+a counter row that stays locked until the transaction ends: two changes to one
+resource get their numbers, and their rows' ids, in the order they commit.
+
+Events are not readable as soon as they commit: ids are handed out as rows are
+inserted, not as they commit, so a reader that followed ids would skip a row
+committed late with a smaller id. The relay (services.core.events) gives each
+committed event its `feed_position`, in the order it finds them, and readers follow
+those. This module knows no module: payloads are protobuf messages it stores as
+bytes with their full type name."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.message import Message
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    bindparam,
+    insert,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.core.db.engine import Base, UtcDateTime, upsert_insert, utc_now
+from services.core.db.statements import DIALECTS, Statement, Transaction
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+_EventIdType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class OutboxEvent(Base):
+    """One recorded event, kept for the feed for the event retention."""
+
+    __tablename__ = "outbox_events"
+
+    # Handed out as rows are inserted: the order of inserts, not of commits.
+    id: Mapped[int] = mapped_column(_EventIdType, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36))
+    store_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("stores.id", ondelete="CASCADE"))
+    module: Mapped[str] = mapped_column(String(50))
+    event_type: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(200))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    # NULL until the relay finds the committed row; then its place in the feed.
+    feed_position: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # The relay's next rows to place, in insert order.
+        Index(
+            "ix_outbox_events_unplaced",
+            "id",
+            postgresql_where=feed_position.is_(None),
+            sqlite_where=feed_position.is_(None),
+        ),
+        # The feed across stores (publishing, pruning); unique, so two relays that
+        # both thought themselves the only one cannot place two events alike.
+        Index(
+            "ix_outbox_events_feed_position",
+            "feed_position",
+            unique=True,
+            postgresql_where=feed_position.is_not(None),
+            sqlite_where=feed_position.is_not(None),
+        ),
+        # One store's feed (EventService).
+        Index(
+            "ix_outbox_events_store_feed",
+            "store_id",
+            "feed_position",
+            postgresql_where=feed_position.is_not(None),
+            sqlite_where=feed_position.is_not(None),
+        ),
+    )
+
+
+class EventSequence(Base):
+    """The last sequence number given to an event of one subject of one store."""
+
+    __tablename__ = "event_sequences"
+
+    store_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True
+    )
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger)
+
+
+class EventRelayState(Base):
+    """Who relays the events now, and how far: one row per relay (`name`)."""
+
+    __tablename__ = "event_relay"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    # The process that holds the lease, and until when; another may take it after.
+    holder: Mapped[str] = mapped_column(String(200), default="")
+    lease_expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The last feed position handed out.
+    placed_position: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The last feed position published (to NATS when configured): pruning never
+    # deletes an event past it.
+    delivered_position: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The last feed position pruned: a cursor before it may have missed events.
+    pruned_position: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """A change, as its module describes it: `subject` is the resource that changed,
+    relative to its store ("orders/42"); `payload` a message of the module's own proto
+    package, whose full name is the event's type."""
+
+    module: str
+    subject: str
+    payload: Message
+
+    @property
+    def event_type(self) -> str:
+        return self.payload.DESCRIPTOR.full_name
+
+
+def _next_sequence(dialect: str) -> Statement:
+    return Statement(
+        upsert_insert(dialect, EventSequence)
+        .values(store_id=bindparam("store_id"), subject=bindparam("subject"), last_sequence=1)
+        .on_conflict_do_update(
+            index_elements=[EventSequence.store_id, EventSequence.subject],
+            set_={"last_sequence": EventSequence.last_sequence + 1},
+        )
+        .returning(EventSequence.last_sequence)
+    )
+
+
+_NEXT_SEQUENCE = {dialect: _next_sequence(dialect) for dialect in DIALECTS}
+_APPEND = Statement(
+    insert(OutboxEvent).values(
+        {
+            name: bindparam(name)
+            for name in (
+                "event_id",
+                "store_id",
+                "module",
+                "event_type",
+                "subject",
+                "sequence",
+                "occurred_at",
+                "payload",
+            )
+        }
+    )
+)
+
+
+async def append(transaction: Transaction, store_id: int, events: Sequence[DomainEvent]) -> None:
+    """Writes `events` of store `store_id` in the caller's transaction (on PostgreSQL
+    a trigger then wakes the relay, by NOTIFY, once it commits)."""
+    now = utc_now()
+    for event in events:
+        params: dict[str, Any] = {"store_id": store_id, "subject": event.subject}
+        sequence = await transaction.scalar(_NEXT_SEQUENCE[transaction.dialect], params)
+        await transaction.execute(
+            _APPEND,
+            params
+            | {
+                "event_id": str(uuid.uuid4()),
+                "module": event.module,
+                "event_type": event.event_type,
+                "sequence": int(sequence),
+                "occurred_at": now,
+                "payload": event.payload.SerializeToString(deterministic=True),
+            },
+        )
