@@ -31,6 +31,7 @@ from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.customer_metrics import CustomerMetricsRegistry
 from services.core.domain.pagination import PageTokenCodec
 from services.core.domain.passwords import PasswordHasher
+from services.core.events.signals import Signal
 from services.core.http.gateway import gateway_app
 from services.core.http.listener import HttpListener, HttpTls
 from services.core.modules import ModuleContext, MountFunction
@@ -100,6 +101,11 @@ class Application:
         )
         self.customer_metrics = CustomerMetricsRegistry()
         self.retention = RetentionRegistry()
+        # Units of work of this process notify `events_committed`; the relay notifies
+        # `events_placed` (services.core.events).
+        self.events_committed = Signal()
+        self.events_placed = Signal()
+        self.database.events_committed = self.events_committed.notify
         self.passwords = PasswordHasher(settings.bcrypt_rounds, settings.password_hash_workers)
         self.health = health.aio.HealthServicer()
         self.drain = DrainInterceptor()
@@ -137,6 +143,7 @@ class Application:
             page_tokens=PageTokenCodec(self.settings.page_token_secret),
             customer_metrics=self.customer_metrics,
             retention=self.retention,
+            events_placed=self.events_placed,
         )
         for name in self.module_names:
             self.service_names += MODULES[name](self.server, context)

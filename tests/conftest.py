@@ -29,6 +29,7 @@ from services.core.db.engine import create_engine
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.settings import Settings
 from services.migrations import upgrade
+from services.orders.messages import register_event_encoders as register_order_events
 from services.server import Application
 from tests.orm import UnitOfWork, create_session_factory, create_store, set_store_active
 
@@ -109,6 +110,8 @@ async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[Async
 async def database(settings: Settings) -> AsyncIterator[TenantDatabase]:
     """What service layers get, for tests that call them without gRPC."""
     database = TenantDatabase(create_engine(settings.database_url, pool_size=5))
+    # What mounting the modules would register.
+    register_order_events(database.event_encoders)
     yield database
     await database.engine.dispose()
 

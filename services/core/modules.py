@@ -12,6 +12,7 @@ from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.customer_metrics import CustomerMetricsRegistry
 from services.core.domain.pagination import PageTokenCodec
 from services.core.domain.passwords import PasswordHasher
+from services.core.events.signals import Signal
 from services.core.settings import Settings
 
 
@@ -27,6 +28,9 @@ class ModuleContext:
     customer_metrics: CustomerMetricsRegistry
     # ... and how to delete the rows they keep only for a while.
     retention: RetentionRegistry
+    # Notified when the relay (in this process or, on PostgreSQL, in any) placed new
+    # events in the feed: event streams wait on it.
+    events_placed: Signal
 
 
 class MountFunction(Protocol):

@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     )
     services: str = Field(
         default="",
-        description="comma-separated modules to mount: customers, orders, loyalty (empty: all)",
+        description="comma-separated modules to mount: customers, orders, loyalty, events "
+        "(empty: all)",
     )
     workers: int = Field(
         default=1,
@@ -140,6 +141,44 @@ class Settings(BaseSettings):
         gt=0,
         description="how long a create's request_id is remembered: a retry within it "
         "returns the first result, a retry after it creates anew",
+    )
+    nats_url: str = Field(
+        default="",
+        description="NATS server(s) to publish events to through JetStream, such as "
+        "nats://127.0.0.1:4222 (comma-separated for a cluster; empty: events are kept for "
+        "the feed only)",
+    )
+    nats_stream: str = Field(
+        default="COMMERCE_EVENTS",
+        description="the JetStream stream events go to, created when missing",
+    )
+    nats_subject_prefix: str = Field(
+        default="commerce.events",
+        description="subjects of events: <prefix>.<store_id>.<module>.<EventName>",
+    )
+    event_relay: bool = Field(
+        default=True,
+        description="run the event relay in this process (one process relays at a time; "
+        "the others stand by and take over when it stops)",
+    )
+    event_relay_lease_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="how long the relay's lease lasts: a standby takes over this long "
+        "after the relaying process stopped renewing it",
+    )
+    event_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often the relay and event streams look for new events when "
+        "nothing woke them (PostgreSQL wakes them on commit; SQLite across processes polls)",
+    )
+    event_retention_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description="how long events stay readable in the feed after they were published",
     )
     metrics_address: str = Field(
         default="", description="host:port of the Prometheus /metrics endpoint (empty: off)"

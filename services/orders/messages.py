@@ -8,12 +8,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from commerce.customers.v1 import customer_pb2
-from commerce.orders.v1 import order_pb2
+from commerce.orders.v1 import order_events_pb2, order_pb2
 from commerce.type.v1 import money_pb2
 
+from services.core.db.outbox import EventEncoders
 from services.core.domain.etags import etag
+from services.core.events.encoding import proto_encoder
 from services.core.rpc.convert import timestamp
 from services.customers.messages import customer_to_proto
+from services.orders.events import OrderCreated, OrderStatusChanged
 from services.orders.models import LineItemSnapshot, OrderSnapshot, OrderStatus
 from services.orders.rules import CustomerOrderStats, OrderPage
 
@@ -112,3 +115,38 @@ def stats_to_proto(stats: CustomerOrderStats) -> order_pb2.CustomerOrderStats:
         first_order_time=timestamp(stats.first_order_time) if stats.first_order_time else None,
         last_order_time=timestamp(stats.last_order_time) if stats.last_order_time else None,
     )
+
+
+def _event_order(order: OrderSnapshot) -> order_pb2.Order:
+    """The order as an event carries it: without the deprecated customer copy (an
+    event refers to its customer by id and name)."""
+    message = order_to_proto(order)
+    message.ClearField("customer")
+    return message
+
+
+def _customer_name(order: OrderSnapshot) -> str:
+    if not order.customer_id:
+        return ""
+    return f"stores/{order.store_id}/customers/{order.customer_id}"
+
+
+def _order_created(event: OrderCreated) -> order_events_pb2.OrderCreated:
+    return order_events_pb2.OrderCreated(
+        order=_event_order(event.order), customer=_customer_name(event.order)
+    )
+
+
+def _order_status_changed(event: OrderStatusChanged) -> order_events_pb2.OrderStatusChanged:
+    return order_events_pb2.OrderStatusChanged(
+        order=_event_order(event.order),
+        old_status=PROTO_STATUS[event.old_status],
+        new_status=PROTO_STATUS[OrderStatus(event.order.status)],
+        customer=_customer_name(event.order),
+    )
+
+
+def register_event_encoders(encoders: EventEncoders) -> None:
+    """How the orders module's events become their payload messages."""
+    encoders.register(OrderCreated, proto_encoder(_order_created))
+    encoders.register(OrderStatusChanged, proto_encoder(_order_status_changed))

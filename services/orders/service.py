@@ -18,6 +18,7 @@ from services.core.domain.etags import check_etag, revision_named
 from services.core.domain.pagination import PageTokenCodec
 from services.customers.api import lock_active_customer
 from services.orders import queries
+from services.orders.events import OrderCreated
 from services.orders.models import OrderSnapshot, OrderStatus
 from services.orders.rules import (
     NO_FILTER,
@@ -89,6 +90,7 @@ class OrderService:
                 "cancel_reason": "",
             }
             created = await queries.insert_order(uow, order, lines, customer)
+            uow.record(OrderCreated(created))
             await remember(uow, key, order_id)
             await uow.commit()
         return created

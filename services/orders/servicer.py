@@ -27,6 +27,7 @@ from services.orders.messages import (
     order_to_proto,
     orders_to_proto,
     page_fields,
+    register_event_encoders,
     stats_to_proto,
 )
 from services.orders.models import OrderStatus
@@ -223,6 +224,7 @@ def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     statistics = OrderMetricsProvider(context.database)
     context.customer_metrics.register(statistics)
     context.retention.register("order revisions", purge_expired_revisions)
+    register_event_encoders(context.database.event_encoders)
     order_service_pb2_grpc.add_OrderServiceServicer_to_server(
         OrderServicer(OrderService(context.database, context.page_tokens)), server
     )

@@ -2,8 +2,11 @@
 the same transaction as the change, so no crash can lose an event of a committed
 change or leave one of a rolled-back change.
 
-A module describes its change as a `DomainEvent` and hands it to its unit of work
-(`UnitOfWork.record`); the unit of work appends the events when it commits. Each
+A module describes its change as a `DomainEvent` (a plain dataclass of its own, of
+snapshots: its service layer knows no protobuf) and hands it to its unit of work
+(`UnitOfWork.record`); when the unit of work commits, it turns each event into the
+bytes of its payload message with the encoder the module registered while mounting
+(`EventEncoders`) and appends them. Each
 event gets the next sequence number of its subject (the resource that changed) from
 a counter row that stays locked until the transaction ends: two changes to one
 resource get their numbers, and their rows' ids, in the order they commit.
@@ -12,18 +15,16 @@ Events are not readable as soon as they commit: ids are handed out as rows are
 inserted, not as they commit, so a reader that followed ids would skip a row
 committed late with a smaller id. The relay (services.core.events) gives each
 committed event its `feed_position`, in the order it finds them, and readers follow
-those. This module knows no module: payloads are protobuf messages it stores as
-bytes with their full type name."""
+those. This module knows no module, and no protobuf: payloads come as bytes with the full
+name of their message."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from google.protobuf.message import Message
 from sqlalchemy import (
     BigInteger,
     ForeignKey,
@@ -119,19 +120,39 @@ class EventRelayState(Base):
     pruned_position: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-@dataclass(frozen=True)
 class DomainEvent:
-    """A change, as its module describes it: `subject` is the resource that changed,
-    relative to its store ("orders/42"); `payload` a message of the module's own proto
-    package, whose full name is the event's type."""
+    """Base of the events modules record: each a frozen dataclass of the module's
+    own, carrying what its payload message is built from."""
 
-    module: str
-    subject: str
-    payload: Message
+    # The module that records it: the <module> of its NATS subject.
+    module: ClassVar[str]
 
     @property
-    def event_type(self) -> str:
-        return self.payload.DESCRIPTOR.full_name
+    def subject(self) -> str:
+        """The resource that changed, relative to its store, such as "orders/42"."""
+        raise NotImplementedError
+
+
+# The full name of an event's payload message and the message's bytes.
+EncodedPayload = tuple[str, bytes]
+Encoder = Callable[[Any], EncodedPayload]
+
+
+class EventEncoders:
+    """How each kind of event becomes its payload, registered by the modules that
+    record it while they mount."""
+
+    def __init__(self) -> None:
+        self._encoders: dict[type[DomainEvent], Encoder] = {}
+
+    def register(self, kind: type[DomainEvent], encoder: Encoder) -> None:
+        self._encoders[kind] = encoder
+
+    def encode(self, event: DomainEvent) -> EncodedPayload:
+        encoder = self._encoders.get(type(event))
+        if encoder is None:
+            raise LookupError(f"no encoder registered for {type(event).__name__}")
+        return encoder(event)
 
 
 def _next_sequence(dialect: str) -> Statement:
@@ -166,11 +187,17 @@ _APPEND = Statement(
 )
 
 
-async def append(transaction: Transaction, store_id: int, events: Sequence[DomainEvent]) -> None:
+async def append(
+    transaction: Transaction,
+    store_id: int,
+    events: Sequence[DomainEvent],
+    encoders: EventEncoders,
+) -> None:
     """Writes `events` of store `store_id` in the caller's transaction (on PostgreSQL
     a trigger then wakes the relay, by NOTIFY, once it commits)."""
     now = utc_now()
     for event in events:
+        event_type, payload = encoders.encode(event)
         params: dict[str, Any] = {"store_id": store_id, "subject": event.subject}
         sequence = await transaction.scalar(_NEXT_SEQUENCE[transaction.dialect], params)
         await transaction.execute(
@@ -179,9 +206,9 @@ async def append(transaction: Transaction, store_id: int, events: Sequence[Domai
             | {
                 "event_id": str(uuid.uuid4()),
                 "module": event.module,
-                "event_type": event.event_type,
+                "event_type": event_type,
                 "sequence": int(sequence),
                 "occurred_at": now,
-                "payload": event.payload.SerializeToString(deterministic=True),
+                "payload": payload,
             },
         )

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from services.core import deadlines
-from services.core.db.outbox import DomainEvent, append
+from services.core.db.outbox import DomainEvent, EventEncoders, append
 from services.core.db.statements import (
     CoreTransaction,
     DriverTransaction,
@@ -49,12 +49,14 @@ class UnitOfWork:
         self,
         store_id: int,
         transaction: Transaction,
+        encoders: EventEncoders | None = None,
         on_events: Callable[[], None] | None = None,
     ) -> None:
         self.store_id = store_id
         self._transaction = transaction
         self.dialect = transaction.dialect
         self._events: list[DomainEvent] = []
+        self._encoders = encoders or EventEncoders()
         self._on_events = on_events
 
     def _scoped(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,7 +88,7 @@ class UnitOfWork:
 
     async def commit(self) -> None:
         if self._events:
-            await append(self._transaction, self.store_id, self._events)
+            await append(self._transaction, self.store_id, self._events, self._encoders)
         await self._transaction.commit()
         if self._events and self._on_events is not None:
             self._on_events()
@@ -147,6 +149,8 @@ class TenantDatabase:
         pool = engine.pool
         connections = pool.size() if isinstance(pool, QueuePool) else 1
         self.queue = WorkQueue("database work", connections, seconds_each=0.005)
+        # How the modules' events become payloads (they register while mounting).
+        self.event_encoders = EventEncoders()
         # Called after a unit of work committed events, so a relay in this process
         # wakes at once (others learn it from the database).
         self.events_committed: Callable[[], None] | None = None
@@ -167,7 +171,9 @@ class TenantDatabase:
         with store_scope(store_id), self.queue.entered():
             async with self.maintenance(transaction=transaction) as statements:
                 with self.queue.timed():
-                    uow = UnitOfWork(store_id, statements, self.events_committed)
+                    uow = UnitOfWork(
+                        store_id, statements, self.event_encoders, self.events_committed
+                    )
                     await self.stores.require_active(uow)
                     yield uow
 
