@@ -143,11 +143,17 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                     return await newest_position(uow)
 
             after = await _uninterrupted(newest())
+        first = True
         while True:
             # Marked before the read: an event placed while it runs still wakes the wait.
             mark = self._events_placed.mark()
             page = await self._page(store_id, after, types, STREAM_PAGE_SIZE)
             STREAM_PAGES_READ.inc()
+            if first:
+                # The store is checked and the cursor valid: the caller learns now
+                # that its stream is open, not when the first event comes.
+                await context.send_initial_metadata(())
+                first = False
             for event in page:
                 yield event_service_pb2.StreamEventsResponse(event=event_to_proto(event))
                 after = event.position
