@@ -417,7 +417,7 @@ async def test_a_slow_reader_keeps_the_stream_from_reading_ahead(feed, store_id)
         await append(statements, store_id, [Blob(n) for n in range(total)], encoders)
         await statements.commit()
     await place_all(app)
-    pages = REGISTRY.get_sample_value("commerce_event_stream_pages_read_total") or 0.0
+    events_read = REGISTRY.get_sample_value("commerce_event_stream_events_read_total") or 0.0
     stream = events_stub(channel).StreamEvents(
         event_service_pb2.StreamEventsRequest(store_id=store_id), timeout=DEADLINE
     )
@@ -428,11 +428,14 @@ async def test_a_slow_reader_keeps_the_stream_from_reading_ahead(feed, store_id)
     loop = asyncio.get_running_loop()
     steady_since = loop.time()
     while loop.time() - steady_since < 1.0:
-        now = (REGISTRY.get_sample_value("commerce_event_stream_pages_read_total") or 0.0) - pages
+        now = (
+            REGISTRY.get_sample_value("commerce_event_stream_events_read_total") or 0.0
+        ) - events_read
         if now != read:
             read, steady_since = now, loop.time()
         await asyncio.sleep(0.05)
-    assert read < total / 100 / 2  # far from the whole backlog
+    print(f"events read ahead of a reader that stopped: {read:.0f} of {total}")
+    assert read < total / 2  # far from the whole backlog
     received = 1
     while received < total:
         await stream.read()

@@ -44,6 +44,10 @@ STREAM_PAGES_READ = Counter(
     "commerce_event_stream_pages_read_total", "Pages of the feed read by StreamEvents calls."
 )
 
+STREAM_EVENTS_READ = Counter(
+    "commerce_event_stream_events_read_total", "Events read from the feed by StreamEvents calls."
+)
+
 SERVICE_NAME = event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 
 
@@ -149,6 +153,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             mark = self._events_placed.mark()
             page = await self._page(store_id, after, types, STREAM_PAGE_SIZE)
             STREAM_PAGES_READ.inc()
+            STREAM_EVENTS_READ.inc(len(page))
             if first:
                 # The store is checked and the cursor valid: the caller learns now
                 # that its stream is open, not when the first event comes.
