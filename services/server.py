@@ -31,12 +31,13 @@ from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.customer_metrics import CustomerMetricsRegistry
 from services.core.domain.pagination import PageTokenCodec
 from services.core.domain.passwords import PasswordHasher
+from services.core.events.servicer import mount as mount_events
 from services.core.events.signals import Signal
 from services.core.http.gateway import gateway_app
 from services.core.http.listener import HttpListener, HttpTls
 from services.core.modules import ModuleContext, MountFunction
 from services.core.rpc.callers import CallerAuthInterceptor, load_callers
-from services.core.rpc.interceptor import RpcInterceptor
+from services.core.rpc.interceptor import RpcInterceptor, write_stream
 from services.core.rpc.metrics import serve_metrics
 from services.core.rpc.reflection import enable_reflection
 from services.core.rpc.statuses import retry_status
@@ -53,6 +54,8 @@ MODULES: dict[str, MountFunction] = {
     "customers": mount_customers,
     "orders": mount_orders,
     "loyalty": mount_loyalty,
+    # The change feed (commerce.events.v1.EventService): every module's events.
+    "events": mount_events,
 }
 
 # Expired request_ids go in batches of PURGE_BATCH, every PURGE_INTERVAL seconds.
@@ -409,8 +412,10 @@ QUIET_SECONDS = 0.25
 
 
 class DrainInterceptor(grpc.aio.ServerInterceptor):
-    """Counts the unary calls in flight and, once draining, refuses new ones with
-    UNAVAILABLE and a RetryInfo (health checks still answer: NOT_SERVING)."""
+    """Counts the calls in flight and, once draining, refuses new ones with
+    UNAVAILABLE and a RetryInfo (health checks still answer: NOT_SERVING). Server
+    streams (EventService.StreamEvents) would never end by themselves: the drain ends
+    them at once, UNAVAILABLE, telling the caller to resume from its last cursor."""
 
     def __init__(self) -> None:
         self.draining = False
@@ -418,8 +423,9 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         self._last_arrival = 0.0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._draining = asyncio.Event()
         self._wrapped: dict[str, Handler] = {}
-        self._refusal: Handler = grpc.unary_unary_rpc_method_handler(self._refuse)
+        self._refusals: dict[str, Handler] = {}
 
     async def intercept_service(
         self,
@@ -430,36 +436,105 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         if not method.startswith("/grpc.health."):  # probes are answered while draining
             self._last_arrival = asyncio.get_running_loop().time()
             if self.draining:
-                return self._refusal
+                return await self._refusal(method, continuation, handler_call_details)
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
             return wrapped
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._counted(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if handler.unary_unary is not None:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._counted(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.unary_stream is not None and method.startswith("/commerce."):
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                self._ended_by_drain(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:
+            return handler  # reflection's own streams end with their connections
         self._wrapped[method] = wrapped
         return wrapped
 
+    async def _refusal(
+        self,
+        method: str,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        """A refusing handler of the same kind as the method's (a stream call
+        answered by a unary handler would not end with the refusal's status)."""
+        refusal = self._refusals.get(method)
+        if refusal is not None:
+            return refusal
+        handler = await continuation(handler_call_details)
+        if handler is not None and handler.unary_stream is not None:
+            refusal = grpc.unary_stream_rpc_method_handler(self._refuse)
+        elif handler is not None and handler.stream_unary is not None:
+            refusal = grpc.stream_unary_rpc_method_handler(self._refuse)
+        elif handler is not None and handler.stream_stream is not None:
+            refusal = grpc.stream_stream_rpc_method_handler(self._refuse)
+        else:
+            refusal = grpc.unary_unary_rpc_method_handler(self._refuse)
+        self._refusals[method] = refusal
+        return refusal
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
     def _counted(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            self.in_flight += 1
-            self._idle.clear()
+            self._enter()
             try:
                 return await behavior(request, context)
             finally:
-                self.in_flight -= 1
-                if self.in_flight == 0:
-                    self._idle.set()
+                self._leave()
 
         return counted
 
+    def _ended_by_drain(self, behavior: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
+        async def ended(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            self._enter()
+            try:
+                stream = asyncio.ensure_future(write_stream(behavior(request, context), context))
+                drained = asyncio.ensure_future(self._draining.wait())
+                try:
+                    await asyncio.wait({stream, drained}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    drained.cancel()
+                    if not stream.done():
+                        stream.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await stream
+                    elif not stream.cancelled():
+                        stream.result()  # its own end: OK, or the status it aborted with
+                if not stream.cancelled():
+                    return
+            finally:
+                self._leave()
+            status = retry_status(
+                grpc.StatusCode.UNAVAILABLE,
+                "the server is shutting down: call again, from the cursor of the last "
+                "event received",
+                reason="SHUTTING_DOWN",
+                retry_after=DRAINING_RETRY_AFTER,
+            )
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+        return ended
+
     @staticmethod
-    async def _refuse(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         status = retry_status(
             grpc.StatusCode.UNAVAILABLE,
             "the server is shutting down; try again",
@@ -472,6 +547,7 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         """Refuses new calls from now on; returns when none is in flight and none
         arrived for QUIET_SECONDS, or after `grace` seconds."""
         self.draining = True
+        self._draining.set()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from commerce.customers.v1 import customer_pb2, customer_service_pb2, customer_service_pb2_grpc
+from commerce.events.v1 import event_service_pb2 as events_pb
 from commerce.loyalty.v1 import customer_loyalty_service_pb2 as loyalty_pb
 from commerce.orders.v1 import customer_order_service_pb2 as customer_orders_pb
 from commerce.orders.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
@@ -40,6 +41,7 @@ CUSTOMERS = "commerce.customers.v1.CustomerService"
 ORDERS = "commerce.orders.v1.OrderService"
 CUSTOMER_ORDERS = "commerce.orders.v1.CustomerOrderService"
 LOYALTY = "commerce.loyalty.v1.CustomerLoyaltyService"
+EVENTS = "commerce.events.v1.EventService"
 
 # RPCs being built alongside these checks: where they still answer UNIMPLEMENTED,
 # their cases skip (saying so) instead of failing. Any other RPC must be served.
@@ -64,12 +66,32 @@ class Store:
     def call(self, path: str, request: Message) -> Awaitable[Message]:
         """Calls the RPC `path` ('package.Service/Method') as a generated stub would."""
         answer = message_factory.GetMessageClass(METHODS[path].output_type)
+        if METHODS[path].server_streaming:
+            return self._stream_opened(path, request, answer)
         rpc = self.channel.unary_unary(
             f"/{path}",
             request_serializer=type(request).SerializeToString,
             response_deserializer=answer.FromString,
         )
         return rpc(request)  # type: ignore[no-any-return]
+
+    async def _stream_opened(self, path: str, request: Message, answer: type[Message]) -> Message:
+        """A server stream's answer to its request: its failure, or (once the server
+        accepted the call and sent its headers) an empty message; the stream is then
+        closed."""
+        rpc = self.channel.unary_stream(
+            f"/{path}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=answer.FromString,
+        )
+        call = rpc(request)
+        try:
+            await call.initial_metadata()
+            if call.done():  # refused: the status came with the headers
+                await call.read()
+            return answer()
+        finally:
+            call.cancel()
 
     async def customer(self) -> int:
         customer = await create_customer(self.customers, self.store_id, password=PASSWORD)
@@ -270,7 +292,17 @@ async def _redeem_loyalty_points(s: Store) -> Message:
     )
 
 
+async def _list_events(s: Store) -> Message:
+    return events_pb.ListEventsRequest(store_id=s.store_id, page_size=10)
+
+
+async def _stream_events(s: Store) -> Message:
+    return events_pb.StreamEventsRequest(store_id=s.store_id, only_new=True)
+
+
 VALID_REQUESTS: dict[str, Builder] = {
+    f"{EVENTS}/ListEvents": _list_events,
+    f"{EVENTS}/StreamEvents": _stream_events,
     f"{CUSTOMERS}/CreateCustomer": _create_customer,
     f"{CUSTOMERS}/GetCustomer": _get_customer,
     f"{CUSTOMERS}/BatchGetCustomers": _batch_get_customers,

@@ -92,6 +92,13 @@ class FailedPrecondition(DomainError):
     default_reason = "FAILED_PRECONDITION"
 
 
+class OutOfRange(DomainError):
+    """The request reaches past what is kept or valid, such as a feed cursor whose
+    following events were deleted."""
+
+    default_reason = "OUT_OF_RANGE"
+
+
 class Unauthenticated(DomainError):
     default_reason = "UNAUTHENTICATED"
 

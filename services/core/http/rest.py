@@ -64,11 +64,23 @@ class RestGateway:
                 response_deserializer=route.response_class.FromString,
             )
             for route in self.table.routes
+            if not route.method.server_streaming
+        }
+        self._streams = {
+            route.grpc_path: channel.unary_stream(
+                route.grpc_path,
+                request_serializer=_serialize,
+                response_deserializer=route.response_class.FromString,
+            )
+            for route in self.table.routes
+            if route.method.server_streaming
         }
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         try:
-            status, headers, body = await self._answer(scope, receive)
+            status, headers, body = await self._answer(scope, receive, send)
+            if status == 0:
+                return  # streamed
         except Exception:  # a bug of the gateway's: logged, never a bare 500 page
             logger.exception("the HTTP gateway failed to answer %s", scope.get("path"))
             status, headers, body = _failure(
@@ -76,7 +88,7 @@ class RestGateway:
             )
         await _respond(send, status, headers, body)
 
-    async def _answer(self, scope: dict[str, Any], receive: Receive) -> Answer:
+    async def _answer(self, scope: dict[str, Any], receive: Receive, send: Send) -> Answer:
         raw_path = bytes(scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         http_method = scope["method"]
         match = self.table.match(http_method, raw_path)
@@ -98,7 +110,58 @@ class RestGateway:
             return _failure(_too_large(route, self._max_message_bytes))
         client = scope.get("client")
         metadata = metadata_from(headers, client[0] if client else None)
+        if route.method.server_streaming:
+            return await self._stream(route, request, metadata, timeout, send)
         return await self._forward(route, request, metadata, timeout)
+
+    async def _stream(
+        self,
+        route: Route,
+        request: Message,
+        metadata: list[tuple[str, str | bytes]],
+        deadline_seconds: float | None,
+        send: Send,
+    ) -> Answer:
+        """A server stream as newline-delimited JSON: one response message a line, sent
+        as it comes (each send waits for the HTTP client, so the gRPC stream's flow
+        control reaches it). A failure before the first message is an ordinary error
+        answer; one after it, a last line {"error": <google.rpc.Status JSON>}.
+        Returns status 0 once it answered itself."""
+        call = self._streams[route.grpc_path](request, metadata=metadata, timeout=deadline_seconds)
+        started = False
+        try:
+            async for response in call:
+                if not started:
+                    started = True
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": [(b"content-type", b"application/x-ndjson")],
+                        }
+                    )
+                line = _encode(response, route.response_body) + b"\n"
+                await send({"type": "http.response.body", "body": line, "more_body": True})
+            failure: status_pb2.Status | None = None
+        except grpc.aio.AioRpcError as error:
+            failure = rpc_status(error.code(), error.details() or "", error.trailing_metadata())
+        finally:
+            call.cancel()  # the HTTP client went away, or the stream ended: nothing left
+        if not started:
+            if failure is not None:
+                return _failure(failure)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/x-ndjson")],
+                }
+            )
+        last = b""
+        if failure is not None:
+            last = b'{"error":' + status_json(failure) + b"}\n"
+        await send({"type": "http.response.body", "body": last})
+        return 0, [], b""
 
     async def _forward(
         self,

@@ -147,10 +147,11 @@ def http_rules(method: MethodDescriptor) -> list[http_pb2.HttpRule]:
 
 
 def route_table(services: Iterable[ServiceDescriptor]) -> RouteTable:
-    """The routes of the unary methods of `services` that declare google.api.http rules."""
+    """The routes of the unary and server-streaming methods of `services` that declare
+    google.api.http rules."""
     table = RouteTable()
     for method in (method for service in services for method in service.methods):
-        if method.client_streaming or method.server_streaming:
+        if method.client_streaming:
             continue
         for rule in http_rules(method):
             try:

@@ -60,9 +60,21 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         if wrapped is not None:
             return wrapped
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # streaming services (reflection, health) handle their own errors
+        if handler is None:
+            return handler
         decode = handler.request_deserializer
+        if handler.unary_stream is not None and method.startswith("/commerce."):
+            # Server streams of the API (EventService.StreamEvents); reflection and
+            # health stream too, and handle their own errors.
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                _guard_stream(cast(Behavior, handler.unary_stream), method),
+                request_deserializer=decode and tolerant(decode, _message_name(decode)),
+                response_serializer=handler.response_serializer,
+            )
+            self._wrapped[method] = wrapped
+            return wrapped
+        if handler.unary_unary is None:
+            return handler
         wrapped = grpc.unary_unary_rpc_method_handler(
             # grpc.aio calls the behaviours it registers with an aio context and awaits them.
             _guard(cast(Behavior, handler.unary_unary), method, finish=self._finish),
@@ -124,6 +136,70 @@ def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
             handled[code].inc()
             if logged:
                 _log(method, request, code, elapsed, resource)
+
+    return guarded
+
+
+async def write_stream(sent: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Runs a server-streaming behaviour's result: an async generator's messages are
+    written one at a time (each write waits until gRPC took the last); a coroutine
+    writes its own."""
+    if hasattr(sent, "__aiter__"):
+        async for message in sent:
+            await context.write(message)
+    else:
+        await sent
+
+
+def _guard_stream(behavior: Behavior, method: str) -> Behavior:
+    """What `_guard` does for a server-streaming behaviour that writes its messages
+    with `context.write`: the deadline bounds the whole stream, a failure at any
+    point ends it with its status."""
+    domain = domain_of(method)
+    service, _, name = method.lstrip("/").partition("/")
+    started = metrics.STARTED.labels("server_stream", service, name)
+    seconds = metrics.HANDLING_SECONDS.labels("server_stream", service, name)
+    in_flight = metrics.IN_FLIGHT.labels(service)
+    handled = {
+        code: metrics.HANDLED.labels("server_stream", service, name, code.name)
+        for code in grpc.StatusCode
+    }
+
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        begin = time.perf_counter()
+        started.inc()
+        in_flight.inc()
+        code = grpc.StatusCode.OK
+        resource = ""
+        try:
+            time_remaining = context.time_remaining()
+            deadline = asyncio.timeout(time_remaining)
+            try:
+                if isinstance(request, Refusal):
+                    raise _refused(request, method)
+                with deadlines.bounded_by(time_remaining):
+                    async with deadline:
+                        await write_stream(behavior(request, context), context)
+                return
+            except DomainError as error:
+                status = status_for(error, domain)
+                resource = error.resource_name
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise  # a servicer (or the drain) ended it with its own status
+            except Exception as error:
+                status = _failure_status(error, method, deadline_passed=deadline.expired())
+            code = status.code
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            elapsed = time.perf_counter() - begin
+            in_flight.dec()
+            seconds.observe(elapsed)
+            handled[code].inc()
+            _log(method, request, code, elapsed, resource)
 
     return guarded
 
