@@ -6,7 +6,9 @@ only: the `commerce-protos` package (generated/), never on the server's code.
 
 It creates a customer in the given store, places an order for it (retried with the
 same request_id), reads the order with its embedded customer and the customer's
-statistics, and decodes the details of an error. It prints one JSON line of what it
+statistics, follows the store's change feed until the order's OrderCreated event
+arrives (once, though the order was placed twice), and decodes the details of an
+error. It prints one JSON line of what it
 saw and exits 1 at the first check that fails.
 """
 
@@ -20,9 +22,11 @@ from collections.abc import Callable
 
 import grpc
 from commerce.customers.v1 import customer_service_pb2, customer_service_pb2_grpc
+from commerce.events.v1 import event_service_pb2, event_service_pb2_grpc
 from commerce.orders.v1 import (
     customer_order_service_pb2,
     customer_order_service_pb2_grpc,
+    order_events_pb2,
     order_pb2,
     order_service_pb2,
     order_service_pb2_grpc,
@@ -47,6 +51,32 @@ def rich_status(error: grpc.RpcError) -> status_pb2.Status:
         if item.key == "grpc-status-details-bin":
             return status_pb2.Status.FromString(item.value)
     raise AssertionError("the error carries no google.rpc.Status")
+
+
+def order_created_event(
+    channel: grpc.Channel, store_id: int, order_id: int
+) -> tuple[str, order_events_pb2.OrderCreated]:
+    """Follows the store's feed of OrderCreated events, from its oldest, until the one
+    of `order_id` arrives; its cursor (where a consumer would resume) and payload. An
+    event may come a moment after its order committed: the stream waits for it."""
+    events = event_service_pb2_grpc.EventServiceStub(channel)
+    stream = events.StreamEvents(
+        event_service_pb2.StreamEventsRequest(
+            store_id=store_id, types=[order_events_pb2.OrderCreated.DESCRIPTOR.full_name]
+        ),
+        timeout=DEADLINE_SECONDS,
+    )
+    try:
+        for response in stream:
+            created = order_events_pb2.OrderCreated()
+            assert response.event.payload.Unpack(created), response.event.type
+            if created.order.order_id == order_id:
+                assert response.event.subject == f"orders/{order_id}"
+                assert response.event.sequence == 1, "an order's first event"
+                return response.event.cursor, created
+    finally:
+        stream.cancel()  # a stream follows new events until its caller stops it
+    raise AssertionError("the feed ended without the order's event")
 
 
 def walk_through(channel: grpc.Channel, store_id: int) -> dict[str, object]:
@@ -92,6 +122,17 @@ def walk_through(channel: grpc.Channel, store_id: int) -> dict[str, object]:
     assert stats.total_orders == 1
     assert [(m.currency_code, m.amount_minor) for m in stats.total_spent] == [("EUR", 3897)]
 
+    cursor, created = order_created_event(channel, store_id, placed.order_id)
+    assert created.customer == customer.name, "an event names the customer"
+    assert not created.order.HasField("customer"), "and embeds no copy of it"
+    later = event_service_pb2_grpc.EventServiceStub(channel).ListEvents(
+        event_service_pb2.ListEventsRequest(store_id=store_id, after_cursor=cursor),
+        timeout=DEADLINE_SECONDS,
+    )
+    assert all(event.subject != f"orders/{placed.order_id}" for event in later.events), (
+        "the retried CreateOrder made no second event"
+    )
+
     duplicate = failure(
         lambda: customers.CreateCustomer(
             customer_service_pb2.CreateCustomerRequest(
@@ -110,6 +151,7 @@ def walk_through(channel: grpc.Channel, store_id: int) -> dict[str, object]:
         "create_time": order.create_time.ToJsonString(),
         "total_spent": stats.total_spent[0].amount_minor,
         "duplicate_reason": info.reason,
+        "order_event_cursor": cursor,
     }
 
 

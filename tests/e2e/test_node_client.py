@@ -45,6 +45,8 @@ async def test_node_client_walks_through_customers_orders_and_errors(
     assert seen["notFoundReason"] == "CUSTOMER_NOT_FOUND"
     # What the Node client created is what Python reads.
     newest, first = (int(order_id) for order_id in seen["orderIds"])
+    # Events come in the order their orders committed.
+    assert seen["eventSubjects"] == [f"orders/{first}", f"orders/{newest}"]
     placed = (
         await orders.GetOrder(order_service_pb2.GetOrderRequest(store_id=store_id, order_id=first))
     ).order

@@ -78,6 +78,7 @@ async def test_the_package_alone_calls_the_server(client_python, server, store_i
     )
     assert seen["duplicate_reason"] == "EMAIL_TAKEN"
     assert seen["total_spent"] == 3897
+    assert seen["order_event_cursor"], "the walkthrough followed the feed to the order's event"
     customer = (
         await customers.GetCustomer(
             customer_service_pb2.GetCustomerRequest(

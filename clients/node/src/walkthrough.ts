@@ -4,7 +4,8 @@
 // It walks one customer through the API and checks every answer: creates the
 // customer, places an order for it (retried with the same request_id), reads the
 // order back with its embedded customer, pages through the customer's orders, reads
-// the customer's statistics, and decodes the error details of two failures.
+// the customer's statistics, follows the store's change feed (a server stream) until
+// both orders' OrderCreated events came, and decodes the error details of two failures.
 //
 //   npx buf generate && npm --prefix clients/node run build
 //   COMMERCE_TARGET=http://127.0.0.1:50051 COMMERCE_STORE_ID=1 npm --prefix clients/node run walkthrough
@@ -15,11 +16,13 @@ import { strict as assert } from "node:assert";
 import { randomUUID } from "node:crypto";
 
 import { create } from "@bufbuild/protobuf";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { anyUnpack, timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import { CustomerService } from "./gen/commerce/customers/v1/customer_service_pb.js";
+import { EventService } from "./gen/commerce/events/v1/event_service_pb.js";
+import { OrderCreatedSchema } from "./gen/commerce/orders/v1/order_events_pb.js";
 import { OrderLineItemSchema, OrderStatus } from "./gen/commerce/orders/v1/order_pb.js";
 import { CustomerOrderService } from "./gen/commerce/orders/v1/customer_order_service_pb.js";
 import { OrderService } from "./gen/commerce/orders/v1/order_service_pb.js";
@@ -37,6 +40,7 @@ const transport = createGrpcTransport({ baseUrl: target });
 const customers = createClient(CustomerService, transport);
 const orders = createClient(OrderService, transport);
 const customerOrders = createClient(CustomerOrderService, transport);
+const events = createClient(EventService, transport);
 
 // Every call carries a deadline: the server bounds its own work by it too.
 const callOptions = { timeoutMs: 10_000 };
@@ -136,6 +140,32 @@ async function main(): Promise<void> {
     [["EUR", placed.total?.amountMinor]],
   );
 
+  // The change feed: the store's OrderCreated events from the oldest, then as they come
+  // (an event may follow its commit by a moment), until both orders' events are in.
+  const awaited = new Set(history.map((orderId) => `orders/${orderId}`));
+  const eventSubjects: string[] = [];
+  const stop = new AbortController();
+  try {
+    const feed = events.streamEvents(
+      { storeId, types: [OrderCreatedSchema.typeName] },
+      { signal: stop.signal, timeoutMs: 10_000 },
+    );
+    for await (const { event } of feed) {
+      assert.ok(event?.payload, "an event carries its payload as a google.protobuf.Any");
+      const orderCreated = anyUnpack(event.payload, OrderCreatedSchema);
+      assert.ok(orderCreated?.order, event.type);
+      if (orderCreated.order.customerId !== customer.customerId) continue;
+      assert.equal(orderCreated.customer, customer.name, "an event names the customer");
+      assert.equal(orderCreated.order.customer, undefined, "and embeds no copy of it");
+      eventSubjects.push(event.subject);
+      awaited.delete(event.subject);
+      if (awaited.size === 0) break;
+    }
+  } finally {
+    stop.abort(); // a stream follows new events until its caller stops it
+  }
+  assert.equal(awaited.size, 0, "the feed brought both orders' events");
+
   // Errors: a status code plus google.rpc details, decoded with the generated schemas.
   const invalid = await failure(
     customers.createCustomer({ storeId, email: "not an email", password: "short" }, callOptions),
@@ -166,6 +196,7 @@ async function main(): Promise<void> {
       totalMinor: placed.totalMinor.toString(),
       invalidArgumentFields: violations,
       notFoundReason: info?.reason,
+      eventSubjects,
     }),
   );
 }
