@@ -1,0 +1,23 @@
+"""orders: its changes are recorded as events, in the core's outbox
+
+Revision ID: orders_0003
+Revises: orders_0002
+Create Date: 2026-11-29
+"""
+
+from collections.abc import Sequence
+
+revision: str = "orders_0003"
+down_revision: str | Sequence[str] | None = "orders_0002"
+branch_labels: str | Sequence[str] | None = None
+# Every write of the module records its event in outbox_events: upgrading the
+# module's branch alone (`orders@head`) must bring the outbox along.
+depends_on: str | Sequence[str] | None = "core_0003"
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
