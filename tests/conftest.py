@@ -28,6 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.core.db.engine import create_engine
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.settings import Settings
+from services.customers.messages import register_event_encoders as register_customer_events
+from services.loyalty.messages import register_event_encoders as register_loyalty_events
 from services.migrations import upgrade
 from services.orders.messages import register_event_encoders as register_order_events
 from services.server import Application
@@ -111,7 +113,9 @@ async def database(settings: Settings) -> AsyncIterator[TenantDatabase]:
     """What service layers get, for tests that call them without gRPC."""
     database = TenantDatabase(create_engine(settings.database_url, pool_size=5))
     # What mounting the modules would register.
+    register_customer_events(database.event_encoders)
     register_order_events(database.event_encoders)
+    register_loyalty_events(database.event_encoders)
     yield database
     await database.engine.dispose()
 

@@ -11,16 +11,23 @@ from typing import Any
 from services.core.db.counters import next_store_number
 from services.core.db.engine import utc_now
 from services.core.db.idempotency import RequestKey, claim, remember
-from services.core.db.unit_of_work import TenantDatabase
+from services.core.db.unit_of_work import TenantDatabase, UnitOfWork
 from services.core.domain.errors import FailedPrecondition
 from services.core.domain.etags import check_etag
 from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.customers import queries
+from services.customers.events import (
+    CustomerAddressCreated,
+    CustomerAddressDeleted,
+    CustomerAddressUpdated,
+)
 from services.customers.models import AddressSnapshot
 from services.customers.rules import (
+    ADDRESS_WRITABLE_FIELDS,
     MAX_ADDRESSES_PER_CUSTOMER,
     address_not_found,
     address_values,
+    changed_fields,
     check_address_id,
     check_customer_id,
     valid_values,
@@ -67,7 +74,7 @@ class AddressService:
                     metadata={"limit": MAX_ADDRESSES_PER_CUSTOMER},
                 )
             address_id = await next_store_number(uow, ADDRESS_COUNTER)
-            await queries.clear_other_defaults(uow, customer_id, address_id, values)
+            await _clear_other_defaults(uow, customer_id, address_id, values)
             now = utc_now()
             address = await queries.insert_address(
                 uow,
@@ -80,6 +87,7 @@ class AddressService:
                     "updated_at": now,
                 },
             )
+            uow.record(CustomerAddressCreated(address))
             await remember(uow, key, address_id)
             await uow.commit()
         return address
@@ -102,10 +110,14 @@ class AddressService:
             check_address_id(address_id)
             address = await queries.get_customer_address(uow, customer_id, address_id)
             check_etag("address", address.revision, etag)
-            await queries.clear_other_defaults(uow, customer_id, address_id, values)
+            await _clear_other_defaults(uow, customer_id, address_id, values)
             changed = await queries.change_address(
                 uow, replace(address, **values, updated_at=utc_now())
             )
+            # Written with the values it had, the address still takes a new revision
+            # (and etag), as it always did, but changes nothing to tell.
+            if fields := changed_fields(address, changed, ADDRESS_WRITABLE_FIELDS):
+                uow.record(CustomerAddressUpdated(changed, fields))
             await uow.commit()
         return changed
 
@@ -123,6 +135,7 @@ class AddressService:
                 )
                 check_etag("address", address.revision, etag)
             await queries.delete_address(uow, customer_id, address_id)
+            uow.record(CustomerAddressDeleted(store_id, customer_id, address_id))
             await uow.commit()
 
     async def list_addresses(
@@ -138,3 +151,17 @@ class AddressService:
             addresses = await queries.addresses_after(uow, customer_id, after_id, size + 1)
         page, token = self._page_tokens.cut(addresses, size, scope, lambda last: [last.address_id])
         return AddressPage(page, token)
+
+
+async def _clear_other_defaults(
+    uow: UnitOfWork, customer_id: int, address_id: int, values: dict[str, Any]
+) -> None:
+    """Takes the default flags `values` sets from the customer's other addresses and
+    records an update of each address that lost one (one event for an address that
+    lost both, as the second statement left it)."""
+    lost: dict[int, tuple[AddressSnapshot, tuple[str, ...]]] = {}
+    for flag, other in await queries.clear_other_defaults(uow, customer_id, address_id, values):
+        flags = lost[other.address_id][1] if other.address_id in lost else ()
+        lost[other.address_id] = (other, (*flags, flag))
+    for other, flags in lost.values():
+        uow.record(CustomerAddressUpdated(other, flags))

@@ -14,11 +14,12 @@ from services.core.db.unit_of_work import UnitOfWork
 from services.core.domain.errors import FailedPrecondition
 from services.customers import queries
 from services.customers.models import CustomerSnapshot
-from services.customers.rules import check_customer_id
+from services.customers.rules import check_customer_id, customer_name
 
 __all__ = [
     "CustomerSnapshot",
     "check_customer_id",
+    "customer_name",
     "get_customer",
     "lock_active_customer",
 ]

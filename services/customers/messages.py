@@ -7,16 +7,32 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from commerce.customers.v1 import customer_pb2
+from commerce.customers.v1 import customer_events_pb2, customer_pb2
 from commerce.type.v1 import money_pb2
+from google.protobuf import field_mask_pb2
 
+from services.core.db.outbox import EventEncoders
 from services.core.domain.customer_metrics import CustomerMetric, Money
 from services.core.domain.etags import etag
+from services.core.domain.resource_names import name_in_store
+from services.core.events.encoding import proto_encoder
 from services.core.rpc.convert import MessageOf, timestamp
+from services.customers.events import (
+    CustomerAddressCreated,
+    CustomerAddressDeleted,
+    CustomerAddressUpdated,
+    CustomerCreated,
+    CustomerStatusChanged,
+    CustomerUpdated,
+)
 from services.customers.models import AddressSnapshot, CustomerSnapshot
-from services.customers.rules import address_name, customer_name
+from services.customers.rules import ADDRESSES, CUSTOMERS, address_name, customer_name
 
 _ADDRESS = MessageOf(customer_pb2.CustomerAddress, AddressSnapshot)
+
+
+def _status(active: bool) -> customer_pb2.CustomerStatus.ValueType:
+    return customer_pb2.CUSTOMER_STATUS_ACTIVE if active else customer_pb2.CUSTOMER_STATUS_INACTIVE
 
 
 def customer_to_proto(customer: CustomerSnapshot) -> customer_pb2.Customer:
@@ -31,9 +47,7 @@ def customer_to_proto(customer: CustomerSnapshot) -> customer_pb2.Customer:
         phone=customer.phone,
         marketing_consent=customer.marketing_consent,
         preferred_language=customer.preferred_language,
-        status=customer_pb2.CUSTOMER_STATUS_ACTIVE
-        if customer.is_active
-        else customer_pb2.CUSTOMER_STATUS_INACTIVE,
+        status=_status(customer.is_active),
         has_password=customer.hashed_password is not None,
         create_time=timestamp(customer.created_at),
         update_time=timestamp(customer.updated_at),
@@ -73,3 +87,61 @@ def metric_to_proto(
     elif value is not None:
         message.int_value = value
     return message
+
+
+# -- events: the customer as customer_to_proto shows it (has_password, never a hash) -------
+
+
+def _mask(paths: tuple[str, ...]) -> field_mask_pb2.FieldMask:
+    return field_mask_pb2.FieldMask(paths=paths)
+
+
+def _customer_created(event: CustomerCreated) -> customer_events_pb2.CustomerCreated:
+    return customer_events_pb2.CustomerCreated(customer=customer_to_proto(event.customer))
+
+
+def _customer_updated(event: CustomerUpdated) -> customer_events_pb2.CustomerUpdated:
+    return customer_events_pb2.CustomerUpdated(
+        customer=customer_to_proto(event.customer), changed_fields=_mask(event.changed_fields)
+    )
+
+
+def _customer_status_changed(
+    event: CustomerStatusChanged,
+) -> customer_events_pb2.CustomerStatusChanged:
+    return customer_events_pb2.CustomerStatusChanged(
+        customer=customer_to_proto(event.customer),
+        old_status=_status(event.was_active),
+        new_status=_status(event.customer.is_active),
+    )
+
+
+def _address_created(event: CustomerAddressCreated) -> customer_events_pb2.CustomerAddressCreated:
+    return customer_events_pb2.CustomerAddressCreated(address=address_to_proto(event.address))
+
+
+def _address_updated(event: CustomerAddressUpdated) -> customer_events_pb2.CustomerAddressUpdated:
+    return customer_events_pb2.CustomerAddressUpdated(
+        address=address_to_proto(event.address), changed_fields=_mask(event.changed_fields)
+    )
+
+
+def _address_deleted(event: CustomerAddressDeleted) -> customer_events_pb2.CustomerAddressDeleted:
+    return customer_events_pb2.CustomerAddressDeleted(
+        store_id=event.store_id,
+        customer_id=event.customer_id,
+        address_id=event.address_id,
+        address=name_in_store(
+            event.store_id, CUSTOMERS, event.customer_id, ADDRESSES, event.address_id
+        ),
+    )
+
+
+def register_event_encoders(encoders: EventEncoders) -> None:
+    """How the customers module's events become their payload messages."""
+    encoders.register(CustomerCreated, proto_encoder(_customer_created))
+    encoders.register(CustomerUpdated, proto_encoder(_customer_updated))
+    encoders.register(CustomerStatusChanged, proto_encoder(_customer_status_changed))
+    encoders.register(CustomerAddressCreated, proto_encoder(_address_created))
+    encoders.register(CustomerAddressUpdated, proto_encoder(_address_updated))
+    encoders.register(CustomerAddressDeleted, proto_encoder(_address_deleted))

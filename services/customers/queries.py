@@ -292,7 +292,7 @@ _DELETE_ADDRESS = Statement(
     .returning(CustomerAddress.address_id)
 )
 # A new default shipping (billing) address takes the flag from the customer's others,
-# which that changes: they get a new revision (and etag) too.
+# which that changes: they get a new revision (and etag) too, and an event each.
 _CLEAR_DEFAULT = {
     flag: Statement(
         update(CustomerAddress)
@@ -302,6 +302,7 @@ _CLEAR_DEFAULT = {
             getattr(CustomerAddress, flag).is_(True),
         )
         .values({flag: False} | _NEXT_REVISION)
+        .returning(*ADDRESS_COLUMNS)
     )
     for flag in DEFAULT_ADDRESS_FLAGS
 }
@@ -364,12 +365,16 @@ async def delete_address(uow: UnitOfWork, customer_id: int, address_id: int) -> 
 
 async def clear_other_defaults(
     uow: UnitOfWork, customer_id: int, address_id: int, flags: Mapping[str, bool]
-) -> None:
-    """Takes each default flag set in `flags` from the customer's other addresses."""
+) -> list[tuple[str, AddressSnapshot]]:
+    """Takes each default flag set in `flags` from the customer's other addresses;
+    each flag taken with the address it was taken from, as that left it."""
+    cleared: list[tuple[str, AddressSnapshot]] = []
     for flag in DEFAULT_ADDRESS_FLAGS:
         if flags.get(flag):
             params = {"customer_id": customer_id, "address_id": address_id}
-            await uow.execute(_CLEAR_DEFAULT[flag], params)
+            rows = await uow.fetch(_CLEAR_DEFAULT[flag], params)
+            cleared += [(flag, AddressSnapshot.of(row)) for row in rows]
+    return cleared
 
 
 # -- failed logins (brute-force protection) -------------------------------------------------

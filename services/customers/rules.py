@@ -88,6 +88,12 @@ def first_missing(wanted: Iterable[int], found: Mapping[int, object]) -> int | N
     return next((key for key in wanted if key not in found), None)
 
 
+def changed_fields(before: object, after: object, names: Iterable[str]) -> tuple[str, ...]:
+    """Those of `names` whose values differ between two snapshots of one resource:
+    what its update event lists (a field written with its old value is not)."""
+    return tuple(name for name in names if getattr(before, name) != getattr(after, name))
+
+
 def customer_name(store_id: int, customer_id: int) -> str:
     return name_in_store(store_id, CUSTOMERS, customer_id)
 

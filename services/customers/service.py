@@ -27,10 +27,13 @@ from services.core.domain.etags import check_etag
 from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.core.domain.passwords import PasswordHasher, password_problem
 from services.customers import queries
+from services.customers.events import CustomerCreated, CustomerStatusChanged, CustomerUpdated
 from services.customers.models import CustomerSnapshot
 from services.customers.rules import (
+    CUSTOMER_WRITABLE_FIELDS,
     LoginPolicy,
     caller_subject,
+    changed_fields,
     check_batch_customer_ids,
     check_customer_id,
     contains_pattern,
@@ -127,6 +130,7 @@ class CustomerService:
                     "updated_at": now,
                 },
             )
+            uow.record(CustomerCreated(customer))
             await remember(uow, key, customer_id)
             await uow.commit()
         return customer
@@ -160,6 +164,10 @@ class CustomerService:
             if values.get("email_key", customer.email_key) != customer.email_key:
                 await queries.ensure_email_free(uow, values["email_key"])
             changed = await queries.change_profile(uow, customer_id, asdict(customer) | values)
+            # An update that writes every field with its value still takes a new
+            # revision (and etag), as it always did, but changes nothing to tell.
+            if fields := changed_fields(customer, changed, CUSTOMER_WRITABLE_FIELDS):
+                uow.record(CustomerUpdated(changed, fields))
             await uow.commit()
         return changed
 
@@ -196,6 +204,7 @@ class CustomerService:
             if customer.is_active == active:
                 return customer
             changed = await queries.change_status(uow, customer_id, active)
+            uow.record(CustomerStatusChanged(changed, was_active=customer.is_active))
             await uow.commit()
         return changed
 
@@ -272,6 +281,9 @@ class CustomerService:
                     "the password was changed concurrently; try again",
                     reason="CONCURRENT_PASSWORD_CHANGE",
                 )
+            # The event tells that the password changed, never what it is: of the
+            # customer's fields only has_password can change, and only the first time.
+            uow.record(CustomerUpdated(changed, () if old_hash is not None else ("has_password",)))
             await uow.commit()
         return changed
 

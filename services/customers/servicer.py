@@ -15,7 +15,12 @@ from services.core.modules import ModuleContext
 from services.core.rpc.callers import caller_identity
 from services.core.rpc.convert import masked_changes, require_resource, values_from
 from services.customers.addresses import AddressService
-from services.customers.messages import address_to_proto, customer_to_proto, metric_to_proto
+from services.customers.messages import (
+    address_to_proto,
+    customer_to_proto,
+    metric_to_proto,
+    register_event_encoders,
+)
 from services.customers.rules import (
     ADDRESS_WRITABLE_FIELDS,
     CUSTOMER_WRITABLE_FIELDS,
@@ -199,6 +204,7 @@ def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
         context.customer_metrics,
         login_policy,
     )
+    register_event_encoders(context.database.event_encoders)
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(
         CustomerServicer(service, AddressService(context.database, context.page_tokens)), server
     )

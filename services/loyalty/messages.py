@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from commerce.loyalty.v1 import loyalty_pb2
+from typing import Any
 
+from commerce.loyalty.v1 import loyalty_events_pb2, loyalty_pb2
+
+from services.core.db.outbox import EventEncoders
+from services.core.events.encoding import proto_encoder
 from services.core.rpc.convert import MessageOf, timestamp
+from services.customers.api import customer_name
+from services.loyalty.events import LoyaltyPointsAdded, LoyaltyPointsRedeemed, PointsMoved
 from services.loyalty.models import MovementSnapshot
 from services.loyalty.rules import Standing, Tier
 
@@ -29,3 +35,34 @@ def movement_to_proto(movement: MovementSnapshot) -> loyalty_pb2.LoyaltyMovement
 
 def _tier(tier: Tier) -> loyalty_pb2.LoyaltyTier.ValueType:
     return loyalty_pb2.LoyaltyTier.Value(f"LOYALTY_TIER_{tier.name}")
+
+
+def _moved(event: PointsMoved) -> dict[str, Any]:
+    """The fields both movement events have."""
+    movement = event.movement
+    account = Standing(
+        movement.store_id,
+        movement.customer_id,
+        points_balance=movement.balance_after,
+        lifetime_points=event.lifetime_points,
+        updated_at=event.account_updated_at,
+    )
+    return {
+        "movement": movement_to_proto(movement),
+        "loyalty": standing_to_proto(account),
+        "customer": customer_name(movement.store_id, movement.customer_id),
+    }
+
+
+def _points_added(event: LoyaltyPointsAdded) -> loyalty_events_pb2.LoyaltyPointsAdded:
+    return loyalty_events_pb2.LoyaltyPointsAdded(**_moved(event))
+
+
+def _points_redeemed(event: LoyaltyPointsRedeemed) -> loyalty_events_pb2.LoyaltyPointsRedeemed:
+    return loyalty_events_pb2.LoyaltyPointsRedeemed(**_moved(event))
+
+
+def register_event_encoders(encoders: EventEncoders) -> None:
+    """How the loyalty module's events become their payload messages."""
+    encoders.register(LoyaltyPointsAdded, proto_encoder(_points_added))
+    encoders.register(LoyaltyPointsRedeemed, proto_encoder(_points_redeemed))

@@ -19,6 +19,7 @@ from services.customers.api import (
     lock_active_customer,
 )
 from services.loyalty import queries
+from services.loyalty.events import LoyaltyPointsAdded, LoyaltyPointsRedeemed
 from services.loyalty.models import MovementSnapshot
 from services.loyalty.rules import (
     Standing,
@@ -109,6 +110,10 @@ class LoyaltyService:
                 created_at=now,
             )
             await queries.insert_movement(uow, movement)
+            moved = LoyaltyPointsRedeemed if delta < 0 else LoyaltyPointsAdded
+            # The account's update time: `now`, written with the balance.
+            updated_at = standing.updated_at or now
+            uow.record(moved(movement, standing.lifetime_points, updated_at))
             await remember(uow, key, movement.movement_id)
             await uow.commit()
         return Movement(movement, standing)

@@ -14,7 +14,11 @@ from commerce.loyalty.v1 import customer_loyalty_service_pb2_grpc
 
 from services.core.modules import ModuleContext
 from services.customers.messages import customer_to_proto
-from services.loyalty.messages import movement_to_proto, standing_to_proto
+from services.loyalty.messages import (
+    movement_to_proto,
+    register_event_encoders,
+    standing_to_proto,
+)
 from services.loyalty.service import LoyaltyMetricsProvider, LoyaltyService, Movement
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -71,6 +75,7 @@ def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     returns the service's full name. Needs the customers tables, not the customers
     servicer."""
     context.customer_metrics.register(LoyaltyMetricsProvider(context.database))
+    register_event_encoders(context.database.event_encoders)
     customer_loyalty_service_pb2_grpc.add_CustomerLoyaltyServiceServicer_to_server(
         CustomerLoyaltyServicer(LoyaltyService(context.database)), server
     )

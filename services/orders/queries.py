@@ -64,6 +64,7 @@ from services.orders.rules import (
 )
 
 _ORDER_KEY = in_store(Order, "order_id")
+OLD_STATUS = "old_status"
 _GET_ORDER = Statement(select(*ORDER_COLUMNS).where(*_ORDER_KEY))
 _ORDER_STATE = Statement(select(Order.status, Order.revision).where(*_ORDER_KEY))
 _ORDER_LINES = Statement(
@@ -86,15 +87,37 @@ _REVISION = Statement(
 )
 
 
-def _move_order(status: OrderStatus, *, with_etag: bool) -> Statement:
+# On PostgreSQL, the order's row as it is when locked, before the UPDATE that joins it
+# changes it: what the UPDATE returns as the status it moved the order from. Locked,
+# so that an UPDATE that waited for another transaction's change of the order reads
+# the status that change left, not the one its snapshot saw.
+_CURRENT = cast(Table, Order.__table__).alias("locked_order")
+_LOCKED_STATUS = (
+    select(_CURRENT.c.order_id.label("locked_order_id"), _CURRENT.c.status.label(OLD_STATUS))
+    .where(_CURRENT.c.store_id == bindparam("store_id"))
+    .where(_CURRENT.c.order_id == bindparam("order_id"))
+    .with_for_update()
+    .subquery("locked")
+)
+
+
+def _move_order(status: OrderStatus, *, with_etag: bool, dialect: str) -> Statement:
     """One conditional UPDATE into `status`, from the statuses allowed to precede it
     (and, with an etag, only at the revision it names): the checks and the change are
     one atomic step, without a lock held across round trips. Only ShipOrder sets a
-    tracking reference and only CancelOrder a reason; they never change after."""
+    tracking reference and only CancelOrder a reason; they never change after. It
+    returns the order as changed and, on PostgreSQL when more than one status may
+    precede `status`, the status it had (OLD_STATUS; SQLite's RETURNING sees only the
+    updated table)."""
     conditions = [
         *_ORDER_KEY,
         or_(*(Order.status == source.value for source in sources_of(status))),
     ]
+    returned = list(ORDER_COLUMNS)
+    if dialect == "postgresql" and len(sources_of(status)) > 1:
+        # The join with the locked row (one row, the same order).
+        conditions.append(Order.order_id == _LOCKED_STATUS.c.locked_order_id)
+        returned.append(_LOCKED_STATUS.c[OLD_STATUS])
     if with_etag:
         conditions.append(Order.revision == bindparam("expected_revision"))
     changes: dict[str, Any] = {
@@ -106,11 +129,12 @@ def _move_order(status: OrderStatus, *, with_etag: bool) -> Statement:
         changes["tracking_reference"] = bindparam("new_tracking_reference")
     if status is OrderStatus.CANCELLED:
         changes["cancel_reason"] = bindparam("new_cancel_reason")
-    return Statement(update(Order).where(*conditions).values(changes).returning(*ORDER_COLUMNS))
+    return Statement(update(Order).where(*conditions).values(changes).returning(*returned))
 
 
 _MOVE_ORDER = {
-    (status, with_etag): _move_order(status, with_etag=with_etag)
+    (dialect, status, with_etag): _move_order(status, with_etag=with_etag, dialect=dialect)
+    for dialect in DIALECTS
     for status in OrderStatus
     if sources_of(status)
     for with_etag in (False, True)
@@ -144,6 +168,13 @@ async def insert_order(
     )
 
 
+class Moved(NamedTuple):
+    """An order as a status change left it, and the status it had before."""
+
+    order: OrderSnapshot
+    old_status: OrderStatus
+
+
 async def move_order(
     uow: UnitOfWork,
     order_id: int,
@@ -152,11 +183,12 @@ async def move_order(
     revision: int | None = None,
     tracking_reference: str = "",
     cancel_reason: str = "",
-) -> OrderSnapshot | None:
+) -> Moved | None:
     """Gives the order `status` if the status machine allows it from the order's
     current one and the order is at `revision` (when given), and records what the
     change left; None if not (or there is no such order: see order_state)."""
-    if (status, False) not in _MOVE_ORDER:  # nothing may become it
+    sources = sources_of(status)
+    if not sources:  # nothing may become it
         return None
     params: dict[str, Any] = {
         "order_id": order_id,
@@ -166,10 +198,22 @@ async def move_order(
     }
     if revision is not None:
         params["expected_revision"] = revision
-    row = await uow.fetch_one(_MOVE_ORDER[status, revision is not None], params)
+    # The status the order had: the only one it can have come from, else returned
+    # by the UPDATE (PostgreSQL) or read just before it (SQLite, which has one writer
+    # at a time: nothing changes the order between the read and the UPDATE).
+    old_status = sources[0]
+    if len(sources) > 1 and uow.dialect != "postgresql":
+        state = await order_state(uow, order_id)
+        if state is None:
+            return None
+        old_status = state[0]
+    row = await uow.fetch_one(_MOVE_ORDER[uow.dialect, status, revision is not None], params)
     if row is None:
         return None
-    moved = await _with_details(uow, row)
+    columns = dict(row)
+    if OLD_STATUS in columns:
+        old_status = OrderStatus(columns.pop(OLD_STATUS))
+    moved = await _with_details(uow, columns)
     await uow.execute(
         _INSERT_REVISION,
         {
@@ -181,7 +225,7 @@ async def move_order(
             "updated_at": moved.updated_at,
         },
     )
-    return moved
+    return Moved(moved, old_status)
 
 
 async def order_state(uow: UnitOfWork, order_id: int) -> tuple[OrderStatus, int] | None:

@@ -18,7 +18,7 @@ from services.core.domain.etags import check_etag, revision_named
 from services.core.domain.pagination import PageTokenCodec
 from services.customers.api import lock_active_customer
 from services.orders import queries
-from services.orders.events import OrderCreated
+from services.orders.events import OrderCreated, OrderStatusChanged
 from services.orders.models import OrderSnapshot, OrderStatus
 from services.orders.rules import (
     NO_FILTER,
@@ -149,8 +149,9 @@ def _stored(values: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _move(uow: UnitOfWork, change: StatusChange) -> OrderSnapshot:
-    """Makes the change, or raises why not: NOT_FOUND, ABORTED for a stale etag (checked
-    first), FAILED_PRECONDITION when the order's status cannot become the new one."""
+    """Makes the change and records its event, or raises why not: NOT_FOUND, ABORTED
+    for a stale etag (checked first), FAILED_PRECONDITION when the order's status
+    cannot become the new one."""
     moved = await queries.move_order(
         uow,
         change.order_id,
@@ -160,7 +161,8 @@ async def _move(uow: UnitOfWork, change: StatusChange) -> OrderSnapshot:
         cancel_reason=change.cancel_reason,
     )
     if moved is not None:
-        return moved
+        uow.record(OrderStatusChanged(moved.order, old_status=moved.old_status))
+        return moved.order
     current = await queries.order_state(uow, change.order_id)
     if current is None:
         raise NotFound("order", str(change.order_id))

@@ -34,8 +34,10 @@ from sqlalchemy import (
     String,
     bindparam,
     insert,
+    select,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.dml import ReturningInsert
 
 from services.core.db.engine import Base, UtcDateTime, upsert_insert, utc_now
 from services.core.db.statements import DIALECTS, Statement, Transaction
@@ -155,8 +157,9 @@ class EventEncoders:
         return encoder(event)
 
 
-def _next_sequence(dialect: str) -> Statement:
-    return Statement(
+def _next_sequence(dialect: str) -> ReturningInsert[tuple[int]]:
+    """The subject's next sequence number, from its counter row (created at 1)."""
+    return (
         upsert_insert(dialect, EventSequence)
         .values(store_id=bindparam("store_id"), subject=bindparam("subject"), last_sequence=1)
         .on_conflict_do_update(
@@ -167,24 +170,37 @@ def _next_sequence(dialect: str) -> Statement:
     )
 
 
-_NEXT_SEQUENCE = {dialect: _next_sequence(dialect) for dialect in DIALECTS}
-_APPEND = Statement(
-    insert(OutboxEvent).values(
-        {
-            name: bindparam(name)
-            for name in (
-                "event_id",
-                "store_id",
-                "module",
-                "event_type",
-                "subject",
-                "sequence",
-                "occurred_at",
-                "payload",
-            )
-        }
-    )
+_NEXT_SEQUENCE = {dialect: Statement(_next_sequence(dialect)) for dialect in DIALECTS}
+_EVENT_COLUMNS = (
+    "event_id",
+    "store_id",
+    "module",
+    "event_type",
+    "subject",
+    "sequence",
+    "occurred_at",
+    "payload",
 )
+_APPEND = Statement(insert(OutboxEvent).values({name: bindparam(name) for name in _EVENT_COLUMNS}))
+
+
+def _append_numbered() -> Statement:
+    """PostgreSQL's append in one round trip: the sequence upsert as a CTE whose
+    RETURNING feeds the event's INSERT (the counter row stays locked the same way)."""
+    numbered = _next_sequence("postgresql").cte("next_sequence")
+    table = OutboxEvent.__table__
+    values = select(
+        *(
+            numbered.c.last_sequence
+            if name == "sequence"
+            else bindparam(name, type_=table.c[name].type)
+            for name in _EVENT_COLUMNS
+        )
+    )
+    return Statement(insert(OutboxEvent).from_select(_EVENT_COLUMNS, values).add_cte(numbered))
+
+
+_APPEND_NUMBERED = _append_numbered()
 
 
 async def append(
@@ -198,17 +214,17 @@ async def append(
     now = utc_now()
     for event in events:
         event_type, payload = encoders.encode(event)
-        params: dict[str, Any] = {"store_id": store_id, "subject": event.subject}
+        params: dict[str, Any] = {
+            "store_id": store_id,
+            "subject": event.subject,
+            "event_id": str(uuid.uuid4()),
+            "module": event.module,
+            "event_type": event_type,
+            "occurred_at": now,
+            "payload": payload,
+        }
+        if transaction.dialect == "postgresql":
+            await transaction.execute(_APPEND_NUMBERED, params)
+            continue
         sequence = await transaction.scalar(_NEXT_SEQUENCE[transaction.dialect], params)
-        await transaction.execute(
-            _APPEND,
-            params
-            | {
-                "event_id": str(uuid.uuid4()),
-                "module": event.module,
-                "event_type": event_type,
-                "sequence": int(sequence),
-                "occurred_at": now,
-                "payload": payload,
-            },
-        )
+        await transaction.execute(_APPEND, params | {"sequence": int(sequence)})
