@@ -330,7 +330,8 @@ def test_every_committed_order_is_published_once_through_restarts(tmp_path, data
 
             more_orders(20)
             broker.stop()
-            more_orders(30)  # NATS away: orders keep being taken
+            # NATS away: orders keep being taken, their events wait in the database.
+            more_orders(50)
             broker.start()
             more_orders(20)
             if database.cluster is not None:
