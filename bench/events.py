@@ -579,12 +579,15 @@ def main(argv: list[str] | None = None) -> int:
         "that added the outbox)",
     )
     parser.add_argument("--backlog", type=int, help="events in the relay's backlog")
+    parser.add_argument("--rate", type=float, help="orders a second of the latency scenario")
     parser.add_argument("--json", help="write every figure to this JSON file")
     args = parser.parse_args(argv)
     scale_name = "smoke" if args.smoke else "full"
     scale = SCALES[scale_name]
     if args.backlog:
         scale = Scale(**(asdict(scale) | {"backlog": args.backlog}))
+    if args.rate:
+        scale = Scale(**(asdict(scale) | {"rate": args.rate}))
     before = args.before_ref or commit_before_events()
     report = Report(
         scale_name, settings=asdict(scale) | {"before_ref": before, "cpus": os.cpu_count()}
