@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from bench.broker import nats_server_available
 from tests.conftest import BACKENDS, POSTGRES_URL
 from tests.process import ROOT
 
@@ -101,3 +102,36 @@ def test_the_soak_reports_every_window_of_a_load_that_succeeds(tmp_path):
         "GetCustomerOrderStats",
     }
     assert report["orders_at_end"] > 0
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not nats_server_available(), reason="needs nats-server (Debian's)")
+def test_the_event_scenarios_report_their_figures(tmp_path):
+    """bench.events, tiny and short: every scenario measures something and says so."""
+    figures = tmp_path / "events.json"
+    admin = make_url(POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False)
+    command = [sys.executable, "-m", "bench.events", "--smoke", "--database-url", admin]
+    command += ["--json", str(figures)]
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    rows = json.loads(figures.read_text())["rows"]
+    creates = [row for row in rows if row["scenario"] == "CreateOrder"]
+    assert {row["target"] for row in creates} >= {"events to NATS", "events, no NATS"}
+    for row in creates:
+        assert row["errors"] == 0, row
+        assert row["created"] >= row["requests"] > 0, row
+    ratios = [row for row in rows if row["scenario"] == "CreateOrder ratio"]
+    assert ratios
+    assert all(row["ratio"] > 0 for row in ratios)
+    (relayed,) = [row for row in rows if row["scenario"] == "Relay, backlog"]
+    assert relayed["events"] == 300
+    assert relayed["per_second"] > 0
+    (latency,) = [row for row in rows if row["scenario"].startswith("Commit to JetStream")]
+    assert latency["orders"] > 0
+    assert latency["errors"] == {}
+    assert latency["missing"] == 0
+    assert latency["events"] == latency["orders"]
+    assert latency["p99_ms"] >= latency["p50_ms"]  # numbers, not NaN

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shutil
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import asyncpg
 import grpc
@@ -29,10 +26,10 @@ from grpc_health.v1 import health_pb2
 
 from tests.e2e.helpers import pb
 from tests.errors import parse
+from tests.instances import Cluster, clusters_available
 from tests.process import (
     clean_environment,
     commerce,
-    free_port,
     health_status,
     running_server,
     wait_for,
@@ -42,41 +39,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 CUSTOMERS = "commerce.customers.v1.CustomerService"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("pg_createcluster") is None, reason="needs Debian's postgresql-common"
-)
-
-
-class Cluster:
-    def __init__(self) -> None:
-        self.version = sorted(Path("/etc/postgresql").iterdir())[-1].name
-        self.name = f"commerce_{secrets.token_hex(4)}"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _ctl(self, *args: str) -> None:
-        subprocess.run(list(args), check=True, capture_output=True, timeout=120)
-
-    def create(self) -> None:
-        self._ctl(
-            "pg_createcluster",
-            self.version,
-            self.name,
-            "-p",
-            str(self.port),
-            "--start",
-            "--",
-            "--auth=trust",
-        )
-
-    def stop(self) -> None:
-        self._ctl("pg_ctlcluster", self.version, self.name, "stop", "-m", "immediate")
-
-    def start(self) -> None:
-        self._ctl("pg_ctlcluster", self.version, self.name, "start")
-
-    def drop(self) -> None:
-        self._ctl("pg_dropcluster", self.version, self.name, "--stop")
+pytestmark = pytest.mark.skipif(not clusters_available(), reason="needs Debian's postgresql-common")
 
 
 @pytest.fixture(scope="module")
