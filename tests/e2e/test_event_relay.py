@@ -22,12 +22,19 @@ import nats
 import pytest
 from commerce.orders.v1 import order_events_pb2, order_service_pb2_grpc
 from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import make_url
 
 from services.core.db.engine import create_engine
-from services.core.db.outbox import DomainEvent, EventEncoders, OutboxEvent, append
+from services.core.db.outbox import (
+    DomainEvent,
+    EventEncoders,
+    EventRelayState,
+    OutboxEvent,
+    append,
+)
 from services.core.db.stores import create_store
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.events.publisher import EventPublisher
@@ -550,3 +557,70 @@ async def test_commerce_relay_command(relay_url, db, store, stream, jetstream):
     assert process.returncode == 0, output
     assert "event relay: relaying" in output
     assert (await relay_row(db))["holder"] == ""
+
+
+async def test_a_holder_whose_lease_was_taken_places_nothing(db, store):
+    settings = relay_settings(db.engine.url.render_as_string(False), None)
+    first, second = new_relay(db, settings), new_relay(db, settings)
+    try:
+        await first.round()
+        assert first.holding
+        # As if it stalled past its lease and the other took over meanwhile.
+        async with db.engine.begin() as connection:
+            await connection.execute(
+                update(EventRelayState).values(lease_expires_at=datetime(2000, 1, 1, tzinfo=UTC))
+            )
+        await second.round()
+        assert second.holding
+        await write(db, store, "fenced")
+        await first.round()
+        assert not first.holding
+        assert not await _placed(db, store, 1)
+        await second.round()
+        assert await _placed(db, store, 1)
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_delivered_position_stops_at_the_last_event_jetstream_stored(
+    db, store, stream, jetstream
+):
+    # The operator's stream (left as it is) takes two messages, then refuses more.
+    await jetstream.add_stream(
+        StreamConfig(
+            name=stream[0],
+            subjects=[f"{stream[1]}.>"],
+            max_msgs=2,
+            discard=DiscardPolicy.NEW,
+        )
+    )
+    relay = new_relay(db, relay_settings(db.engine.url.render_as_string(False), stream))
+    relay.start()
+    try:
+        await write(db, store, *(f"m{n}" for n in range(5)))
+        await eventually(lambda: has(jetstream, stream, store, 2))
+        second = await _position(db, b"m1")
+        await eventually(lambda: _delivered_is(db, second))
+        assert (await jetstream.stream_info(stream[0])).config.max_msgs == 2
+        await jetstream.update_stream(
+            StreamConfig(name=stream[0], subjects=[f"{stream[1]}.>"], max_msgs=-1)
+        )
+        await eventually(lambda: has(jetstream, stream, store, 5))
+        await eventually(lambda: _delivered_is(db, second + 3))
+    finally:
+        await relay.stop()
+    found = await messages(jetstream, stream, store)
+    assert [m.data for m in found] == [f"m{n}".encode() for n in range(5)]
+
+
+async def _position(db: TenantDatabase, payload: bytes) -> int:
+    async with db.engine.connect() as connection:
+        position = await connection.scalar(
+            text("SELECT feed_position FROM outbox_events WHERE payload = :p"), {"p": payload}
+        )
+    return int(position)
+
+
+async def _delivered_is(db: TenantDatabase, position: int) -> bool:
+    return (await relay_row(db))["delivered_position"] == position

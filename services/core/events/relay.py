@@ -52,7 +52,7 @@ from services.core.events.notifications import (
     OUTBOX_CHANNEL,
     DatabaseNotifications,
 )
-from services.core.events.publisher import EventPublisher
+from services.core.events.publisher import ACK_TIMEOUT, EventPublisher
 from services.core.events.signals import Signal
 from services.core.settings import Settings
 
@@ -196,6 +196,8 @@ class EventRelay:
                 settings.nats_stream,
                 settings.nats_subject_prefix,
                 on_ready=events_committed.notify,
+                # Acks are awaited within the lease, which the holder renews after them.
+                ack_timeout=min(ACK_TIMEOUT, settings.event_relay_lease_seconds / 3),
             )
         self.notifications: DatabaseNotifications | None = None
         if self._postgresql:
