@@ -70,11 +70,13 @@ class EventPublisher:
         subject_prefix: str,
         *,
         on_ready: Callable[[], None] = lambda: None,
+        ack_timeout: float = ACK_TIMEOUT,
     ) -> None:
         self.servers = [server.strip() for server in servers.split(",") if server.strip()]
         self.stream = stream
         self.subject_prefix = subject_prefix
         self._on_ready = on_ready
+        self.ack_timeout = ack_timeout
         self._client: NatsClient | None = None
         self._jetstream: JetStreamContext | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -174,7 +176,7 @@ class EventPublisher:
                     await jetstream.publish_async(
                         subject,
                         bytes(event["payload"]),
-                        wait_stall=ACK_TIMEOUT,
+                        wait_stall=self.ack_timeout,
                         stream=self.stream,
                         headers=headers,
                     )
@@ -182,7 +184,9 @@ class EventPublisher:
         except Exception as error:  # buffer full while disconnected, and the like
             self._warn(f"publishing to NATS failed: {error!r}")
         if acks:
-            await asyncio.wait(acks, timeout=ACK_TIMEOUT)
+            # nats-py leaves the ack of a refused message (a full stream, say) unresolved:
+            # the timeout ends the wait for those too.
+            await asyncio.wait(acks, timeout=self.ack_timeout)
         stored = 0
         for ack in acks:
             if not ack.done() or ack.cancelled() or ack.exception() is not None:
