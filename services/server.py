@@ -187,6 +187,7 @@ class Application:
                 self.settings,
                 events_committed=self.events_committed,
                 events_placed=self.events_placed,
+                report_database=False,  # _watch_database says so
             )
             self.relay.start()
         logger.info(

@@ -69,6 +69,8 @@ PRUNE_BATCH = 1000
 # and only the holder knows delivered_position is not about to move under it.
 PRUNE_INTERVAL = 300.0
 MAX_BACKOFF_SECONDS = 5.0
+# How long `stop` lets the round in flight finish.
+STOP_SECONDS = 10.0
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STATE = EventRelayState
@@ -179,7 +181,10 @@ class EventRelay:
         events_committed: Signal,
         events_placed: Signal,
         name: str = RELAY_NAME,
+        report_database: bool = True,
     ) -> None:
+        """`report_database`: warn when the database is out of reach (False where
+        something else says so already, as a server's health watch does)."""
         self.database = database
         self.settings = settings
         self.name = name
@@ -207,8 +212,10 @@ class EventRelay:
                 connect_timeout=settings.db_connect_timeout,
             )
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._next_prune = 0.0
         self._db_trouble = False
+        self._report_database = report_database
 
     def start(self) -> None:
         if self._task is None:
@@ -217,7 +224,14 @@ class EventRelay:
     async def stop(self) -> None:
         """Stops relaying and releases the lease, so that a standby takes over at once."""
         if self._task is not None:
-            self._task.cancel()
+            # The round in flight ends first (a transaction cut short by cancellation
+            # may strand SQLite's only connection); one that hangs is cancelled.
+            self._stopping.set()
+            try:
+                async with asyncio.timeout(STOP_SECONDS):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -237,8 +251,9 @@ class EventRelay:
         if self._publisher is not None:
             self._publisher.start()
         backoff = 0.1
+        self._stopping.clear()
         try:
-            while True:
+            while not self._stopping.is_set():
                 woken = self.events_committed.mark()
                 try:
                     busy = await self.round()
@@ -246,20 +261,38 @@ class EventRelay:
                     raise
                 except Exception as error:  # the database is away: wait, try again
                     self._trouble(error)
-                    await asyncio.sleep(backoff)
+                    await self._pause(None, backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                     continue
                 backoff = 0.1
                 if self._db_trouble:
                     logger.info("event relay: database reachable again")
                     self._db_trouble = False
-                if not busy:
-                    await Signal.wait(woken, self._idle_seconds())
+                if not busy and self.holding:
+                    await self._pause(woken, self._idle_seconds())
+                elif not busy:
+                    # A standby ignores commits (the holder sees to them) and tries
+                    # the lease at the pace of the holder's renewals, or of polling.
+                    await self._pause(None, self._standby_seconds())
         finally:
             if self.notifications is not None:
                 await self.notifications.stop()
             if self._publisher is not None:
                 await self._publisher.close()
+
+    async def _pause(self, mark: asyncio.Event | None, seconds: float) -> None:
+        """Waits `seconds`, or less when `mark` is notified or the relay stops."""
+        waits = [asyncio.ensure_future(self._stopping.wait())]
+        if mark is not None:
+            waits.append(asyncio.ensure_future(mark.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    def _standby_seconds(self) -> float:
+        return min(self.settings.event_relay_lease_seconds / 3, self.settings.event_poll_seconds)
 
     def _idle_seconds(self) -> float:
         # The holder renews, and a standby tries to take over, every third of a lease.
@@ -269,7 +302,7 @@ class EventRelay:
         return min(third, self.settings.event_poll_seconds)
 
     def _trouble(self, error: BaseException) -> None:
-        if not self._db_trouble:
+        if not self._db_trouble and self._report_database:
             logger.warning("event relay: database unreachable (%r); retrying", error)
             self._db_trouble = True
         else:
