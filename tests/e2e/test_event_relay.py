@@ -624,3 +624,52 @@ async def _position(db: TenantDatabase, payload: bytes) -> int:
 
 async def _delivered_is(db: TenantDatabase, position: int) -> bool:
     return (await relay_row(db))["delivered_position"] == position
+
+
+async def test_the_relay_outlives_its_database_connections(
+    db, store, stream, jetstream, relay_url, is_postgresql
+):
+    if not is_postgresql:
+        pytest.skip("PostgreSQL connections are dropped from the server's side")
+    settings = relay_settings(
+        relay_url, stream, event_poll_seconds=30.0, event_relay_lease_seconds=60.0
+    )
+    relay = new_relay(db, settings)
+    relay.start()
+    other = TenantDatabase(create_engine(relay_url, pool_size=1))
+    other.event_encoders = encoders()
+    try:
+        notifications = relay.notifications
+        assert notifications is not None
+        await eventually(lambda: relay.holding and notifications.listening.is_set())
+        await write(other, store, "before")
+        await eventually(lambda: has(jetstream, stream, store, 1))
+        listener = notifications.server_pid
+        # Every connection to the database but this one's: the relay's pool and its
+        # listener (and the writer's pool) are gone at once.
+        name = make_url(relay_url).database
+        await _admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 (our own name)
+            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
+        await eventually(
+            lambda: notifications.listening.is_set() and notifications.server_pid != listener,
+            what="listening again",
+        )
+        await eventually(lambda: _write_tolerating_drops(other, store, "after"))
+        # Woken by NOTIFY again: no renewal or poll is due for 20 s.
+        await eventually(lambda: has(jetstream, stream, store, 2), seconds=10)
+    finally:
+        await relay.stop()
+        await other.engine.dispose()
+    found = await messages(jetstream, stream, store)
+    assert [m.data for m in found] == [b"before", b"after"]
+
+
+async def _write_tolerating_drops(db: TenantDatabase, store_id: int, key: str) -> bool:
+    # The writer's own pooled connection was dropped too: its first use may fail.
+    try:
+        await write(db, store_id, key)
+    except Exception:
+        return False
+    return True

@@ -47,6 +47,7 @@ class DatabaseNotifications:
         self._connect_timeout = connect_timeout
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # set while LISTEN is in effect (tests wait on it)
+        self.server_pid = 0  # the listening connection's backend, while it listens
 
     def start(self) -> None:
         if self._task is None:
@@ -75,6 +76,7 @@ class DatabaseNotifications:
                 connection.add_termination_listener(lambda _connection, lost=lost: lost.set())
                 for channel in self._callbacks:
                     await connection.add_listener(channel, self._notified)
+                self.server_pid = connection.get_server_pid()
                 self.listening.set()
                 if warned:
                     logger.info("listening for event notifications again")
