@@ -37,6 +37,7 @@ from services.core.db.outbox import (
 )
 from services.core.db.stores import create_store
 from services.core.db.unit_of_work import TenantDatabase
+from services.core.events.notifications import FEED_CHANNEL, DatabaseNotifications
 from services.core.events.publisher import EventPublisher
 from services.core.events.relay import EventRelay
 from services.core.events.signals import Signal
@@ -673,3 +674,23 @@ async def _write_tolerating_drops(db: TenantDatabase, store_id: int, key: str) -
     except Exception:
         return False
     return True
+
+
+async def test_other_processes_learn_that_events_were_placed(db, store, relay_url, is_postgresql):
+    if not is_postgresql:
+        pytest.skip("SQLite's event streams poll")
+    # What another process's event streams listen with (its own relay's listener).
+    placed = Signal()
+    listener = DatabaseNotifications(make_url(relay_url), {FEED_CHANNEL: placed.notify})
+    listener.start()
+    relay = new_relay(db, relay_settings(relay_url, None))
+    try:
+        await eventually(lambda: listener.listening.is_set())
+        await relay.round()  # takes the lease (and places what is there)
+        await write(db, store, "seen elsewhere")
+        mark = placed.mark()
+        await relay.round()
+        assert await Signal.wait(mark, 10)
+    finally:
+        await relay.stop()
+        await listener.stop()
