@@ -152,6 +152,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_settings_flags(serve)
     serve.set_defaults(run=_serve)
 
+    relay = commands.add_parser(
+        "relay",
+        usage="%(prog)s [--database-url URL] [--SETTING VALUE ...] (--help lists them)",
+        help="run the event relay alone, without the gRPC server",
+        description="Place committed events in the feed and publish them to NATS "
+        "(--nats-url) until SIGTERM or SIGINT, as `serve` does beside its server. "
+        "Several may run: one relays, the others stand by. Takes the settings of serve.",
+    )
+    _add_settings_flags(relay)
+    relay.set_defaults(run=_relay)
+
     probe = commands.add_parser(
         "health",
         help="ask a running server's health service; exit 0 when SERVING",
@@ -243,6 +254,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     except CannotListen as error:
         print(f"error: {error} (setting {error.setting})", file=sys.stderr)
         return 2
+    return 0
+
+
+def _relay(args: argparse.Namespace, settings: Settings) -> int:
+    _require_sqlite_directory(settings.database_url)
+    from services.core.events.relay import relay_only
+
+    asyncio.run(relay_only(settings))
     return 0
 
 

@@ -31,6 +31,7 @@ from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.customer_metrics import CustomerMetricsRegistry
 from services.core.domain.pagination import PageTokenCodec
 from services.core.domain.passwords import PasswordHasher
+from services.core.events.relay import EventRelay
 from services.core.events.servicer import mount as mount_events
 from services.core.events.signals import Signal
 from services.core.http.gateway import gateway_app
@@ -133,6 +134,7 @@ class Application:
         self._private_directory = ""
         self.service_names: list[str] = []
         self._background: list[asyncio.Task[None]] = []
+        self.relay: EventRelay | None = None
         self._status: int = NOT_SERVING
 
     async def start(self, address: str | None = None) -> int:
@@ -182,6 +184,15 @@ class Application:
             asyncio.create_task(self._watch_database()),
             asyncio.create_task(self._forget_expired_request_ids()),
         ]
+        if self.settings.event_relay:
+            self.relay = EventRelay(
+                self.database,
+                self.settings,
+                events_committed=self.events_committed,
+                events_placed=self.events_placed,
+                report_database=False,  # _watch_database says so
+            )
+            self.relay.start()
         logger.info(
             "serving %s on %s (%s)",
             ", ".join(self.module_names),
@@ -244,6 +255,9 @@ class Application:
         it, elsewhere), lets in-flight RPCs finish within `grace` seconds (default: the
         settings'), then closes the database pool and the password threads."""
         grace = self.settings.grace_seconds if grace is None else grace
+        if self.relay is not None:
+            # First, and with its lease handed back: a standby relays at once.
+            await self.relay.stop()
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
