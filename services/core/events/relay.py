@@ -171,7 +171,8 @@ class LeaseLost(Exception):
 
 
 class EventRelay:
-    """Runs (`run`) until cancelled; `stop` ends it and hands the lease back."""
+    """Relays in a task of its own from `start` until `stop`, which hands the lease back.
+    (`round` is one round of it, for whoever drives it by hand.)"""
 
     def __init__(
         self,
@@ -193,7 +194,6 @@ class EventRelay:
         self.events_placed = events_placed
         self.lease = timedelta(seconds=settings.event_relay_lease_seconds)
         self.holding = False
-        self._postgresql = database.engine.dialect.name == "postgresql"
         self._publisher: EventPublisher | None = None
         if settings.nats_url:
             self._publisher = EventPublisher(
@@ -205,7 +205,7 @@ class EventRelay:
                 ack_timeout=min(ACK_TIMEOUT, settings.event_relay_lease_seconds / 3),
             )
         self.notifications: DatabaseNotifications | None = None
-        if self._postgresql:
+        if database.engine.dialect.name == "postgresql":
             self.notifications = DatabaseNotifications(
                 database.engine.url,
                 {OUTBOX_CHANNEL: events_committed.notify, FEED_CHANNEL: events_placed.notify},
@@ -219,6 +219,7 @@ class EventRelay:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping.clear()
             self._task = asyncio.create_task(self.run())
 
     async def stop(self) -> None:
@@ -251,7 +252,6 @@ class EventRelay:
         if self._publisher is not None:
             self._publisher.start()
         backoff = 0.1
-        self._stopping.clear()
         try:
             while not self._stopping.is_set():
                 woken = self.events_committed.mark()
