@@ -17,8 +17,8 @@ import pytest
 from commerce.events.v1 import event_service_pb2, event_service_pb2_grpc
 from commerce.orders.v1 import order_events_pb2, order_service_pb2, order_service_pb2_grpc
 from prometheus_client import REGISTRY
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, select, update
 
 from services.core.db.outbox import DomainEvent, EventEncoders, EventRelayState, OutboxEvent, append
 from services.core.db.statements import Statement
@@ -34,17 +34,30 @@ ORDER_CREATED = "commerce.orders.v1.OrderCreated"
 DEADLINE = 30.0
 
 _MAX_POSITION = Statement(select(func.coalesce(func.max(OutboxEvent.feed_position), 0)))
+_RELAYED_POSITION = Statement(select(func.coalesce(func.max(EventRelayState.placed_position), 0)))
+# A relay of another server on this database (the session's) then goes on after
+# what the tests placed, instead of clashing with it.
+_RELAYED_UP_TO = Statement(
+    update(EventRelayState)
+    .where(EventRelayState.placed_position < bindparam("position"))
+    .values(placed_position=bindparam("position"), delivered_position=bindparam("position"))
+)
 
 
 async def place_all(app: Application) -> None:
     """Places every committed event, as the relay does, and wakes the streams. Takes
-    the positions after the highest one placed, so it agrees with any other placer;
-    a clash on the unique position index (another placed first) is tried again."""
+    the positions after the highest one placed or relayed, and records them as
+    relayed, so it agrees with any relay on the database; a clash on the unique
+    position index (another placed first) is tried again."""
     while True:
         try:
             async with app.database.maintenance() as statements:
-                last = int(await statements.scalar(_MAX_POSITION, {}))
+                last = max(
+                    int(await statements.scalar(_MAX_POSITION, {})),
+                    int(await statements.scalar(_RELAYED_POSITION, {})),
+                )
                 placed = await place_events(statements, last, 1000)
+                await statements.execute(_RELAYED_UP_TO, {"position": last + placed})
                 await statements.commit()
         except sa_exc.IntegrityError:
             continue

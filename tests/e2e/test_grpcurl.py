@@ -19,6 +19,7 @@ SERVICES = {
     "commerce.orders.v1.OrderService",
     "commerce.orders.v1.CustomerOrderService",
     "commerce.loyalty.v1.CustomerLoyaltyService",
+    "commerce.events.v1.EventService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
 }

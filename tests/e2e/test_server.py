@@ -22,6 +22,7 @@ from tests.process import free_port
 CUSTOMER_SERVICE = "commerce.customers.v1.CustomerService"
 ORDER_SERVICES = ("commerce.orders.v1.OrderService", "commerce.orders.v1.CustomerOrderService")
 LOYALTY_SERVICE = "commerce.loyalty.v1.CustomerLoyaltyService"
+EVENT_SERVICE = "commerce.events.v1.EventService"
 
 
 async def test_health_reports_serving_overall_and_per_service(channel):
@@ -95,6 +96,7 @@ async def test_reflection_lists_exactly_the_mounted_services(channel):
         CUSTOMER_SERVICE,
         *ORDER_SERVICES,
         LOYALTY_SERVICE,
+        EVENT_SERVICE,
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
@@ -106,6 +108,7 @@ async def test_reflection_lists_exactly_the_mounted_services(channel):
         (["customers"], {CUSTOMER_SERVICE}),
         (["orders"], set(ORDER_SERVICES)),
         (["loyalty"], {LOYALTY_SERVICE}),
+        (["events"], {EVENT_SERVICE}),
         (["orders", "customers"], {CUSTOMER_SERVICE, *ORDER_SERVICES}),
     ],
 )
@@ -140,7 +143,7 @@ async def test_each_module_mounts_on_its_own(settings, customers, store_id, modu
         else:
             await rpc_error(order_call, grpc.StatusCode.UNIMPLEMENTED)
         # A consumer contributes customer metrics only when it is mounted.
-        consumers = [module for module in modules if module != "customers"]
+        consumers = [module for module in modules if module in ("orders", "loyalty")]
         assert list(app.customer_metrics.sources) == consumers
 
 
