@@ -288,12 +288,20 @@ def create_order(report: Report, scale: Scale, database: str, before: str | None
             with (
                 fresh_database(database) as on_url,
                 fresh_database(database) as off_url,
+                fresh_database(database) as recorded_url,
                 fresh_database(database) as before_url,
                 server("events to NATS", THIS, on_url, folder, **nats_settings(broker)) as on,
                 server("events, no NATS", THIS, off_url, folder) as off,
+                server(
+                    "events recorded, not relayed",
+                    THIS,
+                    recorded_url,
+                    folder,
+                    COMMERCE_EVENT_RELAY="false",
+                ) as recorded,
                 _before_server(before, before_url, folder, report) as old,
             ):
-                targets = [on, off] + ([old] if old else [])
+                targets = [on, off, recorded] + ([old] if old else [])
                 windows: dict[str, list[Result]] = {t.name: [] for t in targets}
                 created: dict[str, int] = {t.name: 0 for t in targets}
                 for target in [*targets, *reversed(targets)]:

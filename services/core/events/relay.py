@@ -73,7 +73,7 @@ MAX_BACKOFF_SECONDS = 5.0
 # last one began: under load one round takes the events of many commits, instead of
 # a round (and its statements) per commit. It bounds what a commit waits to be
 # placed by that much more.
-ROUND_GAP_SECONDS = 0.01
+ROUND_GAP_SECONDS = 0.02
 # How long `stop` lets the round in flight finish.
 STOP_SECONDS = 10.0
 
