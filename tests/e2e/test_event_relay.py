@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -694,3 +696,46 @@ async def test_other_processes_learn_that_events_were_placed(db, store, relay_ur
     finally:
         await relay.stop()
         await listener.stop()
+
+
+async def test_the_python_consumer_reads_a_stores_events(relay_url, stream, jetstream):
+    """clients/python/event_consumer.py, which knows only the stubs and nats-py, reads
+    what the relay published for one store, decoded by its ce-type, and no other
+    store's events."""
+    settings = relay_settings(relay_url, stream)
+    async with serving(settings, ["orders"]) as (app, channel):
+        async with app.database.maintenance() as statements:
+            store_id = (await create_store(statements, "consumer")).id
+            other_store = (await create_store(statements, "not consumed")).id
+            await statements.commit()
+        orders = order_service_pb2_grpc.OrderServiceStub(channel)
+        placed = [await create_order(orders, store_id) for _ in range(2)]
+        await create_order(orders, other_store)
+        await eventually(lambda: has(jetstream, stream, store_id, 2), what="the events")
+        await eventually(lambda: has(jetstream, stream, other_store, 1), what="the other's")
+    consumer = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "clients" / "python" / "event_consumer.py"),
+        NATS_URL,
+        str(store_id),
+        "--stream",
+        stream[0],
+        "--prefix",
+        stream[1],
+        "--durable",
+        f"consumer-{uuid.uuid4().hex[:8]}",
+        "--idle",
+        "1",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",  # nothing of the checkout on its path
+    )
+    stdout, stderr = await asyncio.wait_for(consumer.communicate(), timeout=60)
+    assert consumer.returncode == 0, stderr.decode()
+    seen = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert [event["subject"] for event in seen] == [f"orders/{order.order_id}" for order in placed]
+    assert {event["type"] for event in seen} == {"commerce.orders.v1.OrderCreated"}
+    assert {event["source"] for event in seen} == {f"commerce/stores/{store_id}"}
+    assert [event["payload"]["order"]["orderId"] for event in seen] == [
+        str(order.order_id) for order in placed
+    ]
