@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from commerce.customers.v1 import customer_service_pb2
+from commerce.events.v1 import event_service_pb2
 from commerce.loyalty.v1 import customer_loyalty_service_pb2
 from commerce.orders.v1 import customer_order_service_pb2, order_service_pb2
 from google.protobuf import descriptor_pool, json_format, message_factory
@@ -208,6 +209,7 @@ def test_api_guide_shows_every_rpc_and_works_by_copy_paste(demo_server):
         order_service_pb2.DESCRIPTOR.services_by_name["OrderService"],
         customer_order_service_pb2.DESCRIPTOR.services_by_name["CustomerOrderService"],
         customer_loyalty_service_pb2.DESCRIPTOR.services_by_name["CustomerLoyaltyService"],
+        event_service_pb2.DESCRIPTOR.services_by_name["EventService"],
     ]
     assert shown == {(s.full_name, method.name) for s in services for method in s.methods}
 

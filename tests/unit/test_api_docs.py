@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc_health.v1.health_pb2  # noqa: F401  (registers the health messages)
 import pytest
 from commerce.customers.v1 import customer_service_pb2
+from commerce.events.v1 import event_service_pb2
 from commerce.loyalty.v1 import customer_loyalty_service_pb2
 from commerce.orders.v1 import customer_order_service_pb2, order_service_pb2
 from google.api import annotations_pb2
@@ -38,6 +39,7 @@ SERVICES: list[ServiceDescriptor] = [
     order_service_pb2.DESCRIPTOR.services_by_name["OrderService"],
     customer_order_service_pb2.DESCRIPTOR.services_by_name["CustomerOrderService"],
     customer_loyalty_service_pb2.DESCRIPTOR.services_by_name["CustomerLoyaltyService"],
+    event_service_pb2.DESCRIPTOR.services_by_name["EventService"],
 ]
 
 
