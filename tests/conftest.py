@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,11 +36,14 @@ from services.migrations import upgrade
 from services.orders.messages import register_event_encoders as register_order_events
 from services.server import Application
 from tests.orm import UnitOfWork, create_session_factory, create_store, set_store_active
+from tests.process import ROOT
 
 POSTGRES_URL = os.environ.get(
     "COMMERCE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 BACKENDS = os.environ.get("COMMERCE_TEST_BACKENDS", "sqlite,postgresql").split(",")
+
+NODE_CLIENT = ROOT / "clients" / "node"
 
 # The lowest bcrypt cost: tests check behaviour, not hashing speed.
 TEST_BCRYPT_ROUNDS = 4
@@ -177,3 +182,15 @@ async def store_id(sessions: async_sessionmaker[AsyncSession]) -> int:
 async def other_store_id(sessions: async_sessionmaker[AsyncSession]) -> int:
     """A second store, to check that nothing crosses between stores."""
     return await new_store(sessions)
+
+
+@pytest.fixture(scope="session")
+def built_node_client() -> None:
+    """Generates the TypeScript from protos/ and compiles the client, as docs/api.md says."""
+    if shutil.which("node") is None or not (ROOT / "node_modules").is_dir():
+        pytest.fail("the Node client needs Node.js 20+ and `npm ci` (scripts/setup runs it)")
+    for command in (
+        ["npx", "--no-install", "buf", "generate"],
+        ["npx", "--no-install", "tsc", "-p", str(NODE_CLIENT)],
+    ):
+        subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)

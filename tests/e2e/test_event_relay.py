@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -45,7 +46,7 @@ from services.core.events.relay import EventRelay
 from services.core.events.signals import Signal
 from services.core.settings import Settings
 from services.migrations import upgrade
-from tests.conftest import BACKENDS, POSTGRES_URL, TEST_BCRYPT_ROUNDS
+from tests.conftest import BACKENDS, NODE_CLIENT, POSTGRES_URL, TEST_BCRYPT_ROUNDS
 from tests.e2e.helpers import create_order, serving
 from tests.process import COMMERCE, ROOT, clean_environment, free_port
 
@@ -736,6 +737,45 @@ async def test_the_python_consumer_reads_a_stores_events(relay_url, stream, jets
     assert [event["subject"] for event in seen] == [f"orders/{order.order_id}" for order in placed]
     assert {event["type"] for event in seen} == {"commerce.orders.v1.OrderCreated"}
     assert {event["source"] for event in seen} == {f"commerce/stores/{store_id}"}
+    assert [event["payload"]["order"]["orderId"] for event in seen] == [
+        str(order.order_id) for order in placed
+    ]
+
+
+async def test_the_node_consumer_reads_a_stores_events(
+    built_node_client, relay_url, stream, jetstream
+):
+    """clients/node/src/event_consumer.ts, with the `nats` package and the generated
+    TypeScript, reads one store's published events decoded by their ce-type."""
+    settings = relay_settings(relay_url, stream)
+    async with serving(settings, ["orders"]) as (app, channel):
+        async with app.database.maintenance() as statements:
+            store_id = (await create_store(statements, "node consumer")).id
+            other_store = (await create_store(statements, "not consumed")).id
+            await statements.commit()
+        orders = order_service_pb2_grpc.OrderServiceStub(channel)
+        placed = [await create_order(orders, store_id) for _ in range(2)]
+        await create_order(orders, other_store)
+        await eventually(lambda: has(jetstream, stream, store_id, 2), what="the events")
+        await eventually(lambda: has(jetstream, stream, other_store, 1), what="the other's")
+    consumer = await asyncio.create_subprocess_exec(
+        "node",
+        str(NODE_CLIENT / "dist" / "event_consumer.js"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={
+            "PATH": os.environ["PATH"],
+            "NATS_URL": NATS_URL,
+            "COMMERCE_STORE_ID": str(store_id),
+            "COMMERCE_NATS_STREAM": stream[0],
+            "COMMERCE_NATS_SUBJECT_PREFIX": stream[1],
+        },
+    )
+    stdout, stderr = await asyncio.wait_for(consumer.communicate(), timeout=60)
+    assert consumer.returncode == 0, stderr.decode()
+    seen = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert [event["subject"] for event in seen] == [f"orders/{order.order_id}" for order in placed]
+    assert [event["sequence"] for event in seen] == ["1", "1"]
     assert [event["payload"]["order"]["orderId"] for event in seen] == [
         str(order.order_id) for order in placed
     ]

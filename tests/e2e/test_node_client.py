@@ -5,27 +5,11 @@ itself; this test also reads what it created back through the Python stubs."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 
-import pytest
 from commerce.orders.v1 import customer_order_service_pb2, order_pb2, order_service_pb2
 
-from tests.process import ROOT, walkthrough
-
-NODE_CLIENT = ROOT / "clients" / "node"
-
-
-@pytest.fixture(scope="session")
-def built_node_client() -> None:
-    """Generates the TypeScript from protos/ and compiles the client, as docs/api.md says."""
-    if shutil.which("node") is None or not (ROOT / "node_modules").is_dir():
-        pytest.fail("the Node client needs Node.js 20+ and `npm ci` (scripts/setup runs it)")
-    for command in (
-        ["npx", "--no-install", "buf", "generate"],
-        ["npx", "--no-install", "tsc", "-p", str(NODE_CLIENT)],
-    ):
-        subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+from tests.conftest import NODE_CLIENT
+from tests.process import walkthrough
 
 
 async def test_node_client_walks_through_customers_orders_and_errors(
