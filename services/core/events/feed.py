@@ -14,22 +14,34 @@ from sqlalchemy import text
 
 from services.core.db.statements import Statement, Transaction
 
-# The oldest unplaced committed rows, up to :batch, numbered from :last + 1 in the
-# order of their ids. Both databases read UPDATE ... FROM and window functions.
-_PLACE = Statement(
-    text(
-        "UPDATE outbox_events SET feed_position = placed.position "
-        "FROM (SELECT id, :last + row_number() OVER (ORDER BY id) AS position "
-        "FROM outbox_events WHERE feed_position IS NULL ORDER BY id LIMIT :batch) AS placed "
-        "WHERE outbox_events.id = placed.id "
-        "RETURNING outbox_events.feed_position"
+
+def _place(lock: str) -> Statement:
+    """The oldest unplaced committed rows, up to :batch, numbered from :last + 1 in
+    the order of their ids. Both databases read UPDATE ... FROM and window functions.
+    `lock` locks the chosen rows in id order (PostgreSQL): two placers at once (a
+    holder that lost its lease and does not know it yet) then queue on the first row
+    instead of deadlocking; the second finds them placed, or clashes on a position."""
+    return Statement(
+        text(
+            "UPDATE outbox_events SET feed_position = placed.position "  # noqa: S608 (`lock`: one of two fixed clauses)
+            "FROM (SELECT id, :last + row_number() OVER (ORDER BY id) AS position "
+            "FROM (SELECT id FROM outbox_events WHERE feed_position IS NULL "
+            f"ORDER BY id LIMIT :batch{lock}) AS unplaced) AS placed "
+            "WHERE outbox_events.id = placed.id "
+            "RETURNING outbox_events.feed_position"
+        )
     )
-)
+
+
+# SQLite has one writer at a time: nothing to lock.
+_PLACE = {"postgresql": _place(" FOR UPDATE"), "sqlite": _place("")}
 
 
 async def place_events(statements: Transaction, last_position: int, batch: int) -> int:
     """Places up to `batch` committed, unplaced events after `last_position`, in the
     caller's transaction; returns how many. Only the relay holding the lease may
     call it (a second placing the same positions fails on their unique index)."""
-    rows = await statements.fetch(_PLACE, {"last": last_position, "batch": batch})
+    rows = await statements.fetch(
+        _PLACE[statements.dialect], {"last": last_position, "batch": batch}
+    )
     return len(rows)
