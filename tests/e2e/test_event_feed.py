@@ -34,7 +34,9 @@ ORDER_CREATED = "commerce.orders.v1.OrderCreated"
 DEADLINE = 30.0
 
 _MAX_POSITION = Statement(select(func.coalesce(func.max(OutboxEvent.feed_position), 0)))
-_RELAYED_POSITION = Statement(select(func.coalesce(func.max(EventRelayState.placed_position), 0)))
+# Locked first, as a relay locks its row before the events it places: the other
+# order deadlocks with it.
+_RELAYED_POSITIONS = Statement(select(EventRelayState.placed_position).with_for_update())
 # A relay of another server on this database (the session's) then goes on after
 # what the tests placed, instead of clashing with it.
 _RELAYED_UP_TO = Statement(
@@ -52,9 +54,12 @@ async def place_all(app: Application) -> None:
     while True:
         try:
             async with app.database.maintenance() as statements:
+                relayed = await statements.fetch(_RELAYED_POSITIONS, {})
                 last = max(
-                    int(await statements.scalar(_MAX_POSITION, {})),
-                    int(await statements.scalar(_RELAYED_POSITION, {})),
+                    [
+                        int(await statements.scalar(_MAX_POSITION, {})),
+                        *(int(row["placed_position"]) for row in relayed),
+                    ]
                 )
                 placed = await place_events(statements, last, 1000)
                 await statements.execute(_RELAYED_UP_TO, {"position": last + placed})
