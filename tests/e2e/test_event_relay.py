@@ -779,3 +779,40 @@ async def test_the_node_consumer_reads_a_stores_events(
     assert [event["payload"]["order"]["orderId"] for event in seen] == [
         str(order.order_id) for order in placed
     ]
+
+
+@pytest.fixture
+def unmigrated_postgresql() -> Iterator[str]:
+    name = f"commerce_unmigrated_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.skipif("postgresql" not in BACKENDS, reason="a PostgreSQL database never migrated")
+async def test_a_relay_that_cannot_work_says_why_once(unmigrated_postgresql, caplog):
+    """A failure that is no outage (here: a database never migrated) is logged as a
+    warning naming it, once however often the relay tries again."""
+    url = unmigrated_postgresql
+    database = TenantDatabase(create_engine(url, pool_size=1))
+    relay = new_relay(database, relay_settings(url, None))
+    failures = []
+    try:
+        with caplog.at_level("WARNING", logger="services.core.events.relay"):
+            relay.start()
+
+            def failed() -> list[Any]:
+                failures[:] = [r for r in caplog.records if "a round failed" in r.getMessage()]
+                return failures
+
+            await eventually(failed, what="a warning")
+            # The relay backs off 0.1, 0.2, 0.4 s ...: a few more tries within a second.
+            tries = relay.tries
+            await eventually(lambda: relay.tries >= tries + 3, what="more tries")
+    finally:
+        await relay.stop()
+        await database.engine.dispose()
+    assert len(failed()) == 1
+    assert "event_relay" in failures[0].getMessage()  # names what is missing

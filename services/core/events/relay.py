@@ -54,6 +54,7 @@ from services.core.events.notifications import (
 )
 from services.core.events.publisher import ACK_TIMEOUT, EventPublisher
 from services.core.events.signals import Signal
+from services.core.rpc.statuses import is_unavailable
 from services.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -220,6 +221,8 @@ class EventRelay:
         self._stopping = asyncio.Event()
         self._next_prune = 0.0
         self._db_trouble = False
+        self._last_failure = ""
+        self.tries = 0  # rounds begun, failed or not
         self._report_database = report_database
 
     def start(self) -> None:
@@ -262,6 +265,7 @@ class EventRelay:
             while not self._stopping.is_set():
                 woken = self.events_committed.mark()
                 began = loop.time()
+                self.tries += 1
                 try:
                     busy = await self.round()
                 except asyncio.CancelledError:
@@ -311,6 +315,11 @@ class EventRelay:
         return min(third, self.settings.event_poll_seconds)
 
     def _trouble(self, error: BaseException) -> None:
+        if not is_unavailable(error):  # not an outage: say what it was, once a kind
+            if repr(error) != self._last_failure:
+                logger.warning("event relay: a round failed (%r); trying again", error)
+            self._last_failure = repr(error)
+            return
         if not self._db_trouble and self._report_database:
             logger.warning("event relay: database unreachable (%r); retrying", error)
             self._db_trouble = True
