@@ -3,17 +3,40 @@ event benchmarks and the fault tests stop and start it, and never touch a shared
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
 
 def nats_server_available() -> bool:
     return Path(NATS_SERVER).exists()
+
+
+async def ordered_subscription(
+    stream: JetStreamContext, subjects: str, deadline: float
+) -> Any | None:
+    """An ordered consumer of every message on `subjects`, from the first; None if the
+    stream still does not exist at `deadline` (time.monotonic()): the server creates
+    it when it first publishes."""
+    while True:
+        try:
+            return await stream.subscribe(
+                subjects, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+            )
+        except nats.js.errors.NotFoundError:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.05)
 
 
 def _free_port() -> int:

@@ -48,7 +48,7 @@ from commerce.orders.v1 import order_service_pb2 as orders_pb
 from commerce.orders.v1 import order_service_pb2_grpc as orders_grpc
 from nats.js.api import DeliverPolicy
 
-from bench.broker import PrivateNats
+from bench.broker import PrivateNats, ordered_subscription
 from bench.measure import GRPC_HEADERS, H2Load, Result, grpc_frame
 from bench.servers import ROOT, environment, free_port
 from bench.urls import asyncpg_dsn, sqlalchemy_url
@@ -377,16 +377,9 @@ async def _stored_times(url: str, subject: str, count: int, seconds: float) -> l
     connection = await nats.connect(url, connect_timeout=10)
     try:
         stream = connection.jetstream(timeout=10)
-        while True:  # the relay creates the stream when it first publishes
-            try:
-                consumer = await stream.subscribe(
-                    subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-                )
-                break
-            except nats.js.errors.NotFoundError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+        consumer = await ordered_subscription(stream, subject, deadline)
+        if consumer is None:
+            raise TimeoutError(f"no stream holds {subject}")
         stamps: list[float] = []
         while len(stamps) < count:
             left = deadline - time.monotonic()

@@ -27,8 +27,8 @@ import pytest
 from commerce.orders.v1 import order_events_pb2, order_pb2, order_service_pb2
 from commerce.orders.v1 import order_service_pb2_grpc as orders_grpc
 from grpc_health.v1 import health_pb2
-from nats.js.api import DeliverPolicy
 
+from bench.broker import ordered_subscription
 from tests.conftest import BACKENDS
 from tests.instances import Cluster, PrivateNats, clusters_available, nats_server_available
 from tests.process import (
@@ -222,16 +222,9 @@ async def _read_stream(
     connection = await nats.connect(url, connect_timeout=10)
     try:
         stream = connection.jetstream(timeout=10)
-        while True:  # the server creates the stream when it first publishes
-            try:
-                consumer = await stream.subscribe(
-                    subjects, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-                )
-                break
-            except nats.js.errors.NotFoundError:
-                if time.monotonic() > deadline:
-                    return []
-                await asyncio.sleep(0.2)
+        consumer = await ordered_subscription(stream, subjects, deadline)
+        if consumer is None:
+            return []
         seen: list[Published] = []
         pending = 1
         while (pending or not until(seen)) and time.monotonic() < deadline:
