@@ -5,6 +5,7 @@ of what a customer looks like."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from commerce.customers.v1 import customer_pb2
@@ -15,6 +16,7 @@ from services.core.db.outbox import EventEncoders
 from services.core.domain.etags import etag
 from services.core.events.encoding import proto_encoder
 from services.core.rpc.convert import timestamp
+from services.customers.api import customer_name
 from services.customers.messages import customer_to_proto
 from services.orders.events import OrderCreated, OrderStatusChanged
 from services.orders.models import LineItemSnapshot, OrderSnapshot, OrderStatus
@@ -119,16 +121,13 @@ def stats_to_proto(stats: CustomerOrderStats) -> order_pb2.CustomerOrderStats:
 
 def _event_order(order: OrderSnapshot) -> order_pb2.Order:
     """The order as an event carries it: without the deprecated customer copy (an
-    event refers to its customer by id and name)."""
-    message = order_to_proto(order)
-    message.ClearField("customer")
-    return message
+    event refers to its customer by id and name), which is then never built."""
+    return order_to_proto(replace(order, customer=None))
 
 
 def _customer_name(order: OrderSnapshot) -> str:
-    if not order.customer_id:
-        return ""
-    return f"stores/{order.store_id}/customers/{order.customer_id}"
+    """The name of the order's customer; empty for a guest order."""
+    return customer_name(order.store_id, order.customer_id) if order.customer_id else ""
 
 
 def _order_created(event: OrderCreated) -> order_events_pb2.OrderCreated:
