@@ -40,7 +40,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.dml import ReturningInsert
 
 from services.core.db.engine import Base, UtcDateTime, upsert_insert, utc_now
-from services.core.db.statements import DIALECTS, Statement, Transaction
+from services.core.db.statements import Statement, Transaction
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 _EventIdType = BigInteger().with_variant(Integer(), "sqlite")
@@ -170,7 +170,9 @@ def _next_sequence(dialect: str) -> ReturningInsert[tuple[int]]:
     )
 
 
-_NEXT_SEQUENCE = {dialect: Statement(_next_sequence(dialect)) for dialect in DIALECTS}
+# SQLite's append takes the sequence in a statement of its own (_APPEND_NUMBERED
+# folds it into PostgreSQL's).
+_NEXT_SEQUENCE = Statement(_next_sequence("sqlite"))
 _EVENT_COLUMNS = (
     "event_id",
     "store_id",
@@ -226,5 +228,5 @@ async def append(
         if transaction.dialect == "postgresql":
             await transaction.execute(_APPEND_NUMBERED, params)
             continue
-        sequence = await transaction.scalar(_NEXT_SEQUENCE[transaction.dialect], params)
+        sequence = await transaction.scalar(_NEXT_SEQUENCE, params)
         await transaction.execute(_APPEND, params | {"sequence": int(sequence)})

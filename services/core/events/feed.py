@@ -33,6 +33,11 @@ def _place(lock: str) -> Statement:
     )
 
 
+def event_source(store_id: int) -> str:
+    """The CloudEvents `source` of a store's events (Event.source, ce-source)."""
+    return f"commerce/stores/{store_id}"
+
+
 # SQLite has one writer at a time: nothing to lock.
 _PLACE = {"postgresql": _place(" FOR UPDATE"), "sqlite": _place("")}
 

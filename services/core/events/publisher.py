@@ -21,6 +21,8 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from services.core.events.feed import event_source
+
 logger = logging.getLogger(__name__)
 
 # How long a published batch may wait for its acks before the unacked rest is
@@ -42,13 +44,11 @@ def event_subject(prefix: str, event: Mapping[str, Any]) -> str:
 def event_headers(event: Mapping[str, Any]) -> dict[str, str]:
     """The CloudEvents attributes of `event` as NATS headers, and the id JetStream
     deduplicates by."""
-    occurred: datetime = event["occurred_at"]
-    if occurred.tzinfo is None:  # SQLite keeps no offset; written in UTC
-        occurred = occurred.replace(tzinfo=UTC)
+    occurred: datetime = event["occurred_at"]  # aware: UtcDateTime marks SQLite's UTC
     return {
         "ce-specversion": "1.0",
         "ce-id": str(event["event_id"]),
-        "ce-source": f"commerce/stores/{event['store_id']}",
+        "ce-source": event_source(event["store_id"]),
         "ce-type": str(event["event_type"]),
         "ce-subject": str(event["subject"]),
         "ce-time": occurred.astimezone(UTC).isoformat().replace("+00:00", "Z"),

@@ -455,10 +455,7 @@ def _old_prefix(rows: Sequence[Row], before: datetime) -> int:
     """How many of `rows`, from the first, occurred before `before`."""
     count = 0
     for row in rows:
-        occurred: datetime = row["occurred_at"]
-        if occurred.tzinfo is None:
-            occurred = occurred.replace(tzinfo=UTC)
-        if occurred >= before:
+        if row["occurred_at"] >= before:
             break
         count += 1
     return count

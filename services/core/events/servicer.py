@@ -17,6 +17,7 @@ from prometheus_client import Counter
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.errors import InvalidArgument
 from services.core.domain.pagination import PageTokenCodec, resolve_page_size
+from services.core.events.feed import event_source
 from services.core.events.reader import (
     FeedEvent,
     checked_types,
@@ -65,7 +66,7 @@ def event_to_proto(event: FeedEvent) -> event_pb2.Event:
             type_url=f"type.googleapis.com/{event.event_type}", value=event.payload
         ),
         cursor=event.cursor,
-        source=f"commerce/stores/{event.store_id}",
+        source=event_source(event.store_id),
     )
 
 
