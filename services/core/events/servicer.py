@@ -5,9 +5,8 @@ of the type the outbox recorded."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
 
 import grpc
 from commerce.events.v1 import event_pb2, event_service_pb2, event_service_pb2_grpc
@@ -27,9 +26,9 @@ from services.core.events.reader import (
 )
 from services.core.events.signals import Signal
 from services.core.modules import ModuleContext
+from services.core.rpc.interceptor import finished_anyway
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -70,24 +69,6 @@ def event_to_proto(event: FeedEvent) -> event_pb2.Event:
     )
 
 
-async def _uninterrupted(work: Awaitable[T]) -> T:
-    """Awaits `work` in a task that a cancelled call leaves to finish: a statement
-    cancelled midway can leave SQLite's one pooled connection checked out for good,
-    and streams end by cancellation (the caller hangs up, the server drains)."""
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        # Its result is of no use any more, but it must not be lost unretrieved.
-        task.add_done_callback(_discard_result)
-        raise
-
-
-def _discard_result(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
 class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     def __init__(
         self,
@@ -108,7 +89,9 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             async with self._db.reading(store_id) as uow:
                 return await events_after(uow, after, types, limit)
 
-        return await _uninterrupted(read())
+        # Streams end by cancellation (the caller hangs up, the server drains): their
+        # reads finish anyway.
+        return await finished_anyway(read())
 
     async def ListEvents(
         self, request: event_service_pb2.ListEventsRequest, context: Context
@@ -147,7 +130,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                 async with self._db.reading(store_id) as uow:
                     return await newest_position(uow)
 
-            after = await _uninterrupted(newest())
+            after = await finished_anyway(newest())
         first = True
         while True:
             # Marked before the read: an event placed while it runs still wakes the wait.

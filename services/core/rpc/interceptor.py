@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
 
@@ -116,7 +116,7 @@ def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
                 with deadlines.bounded_by(time_remaining):
                     work = behavior(request, context)
                     async with deadline:
-                        return await (_finished_anyway(work) if finish else work)
+                        return await (finished_anyway(work) if finish else work)
             except DomainError as error:
                 status = status_for(error, domain)
                 resource = error.resource_name
@@ -221,12 +221,16 @@ def _message_name(decode: Any) -> str:
 UNAVAILABLE_RETRY_AFTER = timedelta(seconds=1)
 BUSY_RETRY_AFTER = timedelta(milliseconds=200)
 
+T = TypeVar("T")
+
 # Abandoned calls still running (a reference keeps each task alive until it ends).
 _abandoned: set[asyncio.Task[Any]] = set()
 
 
-async def _finished_anyway(work: Awaitable[Any]) -> Any:
-    """Awaits `work` in a task of its own that cancelling this await leaves running."""
+async def finished_anyway(work: Awaitable[T]) -> T:
+    """Awaits `work` in a task of its own that cancelling this await leaves running:
+    a statement cancelled midway can leave SQLite's one pooled connection checked out
+    for good."""
     task = asyncio.ensure_future(work)
     try:
         return await asyncio.shield(task)
