@@ -137,7 +137,6 @@ _SET_PRUNED = Statement(
     .where(_STATE.name == bindparam("relay"))
     .values(pruned_position=bindparam("pruned"))
 )
-_READ_STATE = Statement(select(*_POSITIONS).where(_STATE.name == bindparam("relay")))
 # Tells every process's event streams that the feed grew (delivered at commit).
 _NOTIFY_FEED = Statement(text(f"SELECT pg_notify('{FEED_CHANNEL}', '')"))
 
@@ -331,8 +330,8 @@ class EventRelay:
         if not self.holding and not await self._acquire():
             return False
         try:
-            placed = await self._place()
-            published = await self._publish()
+            placed, delivered, upto = await self._place()
+            published = await self._publish(delivered, upto)
             if time.monotonic() >= self._next_prune:
                 await self.prune()
                 self._next_prune = time.monotonic() + PRUNE_INTERVAL
@@ -368,12 +367,14 @@ class EventRelay:
             raise LeaseLost
         return row
 
-    async def _place(self) -> int:
-        """Places a batch of committed events; how many."""
+    async def _place(self) -> tuple[int, int, int]:
+        """Places a batch of committed events; how many, and the delivered and placed
+        positions its transaction left."""
         try:
             async with self.database.maintenance() as statements:
                 state = await self._fence(statements)
                 last = int(state["placed_position"])
+                delivered = int(state["delivered_position"])
                 placed = await place_events(statements, last, PLACE_BATCH)
                 if placed:
                     await statements.execute(
@@ -384,8 +385,9 @@ class EventRelay:
                 if self._publisher is None:
                     # Nothing to publish to: delivered follows placed. Turning NATS on
                     # later publishes from then on, not the history.
+                    delivered = last + placed
                     await statements.execute(
-                        _SET_DELIVERED, {"relay": self.name, "delivered": last + placed}
+                        _SET_DELIVERED, {"relay": self.name, "delivered": delivered}
                     )
                 await statements.commit()
         except IntegrityError:
@@ -394,18 +396,16 @@ class EventRelay:
             raise LeaseLost from None
         if placed:
             self.events_placed.notify()
-        return placed
+        return placed, delivered, last + placed
 
-    async def _publish(self) -> int:
-        """Publishes a batch of placed events after delivered_position; how many."""
+    async def _publish(self, delivered: int, placed: int) -> int:
+        """Publishes a batch of the events placed after `delivered` (up to `placed`),
+        the positions the placing transaction just left; how many."""
         if self._publisher is None or not self._publisher.ready:
             return 0
         async with self.database.maintenance(transaction=False) as statements:
-            state = await self._state(statements)
-            delivered = int(state["delivered_position"])
             events = await statements.fetch(
-                _PLACED_AFTER,
-                {"after": delivered, "upto": state["placed_position"], "batch": PUBLISH_BATCH},
+                _PLACED_AFTER, {"after": delivered, "upto": placed, "batch": PUBLISH_BATCH}
             )
         if not events:
             return 0
@@ -419,11 +419,6 @@ class EventRelay:
                 await statements.execute(_SET_DELIVERED, {"relay": self.name, "delivered": upto})
                 await statements.commit()
         return stored
-
-    async def _state(self, statements: Transaction) -> Row:
-        row = await statements.fetch_one(_READ_STATE, {"relay": self.name})
-        assert row is not None  # made by _acquire
-        return row
 
     async def prune(self) -> int:
         """Deletes delivered events older than the retention, oldest feed positions
