@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
+from services.core.db.customer_data import CustomerDataRegistry
 from services.core.db.engine import create_engine, is_sqlite, utc_now
 from services.core.db.idempotency import forget_expired
 from services.core.db.retention import Purge, RetentionRegistry
@@ -104,6 +105,7 @@ class Application:
             self.engine, store_cache_seconds=settings.store_cache_seconds
         )
         self.customer_metrics = CustomerMetricsRegistry()
+        self.customer_data = CustomerDataRegistry()
         self.retention = RetentionRegistry()
         # Units of work of this process notify `events_committed`; the relay notifies
         # `events_placed` (services.core.events).
@@ -147,6 +149,7 @@ class Application:
             passwords=self.passwords,
             page_tokens=PageTokenCodec(self.settings.page_token_secret),
             customer_metrics=self.customer_metrics,
+            customer_data=self.customer_data,
             retention=self.retention,
             events_placed=self.events_placed,
         )

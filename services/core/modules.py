@@ -7,6 +7,7 @@ from typing import Protocol
 
 import grpc
 
+from services.core.db.customer_data import CustomerDataRegistry
 from services.core.db.retention import RetentionRegistry
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.customer_metrics import CustomerMetricsRegistry
@@ -26,6 +27,8 @@ class ModuleContext:
     page_tokens: PageTokenCodec
     # Modules register their customer metrics providers here while mounting.
     customer_metrics: CustomerMetricsRegistry
+    # ... their erasers and exporters of a customer's data.
+    customer_data: CustomerDataRegistry
     # ... and how to delete the rows they keep only for a while.
     retention: RetentionRegistry
     # Notified when the relay (in this process or, on PostgreSQL, in any) placed new

@@ -31,8 +31,14 @@ from services.customers.rules import ADDRESSES, CUSTOMERS, address_name, custome
 _ADDRESS = MessageOf(customer_pb2.CustomerAddress, AddressSnapshot)
 
 
-def _status(active: bool) -> customer_pb2.CustomerStatus.ValueType:
+def _active_status(active: bool) -> customer_pb2.CustomerStatus.ValueType:
     return customer_pb2.CUSTOMER_STATUS_ACTIVE if active else customer_pb2.CUSTOMER_STATUS_INACTIVE
+
+
+def _status(customer: CustomerSnapshot) -> customer_pb2.CustomerStatus.ValueType:
+    if customer.erased_at is not None:
+        return customer_pb2.CUSTOMER_STATUS_ERASED
+    return _active_status(customer.is_active)
 
 
 def customer_to_proto(customer: CustomerSnapshot) -> customer_pb2.Customer:
@@ -47,12 +53,14 @@ def customer_to_proto(customer: CustomerSnapshot) -> customer_pb2.Customer:
         phone=customer.phone,
         marketing_consent=customer.marketing_consent,
         preferred_language=customer.preferred_language,
-        status=_status(customer.is_active),
+        status=_status(customer),
         has_password=customer.hashed_password is not None,
         create_time=timestamp(customer.created_at),
         update_time=timestamp(customer.updated_at),
         etag=etag(customer.revision),
         name=customer_name(customer.store_id, customer.customer_id),
+        erase_time=timestamp(customer.erased_at) if customer.erased_at else None,
+        tags=customer.tag_list,
     )
 
 
@@ -111,8 +119,8 @@ def _customer_status_changed(
 ) -> customer_events_pb2.CustomerStatusChanged:
     return customer_events_pb2.CustomerStatusChanged(
         customer=customer_to_proto(event.customer),
-        old_status=_status(event.was_active),
-        new_status=_status(event.customer.is_active),
+        old_status=_active_status(event.was_active),
+        new_status=_active_status(event.customer.is_active),
     )
 
 

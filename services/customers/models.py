@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     String,
+    Text,
     UniqueConstraint,
     text,
 )
@@ -48,6 +49,12 @@ class Customer(Base):
     revision: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    # When EraseCustomer removed the customer's personal data; NULL until then.
+    erased_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The customer's tags, normalised, sorted and joined with commas (a tag has
+    # none): read with the row at no extra cost. customer_tags holds them again,
+    # one row each, for the tag filter.
+    tags: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     __table_args__ = (
         UniqueConstraint("store_id", "customer_number"),
@@ -76,10 +83,41 @@ class CustomerSnapshot(RowSnapshot):
     revision: int
     created_at: datetime
     updated_at: datetime
+    erased_at: datetime | None
+    # Comma-joined, as stored; `tag_list` splits them.
+    tags: str
+
+    @property
+    def tag_list(self) -> list[str]:
+        return self.tags.split(",") if self.tags else []
 
 
 # The customers table's columns a CustomerSnapshot is made of, in its field order.
 SNAPSHOT_COLUMNS = columns_of(Customer, CustomerSnapshot)
+
+# The longest tag and the most tags a customer may have.
+MAX_TAG_LENGTH = 64
+MAX_TAGS = 50
+
+
+class CustomerTag(Base):
+    """One tag of one customer: what ListCustomers' and ExportCustomers' tag filter
+    reads, a range of the primary key in customer_id order (keyset paging).
+    Written in the same transaction as customers.tags, which it always equals."""
+
+    __tablename__ = "customer_tags"
+
+    store_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    tag: Mapped[str] = mapped_column(String(MAX_TAG_LENGTH), primary_key=True)
+    customer_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["store_id", "customer_id"],
+            ["customers.store_id", "customers.customer_id"],
+            ondelete="CASCADE",
+        ),
+    )
 
 
 # The per-customer "default" flags of addresses; each is on for at most one address.

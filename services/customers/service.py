@@ -128,6 +128,8 @@ class CustomerService:
                     "revision": 1,
                     "created_at": now,
                     "updated_at": now,
+                    "erased_at": None,
+                    "tags": "",
                 },
             )
             uow.record(CustomerCreated(customer))

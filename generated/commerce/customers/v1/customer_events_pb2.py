@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from commerce.customers.v1 import customer_pb2 as commerce_dot_customers_dot_v1_dot_customer__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+commerce/customers/v1/customer_events.proto\x12\x15\x63ommerce.customers.v1\x1a$commerce/customers/v1/customer.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\"J\n\x0f\x43ustomerCreated\x12\x37\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1f.commerce.customers.v1.CustomerB\x04\xe2\x41\x01\x03\"\x84\x01\n\x0f\x43ustomerUpdated\x12\x37\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1f.commerce.customers.v1.CustomerB\x04\xe2\x41\x01\x03\x12\x38\n\x0e\x63hanged_fields\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x03\"\xd2\x01\n\x15\x43ustomerStatusChanged\x12\x37\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1f.commerce.customers.v1.CustomerB\x04\xe2\x41\x01\x03\x12?\n\nold_status\x18\x02 \x01(\x0e\x32%.commerce.customers.v1.CustomerStatusB\x04\xe2\x41\x01\x03\x12?\n\nnew_status\x18\x03 \x01(\x0e\x32%.commerce.customers.v1.CustomerStatusB\x04\xe2\x41\x01\x03\"W\n\x16\x43ustomerAddressCreated\x12=\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0b\x32&.commerce.customers.v1.CustomerAddressB\x04\xe2\x41\x01\x03\"\x91\x01\n\x16\x43ustomerAddressUpdated\x12=\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0b\x32&.commerce.customers.v1.CustomerAddressB\x04\xe2\x41\x01\x03\x12\x38\n\x0e\x63hanged_fields\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x03\"|\n\x16\x43ustomerAddressDeleted\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x18\n\naddress_id\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07\x61\x64\x64ress\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+commerce/customers/v1/customer_events.proto\x12\x15\x63ommerce.customers.v1\x1a$commerce/customers/v1/customer.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n\x0f\x43ustomerCreated\x12\x37\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1f.commerce.customers.v1.CustomerB\x04\xe2\x41\x01\x03\"\x84\x01\n\x0f\x43ustomerUpdated\x12\x37\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1f.commerce.customers.v1.CustomerB\x04\xe2\x41\x01\x03\x12\x38\n\x0e\x63hanged_fields\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x03\"\xd2\x01\n\x15\x43ustomerStatusChanged\x12\x37\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1f.commerce.customers.v1.CustomerB\x04\xe2\x41\x01\x03\x12?\n\nold_status\x18\x02 \x01(\x0e\x32%.commerce.customers.v1.CustomerStatusB\x04\xe2\x41\x01\x03\x12?\n\nnew_status\x18\x03 \x01(\x0e\x32%.commerce.customers.v1.CustomerStatusB\x04\xe2\x41\x01\x03\"W\n\x16\x43ustomerAddressCreated\x12=\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0b\x32&.commerce.customers.v1.CustomerAddressB\x04\xe2\x41\x01\x03\"\x91\x01\n\x16\x43ustomerAddressUpdated\x12=\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0b\x32&.commerce.customers.v1.CustomerAddressB\x04\xe2\x41\x01\x03\x12\x38\n\x0e\x63hanged_fields\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x03\"|\n\x16\x43ustomerAddressDeleted\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x18\n\naddress_id\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07\x61\x64\x64ress\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\"\x91\x01\n\x0e\x43ustomerErased\x12\x16\n\x08store_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08\x63ustomer\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\nerase_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -60,16 +61,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CUSTOMERADDRESSDELETED'].fields_by_name['address_id']._serialized_options = b'\342A\001\003'
   _globals['_CUSTOMERADDRESSDELETED'].fields_by_name['address']._loaded_options = None
   _globals['_CUSTOMERADDRESSDELETED'].fields_by_name['address']._serialized_options = b'\342A\001\003'
-  _globals['_CUSTOMERCREATED']._serialized_start=175
-  _globals['_CUSTOMERCREATED']._serialized_end=249
-  _globals['_CUSTOMERUPDATED']._serialized_start=252
-  _globals['_CUSTOMERUPDATED']._serialized_end=384
-  _globals['_CUSTOMERSTATUSCHANGED']._serialized_start=387
-  _globals['_CUSTOMERSTATUSCHANGED']._serialized_end=597
-  _globals['_CUSTOMERADDRESSCREATED']._serialized_start=599
-  _globals['_CUSTOMERADDRESSCREATED']._serialized_end=686
-  _globals['_CUSTOMERADDRESSUPDATED']._serialized_start=689
-  _globals['_CUSTOMERADDRESSUPDATED']._serialized_end=834
-  _globals['_CUSTOMERADDRESSDELETED']._serialized_start=836
-  _globals['_CUSTOMERADDRESSDELETED']._serialized_end=960
+  _globals['_CUSTOMERERASED'].fields_by_name['store_id']._loaded_options = None
+  _globals['_CUSTOMERERASED'].fields_by_name['store_id']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERERASED'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_CUSTOMERERASED'].fields_by_name['customer_id']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERERASED'].fields_by_name['customer']._loaded_options = None
+  _globals['_CUSTOMERERASED'].fields_by_name['customer']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERERASED'].fields_by_name['erase_time']._loaded_options = None
+  _globals['_CUSTOMERERASED'].fields_by_name['erase_time']._serialized_options = b'\342A\001\003'
+  _globals['_CUSTOMERCREATED']._serialized_start=208
+  _globals['_CUSTOMERCREATED']._serialized_end=282
+  _globals['_CUSTOMERUPDATED']._serialized_start=285
+  _globals['_CUSTOMERUPDATED']._serialized_end=417
+  _globals['_CUSTOMERSTATUSCHANGED']._serialized_start=420
+  _globals['_CUSTOMERSTATUSCHANGED']._serialized_end=630
+  _globals['_CUSTOMERADDRESSCREATED']._serialized_start=632
+  _globals['_CUSTOMERADDRESSCREATED']._serialized_end=719
+  _globals['_CUSTOMERADDRESSUPDATED']._serialized_start=722
+  _globals['_CUSTOMERADDRESSUPDATED']._serialized_end=867
+  _globals['_CUSTOMERADDRESSDELETED']._serialized_start=869
+  _globals['_CUSTOMERADDRESSDELETED']._serialized_end=993
+  _globals['_CUSTOMERERASED']._serialized_start=996
+  _globals['_CUSTOMERERASED']._serialized_end=1141
 # @@protoc_insertion_point(module_scope)

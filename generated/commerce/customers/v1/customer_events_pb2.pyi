@@ -7,6 +7,7 @@ from commerce.customers.v1 import customer_pb2 as _customer_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -215,3 +216,42 @@ class CustomerAddressDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CustomerAddressDeleted: _TypeAlias = CustomerAddressDeleted  # noqa: Y015
+
+@_typing.final
+class CustomerErased(_message.Message):
+    """A customer's personal data was erased (EraseCustomer), in every module the
+    server hosts. It carries no personal data: consumers holding copies of the
+    customer's data should erase theirs. Subject: `customers/{customer_id}`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_FIELD_NUMBER: _builtins.int
+    ERASE_TIME_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.int
+    """The store of the customer."""
+    customer_id: _builtins.int
+    """The erased customer's identifier."""
+    customer: _builtins.str
+    """The customer's resource name, `stores/{store_id}/customers/{customer_id}`."""
+    @_builtins.property
+    def erase_time(self) -> _timestamp_pb2.Timestamp:
+        """When the data was erased."""
+
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.int = ...,
+        customer_id: _builtins.int = ...,
+        customer: _builtins.str = ...,
+        erase_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["erase_time", b"erase_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer", "customer_id", b"customer_id", "erase_time", b"erase_time", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomerErased: _TypeAlias = CustomerErased  # noqa: Y015

@@ -7,10 +7,12 @@ never sees another store's customers. Other modules (orders, ...) import
 these messages; this package imports none of theirs.
 """
 
+from collections import abc as _abc
 from commerce.type.v1 import money_pb2 as _money_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -40,6 +42,12 @@ class _CustomerStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Custom
     """The customer can authenticate and be referenced by new records."""
     CUSTOMER_STATUS_INACTIVE: _CustomerStatus.ValueType  # 2
     """The customer is kept but can no longer authenticate."""
+    CUSTOMER_STATUS_ERASED: _CustomerStatus.ValueType  # 3
+    """EraseCustomer removed the customer's personal data: the customer keeps its
+    identifiers, number and timestamps (orders still reference it), can no
+    longer authenticate nor be changed, and its email is free for a new
+    customer. Final.
+    """
 
 class CustomerStatus(_CustomerStatus, metaclass=_CustomerStatusEnumTypeWrapper):
     """Whether a customer may sign in and place orders."""
@@ -50,6 +58,12 @@ CUSTOMER_STATUS_ACTIVE: CustomerStatus.ValueType  # 1
 """The customer can authenticate and be referenced by new records."""
 CUSTOMER_STATUS_INACTIVE: CustomerStatus.ValueType  # 2
 """The customer is kept but can no longer authenticate."""
+CUSTOMER_STATUS_ERASED: CustomerStatus.ValueType  # 3
+"""EraseCustomer removed the customer's personal data: the customer keeps its
+identifiers, number and timestamps (orders still reference it), can no
+longer authenticate nor be changed, and its email is free for a new
+customer. Final.
+"""
 Global___CustomerStatus: _TypeAlias = CustomerStatus  # noqa: Y015
 
 @_typing.final
@@ -76,6 +90,8 @@ class Customer(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    ERASE_TIME_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The store the customer belongs to. Output only."""
     customer_id: _builtins.int
@@ -129,6 +145,21 @@ class Customer(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the customer was last changed. Output only."""
 
+    @_builtins.property
+    def erase_time(self) -> _timestamp_pb2.Timestamp:
+        """When EraseCustomer removed the customer's personal data; unset for a
+        customer that was not erased. Output only.
+        """
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Labels that segment customers, such as "vip" or "wholesale": at most 50,
+        each at most 64 characters and without commas. The server normalises them
+        (Unicode NFKC, lower case, surrounding spaces removed and inner runs of
+        white space made one space), drops duplicates and keeps them sorted.
+        Filter ListCustomers and ExportCustomers by one with `tag`.
+        """
+
     def __init__(
         self,
         *,
@@ -147,10 +178,12 @@ class Customer(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
         name: _builtins.str = ...,
+        erase_time: _timestamp_pb2.Timestamp | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "erase_time", b"erase_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "customer_number", b"customer_number", "email", b"email", "etag", b"etag", "first_name", b"first_name", "has_password", b"has_password", "last_name", b"last_name", "marketing_consent", b"marketing_consent", "name", b"name", "phone", b"phone", "preferred_language", b"preferred_language", "status", b"status", "store_id", b"store_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "customer_number", b"customer_number", "email", b"email", "erase_time", b"erase_time", "etag", b"etag", "first_name", b"first_name", "has_password", b"has_password", "last_name", b"last_name", "marketing_consent", b"marketing_consent", "name", b"name", "phone", b"phone", "preferred_language", b"preferred_language", "status", b"status", "store_id", b"store_id", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

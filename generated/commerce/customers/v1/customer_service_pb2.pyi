@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from commerce.customers.v1 import customer_pb2 as _customer_pb2
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
@@ -236,7 +237,8 @@ class UpdateCustomerRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """The fields to change: any of `email`, `first_name`, `last_name`, `phone`,
-        `marketing_consent`, `preferred_language`; `*` means all of them. When
+        `marketing_consent`, `preferred_language`, `tags` (replaces them all);
+        `*` means all of them. When
         empty, every one of those fields that is set to a non-default value in
         `customer` is changed. Any other path is INVALID_ARGUMENT.
         """
@@ -292,6 +294,7 @@ class ListCustomersRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     QUERY_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The store to list. Required."""
     page_size: _builtins.int
@@ -300,7 +303,7 @@ class ListCustomersRequest(_message.Message):
     """
     page_token: _builtins.str
     """The `next_page_token` of a previous response, to read the next page. It is
-    valid only with the same `store_id`, `status` and `query` as the request
+    valid only with the same `store_id`, `status`, `query` and `tag` as the request
     that produced it (INVALID_ARGUMENT otherwise); `page_size` may change.
     """
     status: _customer_pb2.CustomerStatus.ValueType
@@ -309,6 +312,8 @@ class ListCustomersRequest(_message.Message):
     """Only customers whose email, first name, last name, full name or phone
     contains this text, ignoring case. At most 255 characters.
     """
+    tag: _builtins.str
+    """Only customers with this tag (normalised as Customer.tags are)."""
     def __init__(
         self,
         *,
@@ -317,10 +322,11 @@ class ListCustomersRequest(_message.Message):
         page_token: _builtins.str = ...,
         status: _customer_pb2.CustomerStatus.ValueType = ...,
         query: _builtins.str = ...,
+        tag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "query", b"query", "status", b"status", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "query", b"query", "status", b"status", "store_id", b"store_id", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -849,3 +855,325 @@ class GetCustomerMetricsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCustomerMetricsResponse: _TypeAlias = GetCustomerMetricsResponse  # noqa: Y015
+
+@_typing.final
+class AddCustomerTagsRequest(_message.Message):
+    """The request of AddCustomerTags."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.int
+    """The customer's store. Required."""
+    customer_id: _builtins.int
+    """The customer. Required."""
+    etag: _builtins.str
+    """When set, the change applies only if the customer still has this etag
+    (ABORTED otherwise).
+    """
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tags to add (at least one), normalised as Customer.tags are."""
+
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.int = ...,
+        customer_id: _builtins.int = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "etag", b"etag", "store_id", b"store_id", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddCustomerTagsRequest: _TypeAlias = AddCustomerTagsRequest  # noqa: Y015
+
+@_typing.final
+class AddCustomerTagsResponse(_message.Message):
+    """The response of AddCustomerTags."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def customer(self) -> _customer_pb2.Customer:
+        """The customer after the change."""
+
+    def __init__(
+        self,
+        *,
+        customer: _customer_pb2.Customer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddCustomerTagsResponse: _TypeAlias = AddCustomerTagsResponse  # noqa: Y015
+
+@_typing.final
+class RemoveCustomerTagsRequest(_message.Message):
+    """The request of RemoveCustomerTags."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.int
+    """The customer's store. Required."""
+    customer_id: _builtins.int
+    """The customer. Required."""
+    etag: _builtins.str
+    """When set, the change applies only if the customer still has this etag
+    (ABORTED otherwise).
+    """
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tags to remove (at least one), normalised as Customer.tags are."""
+
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.int = ...,
+        customer_id: _builtins.int = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "etag", b"etag", "store_id", b"store_id", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveCustomerTagsRequest: _TypeAlias = RemoveCustomerTagsRequest  # noqa: Y015
+
+@_typing.final
+class RemoveCustomerTagsResponse(_message.Message):
+    """The response of RemoveCustomerTags."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def customer(self) -> _customer_pb2.Customer:
+        """The customer after the change."""
+
+    def __init__(
+        self,
+        *,
+        customer: _customer_pb2.Customer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveCustomerTagsResponse: _TypeAlias = RemoveCustomerTagsResponse  # noqa: Y015
+
+@_typing.final
+class EraseCustomerRequest(_message.Message):
+    """The request of EraseCustomer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.int
+    """The customer's store. Required."""
+    customer_id: _builtins.int
+    """The customer to erase. Required."""
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.int = ...,
+        customer_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseCustomerRequest: _TypeAlias = EraseCustomerRequest  # noqa: Y015
+
+@_typing.final
+class EraseCustomerResponse(_message.Message):
+    """The response of EraseCustomer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def customer(self) -> _customer_pb2.Customer:
+        """The customer as erased: identifiers, number, timestamps and status
+        CUSTOMER_STATUS_ERASED, every personal field empty.
+        """
+
+    def __init__(
+        self,
+        *,
+        customer: _customer_pb2.Customer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseCustomerResponse: _TypeAlias = EraseCustomerResponse  # noqa: Y015
+
+@_typing.final
+class ExportCustomerDataRequest(_message.Message):
+    """The request of ExportCustomerData."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.int
+    """The customer's store. Required."""
+    customer_id: _builtins.int
+    """The customer. Required."""
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.int = ...,
+        customer_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCustomerDataRequest: _TypeAlias = ExportCustomerDataRequest  # noqa: Y015
+
+@_typing.final
+class ExportCustomerDataResponse(_message.Message):
+    """One part of a customer's data. The stream sends the customer first, then
+    its addresses, then each other module's records, one module after another.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CUSTOMER_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """The module the part comes from: "customers", "orders", "loyalty", ..."""
+    @_builtins.property
+    def customer(self) -> _customer_pb2.Customer:
+        """The customer's profile (source "customers")."""
+
+    @_builtins.property
+    def address(self) -> _customer_pb2.CustomerAddress:
+        """One of the customer's addresses (source "customers")."""
+
+    @_builtins.property
+    def record(self) -> _any_pb2.Any:
+        """A record of another module, a message of that module's package: for
+        orders a commerce.orders.v1.Order with its line items, for loyalty a
+        commerce.loyalty.v1.CustomerLoyalty and each
+        commerce.loyalty.v1.LoyaltyMovement of the ledger.
+        """
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        customer: _customer_pb2.Customer | None = ...,
+        address: _customer_pb2.CustomerAddress | None = ...,
+        record: _any_pb2.Any | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "customer", b"customer", "part", b"part", "record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "customer", b"customer", "part", b"part", "record", b"record", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["customer", "address", "record"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ExportCustomerDataResponse: _TypeAlias = ExportCustomerDataResponse  # noqa: Y015
+
+@_typing.final
+class ExportCustomersRequest(_message.Message):
+    """The request of ExportCustomers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    AFTER_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.int
+    """The store to export. Required."""
+    status: _customer_pb2.CustomerStatus.ValueType
+    """Only customers with this status; CUSTOMER_STATUS_UNSPECIFIED means all."""
+    tag: _builtins.str
+    """Only customers with this tag (normalised as Customer.tags are)."""
+    after_customer_id: _builtins.int
+    """Resumes an interrupted export: only customers whose `customer_id` is
+    greater, that is after the last customer received. The resumed stream is
+    a new snapshot with its own `event_cursor` (docs/api.md tells how to join
+    the two).
+    """
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.int = ...,
+        status: _customer_pb2.CustomerStatus.ValueType = ...,
+        tag: _builtins.str = ...,
+        after_customer_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_customer_id", b"after_customer_id", "status", b"status", "store_id", b"store_id", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCustomersRequest: _TypeAlias = ExportCustomersRequest  # noqa: Y015
+
+@_typing.final
+class ExportCustomersResponse(_message.Message):
+    """A batch of exported customers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMERS_FIELD_NUMBER: _builtins.int
+    EVENT_CURSOR_FIELD_NUMBER: _builtins.int
+    event_cursor: _builtins.str
+    """The commerce.events.v1 cursor at which the export's snapshot is
+    consistent, the same in every message of a stream: the events after it
+    are exactly the changes the snapshot does not show.
+    """
+    @_builtins.property
+    def customers(self) -> _containers.RepeatedCompositeFieldContainer[_customer_pb2.Customer]:
+        """The next customers, in ascending `customer_id` order. The first message
+        of a stream may have none (a store without customers still gets its
+        cursor).
+        """
+
+    def __init__(
+        self,
+        *,
+        customers: _abc.Iterable[_customer_pb2.Customer] | None = ...,
+        event_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customers", b"customers", "event_cursor", b"event_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCustomersResponse: _TypeAlias = ExportCustomersResponse  # noqa: Y015

@@ -112,6 +112,31 @@ class CustomerServiceStub:
                 request_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerMetricsRequest.SerializeToString,
                 response_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerMetricsResponse.FromString,
                 _registered_method=True)
+        self.AddCustomerTags = channel.unary_unary(
+                '/commerce.customers.v1.CustomerService/AddCustomerTags',
+                request_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.AddCustomerTagsRequest.SerializeToString,
+                response_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.AddCustomerTagsResponse.FromString,
+                _registered_method=True)
+        self.RemoveCustomerTags = channel.unary_unary(
+                '/commerce.customers.v1.CustomerService/RemoveCustomerTags',
+                request_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.RemoveCustomerTagsRequest.SerializeToString,
+                response_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.RemoveCustomerTagsResponse.FromString,
+                _registered_method=True)
+        self.EraseCustomer = channel.unary_unary(
+                '/commerce.customers.v1.CustomerService/EraseCustomer',
+                request_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.EraseCustomerRequest.SerializeToString,
+                response_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.EraseCustomerResponse.FromString,
+                _registered_method=True)
+        self.ExportCustomerData = channel.unary_stream(
+                '/commerce.customers.v1.CustomerService/ExportCustomerData',
+                request_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.ExportCustomerDataRequest.SerializeToString,
+                response_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.ExportCustomerDataResponse.FromString,
+                _registered_method=True)
+        self.ExportCustomers = channel.unary_stream(
+                '/commerce.customers.v1.CustomerService/ExportCustomers',
+                request_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.ExportCustomersRequest.SerializeToString,
+                response_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.ExportCustomersResponse.FromString,
+                _registered_method=True)
 
 
 class CustomerServiceServicer:
@@ -240,6 +265,58 @@ class CustomerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddCustomerTags(self, request, context):
+        """Adds tags to a customer; tags it has already are kept once. More than 50
+        tags in all is FAILED_PRECONDITION (TOO_MANY_TAGS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveCustomerTags(self, request, context):
+        """Removes tags from a customer; tags it does not have are ignored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseCustomer(self, request, context):
+        """Erases a customer's personal data in every module this server hosts, in
+        one transaction: the customer's email, names, phone, tags, preferences,
+        password hash and addresses, and what the other modules keep about the
+        customer (orders: contact emails and cancel reasons; loyalty: reasons).
+        Past events about the customer lose the same data. The customer row stays
+        (orders keep their totals) with status CUSTOMER_STATUS_ERASED and an
+        `erase_time`; its email may be used by a new customer. Records a
+        CustomerErased event. Erasing an erased customer changes nothing and
+        succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportCustomerData(self, request, context):
+        """Streams everything this server holds about one customer, from every
+        module it hosts: the profile and addresses from customers, then each
+        module's records (orders with their lines, the loyalty account and
+        ledger). Read in one snapshot. Never a password or password hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportCustomers(self, request, context):
+        """Streams every customer of the store (optionally filtered) in ascending
+        `customer_id` order, as of one snapshot, with the event-feed cursor at
+        which that snapshot is consistent: load the customers, then follow
+        commerce.events.v1.EventService from `event_cursor` to miss no change and
+        see none twice. The server sends no faster than the caller reads. Resume
+        an interrupted export with `after_customer_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CustomerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -307,6 +384,31 @@ def add_CustomerServiceServicer_to_server(servicer, server):
                     servicer.GetCustomerMetrics,
                     request_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerMetricsRequest.FromString,
                     response_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerMetricsResponse.SerializeToString,
+            ),
+            'AddCustomerTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCustomerTags,
+                    request_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.AddCustomerTagsRequest.FromString,
+                    response_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.AddCustomerTagsResponse.SerializeToString,
+            ),
+            'RemoveCustomerTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveCustomerTags,
+                    request_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.RemoveCustomerTagsRequest.FromString,
+                    response_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.RemoveCustomerTagsResponse.SerializeToString,
+            ),
+            'EraseCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseCustomer,
+                    request_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.EraseCustomerRequest.FromString,
+                    response_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.EraseCustomerResponse.SerializeToString,
+            ),
+            'ExportCustomerData': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportCustomerData,
+                    request_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.ExportCustomerDataRequest.FromString,
+                    response_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.ExportCustomerDataResponse.SerializeToString,
+            ),
+            'ExportCustomers': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportCustomers,
+                    request_deserializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.ExportCustomersRequest.FromString,
+                    response_serializer=commerce_dot_customers_dot_v1_dot_customer__service__pb2.ExportCustomersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -673,6 +775,141 @@ class CustomerService:
             '/commerce.customers.v1.CustomerService/GetCustomerMetrics',
             commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerMetricsRequest.SerializeToString,
             commerce_dot_customers_dot_v1_dot_customer__service__pb2.GetCustomerMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddCustomerTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/commerce.customers.v1.CustomerService/AddCustomerTags',
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.AddCustomerTagsRequest.SerializeToString,
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.AddCustomerTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveCustomerTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/commerce.customers.v1.CustomerService/RemoveCustomerTags',
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.RemoveCustomerTagsRequest.SerializeToString,
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.RemoveCustomerTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/commerce.customers.v1.CustomerService/EraseCustomer',
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.EraseCustomerRequest.SerializeToString,
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.EraseCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCustomerData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/commerce.customers.v1.CustomerService/ExportCustomerData',
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.ExportCustomerDataRequest.SerializeToString,
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.ExportCustomerDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCustomers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/commerce.customers.v1.CustomerService/ExportCustomers',
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.ExportCustomersRequest.SerializeToString,
+            commerce_dot_customers_dot_v1_dot_customer__service__pb2.ExportCustomersResponse.FromString,
             options,
             channel_credentials,
             insecure,

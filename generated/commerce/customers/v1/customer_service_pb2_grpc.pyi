@@ -101,6 +101,37 @@ class CustomerServiceStub:
     returned depend on what the server mounts. Without such modules the list
     is empty.
     """
+    AddCustomerTags: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.AddCustomerTagsRequest, _customer_service_pb2.AddCustomerTagsResponse]
+    """Adds tags to a customer; tags it has already are kept once. More than 50
+    tags in all is FAILED_PRECONDITION (TOO_MANY_TAGS).
+    """
+    RemoveCustomerTags: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.RemoveCustomerTagsRequest, _customer_service_pb2.RemoveCustomerTagsResponse]
+    """Removes tags from a customer; tags it does not have are ignored."""
+    EraseCustomer: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.EraseCustomerRequest, _customer_service_pb2.EraseCustomerResponse]
+    """Erases a customer's personal data in every module this server hosts, in
+    one transaction: the customer's email, names, phone, tags, preferences,
+    password hash and addresses, and what the other modules keep about the
+    customer (orders: contact emails and cancel reasons; loyalty: reasons).
+    Past events about the customer lose the same data. The customer row stays
+    (orders keep their totals) with status CUSTOMER_STATUS_ERASED and an
+    `erase_time`; its email may be used by a new customer. Records a
+    CustomerErased event. Erasing an erased customer changes nothing and
+    succeeds.
+    """
+    ExportCustomerData: _grpc.UnaryStreamMultiCallable[_customer_service_pb2.ExportCustomerDataRequest, _customer_service_pb2.ExportCustomerDataResponse]
+    """Streams everything this server holds about one customer, from every
+    module it hosts: the profile and addresses from customers, then each
+    module's records (orders with their lines, the loyalty account and
+    ledger). Read in one snapshot. Never a password or password hash.
+    """
+    ExportCustomers: _grpc.UnaryStreamMultiCallable[_customer_service_pb2.ExportCustomersRequest, _customer_service_pb2.ExportCustomersResponse]
+    """Streams every customer of the store (optionally filtered) in ascending
+    `customer_id` order, as of one snapshot, with the event-feed cursor at
+    which that snapshot is consistent: load the customers, then follow
+    commerce.events.v1.EventService from `event_cursor` to miss no change and
+    see none twice. The server sends no faster than the caller reads. Resume
+    an interrupted export with `after_customer_id`.
+    """
 
 @_typing.type_check_only
 class CustomerServiceAsyncStub(CustomerServiceStub):
@@ -174,6 +205,37 @@ class CustomerServiceAsyncStub(CustomerServiceStub):
     each registers a metrics provider when it is mounted, so the metrics
     returned depend on what the server mounts. Without such modules the list
     is empty.
+    """
+    AddCustomerTags: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.AddCustomerTagsRequest, _customer_service_pb2.AddCustomerTagsResponse]  # type: ignore[assignment]
+    """Adds tags to a customer; tags it has already are kept once. More than 50
+    tags in all is FAILED_PRECONDITION (TOO_MANY_TAGS).
+    """
+    RemoveCustomerTags: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.RemoveCustomerTagsRequest, _customer_service_pb2.RemoveCustomerTagsResponse]  # type: ignore[assignment]
+    """Removes tags from a customer; tags it does not have are ignored."""
+    EraseCustomer: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.EraseCustomerRequest, _customer_service_pb2.EraseCustomerResponse]  # type: ignore[assignment]
+    """Erases a customer's personal data in every module this server hosts, in
+    one transaction: the customer's email, names, phone, tags, preferences,
+    password hash and addresses, and what the other modules keep about the
+    customer (orders: contact emails and cancel reasons; loyalty: reasons).
+    Past events about the customer lose the same data. The customer row stays
+    (orders keep their totals) with status CUSTOMER_STATUS_ERASED and an
+    `erase_time`; its email may be used by a new customer. Records a
+    CustomerErased event. Erasing an erased customer changes nothing and
+    succeeds.
+    """
+    ExportCustomerData: _aio.UnaryStreamMultiCallable[_customer_service_pb2.ExportCustomerDataRequest, _customer_service_pb2.ExportCustomerDataResponse]  # type: ignore[assignment]
+    """Streams everything this server holds about one customer, from every
+    module it hosts: the profile and addresses from customers, then each
+    module's records (orders with their lines, the loyalty account and
+    ledger). Read in one snapshot. Never a password or password hash.
+    """
+    ExportCustomers: _aio.UnaryStreamMultiCallable[_customer_service_pb2.ExportCustomersRequest, _customer_service_pb2.ExportCustomersResponse]  # type: ignore[assignment]
+    """Streams every customer of the store (optionally filtered) in ascending
+    `customer_id` order, as of one snapshot, with the event-feed cursor at
+    which that snapshot is consistent: load the customers, then follow
+    commerce.events.v1.EventService from `event_cursor` to miss no change and
+    see none twice. The server sends no faster than the caller reads. Resume
+    an interrupted export with `after_customer_id`.
     """
 
 class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -323,6 +385,67 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
         each registers a metrics provider when it is mounted, so the metrics
         returned depend on what the server mounts. Without such modules the list
         is empty.
+        """
+
+    @_abc_1.abstractmethod
+    def AddCustomerTags(
+        self,
+        request: _customer_service_pb2.AddCustomerTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.AddCustomerTagsResponse, _abc.Awaitable[_customer_service_pb2.AddCustomerTagsResponse]]:
+        """Adds tags to a customer; tags it has already are kept once. More than 50
+        tags in all is FAILED_PRECONDITION (TOO_MANY_TAGS).
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveCustomerTags(
+        self,
+        request: _customer_service_pb2.RemoveCustomerTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.RemoveCustomerTagsResponse, _abc.Awaitable[_customer_service_pb2.RemoveCustomerTagsResponse]]:
+        """Removes tags from a customer; tags it does not have are ignored."""
+
+    @_abc_1.abstractmethod
+    def EraseCustomer(
+        self,
+        request: _customer_service_pb2.EraseCustomerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.EraseCustomerResponse, _abc.Awaitable[_customer_service_pb2.EraseCustomerResponse]]:
+        """Erases a customer's personal data in every module this server hosts, in
+        one transaction: the customer's email, names, phone, tags, preferences,
+        password hash and addresses, and what the other modules keep about the
+        customer (orders: contact emails and cancel reasons; loyalty: reasons).
+        Past events about the customer lose the same data. The customer row stays
+        (orders keep their totals) with status CUSTOMER_STATUS_ERASED and an
+        `erase_time`; its email may be used by a new customer. Records a
+        CustomerErased event. Erasing an erased customer changes nothing and
+        succeeds.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportCustomerData(
+        self,
+        request: _customer_service_pb2.ExportCustomerDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_customer_service_pb2.ExportCustomerDataResponse], _abc.AsyncIterator[_customer_service_pb2.ExportCustomerDataResponse]]:
+        """Streams everything this server holds about one customer, from every
+        module it hosts: the profile and addresses from customers, then each
+        module's records (orders with their lines, the loyalty account and
+        ledger). Read in one snapshot. Never a password or password hash.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportCustomers(
+        self,
+        request: _customer_service_pb2.ExportCustomersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_customer_service_pb2.ExportCustomersResponse], _abc.AsyncIterator[_customer_service_pb2.ExportCustomersResponse]]:
+        """Streams every customer of the store (optionally filtered) in ascending
+        `customer_id` order, as of one snapshot, with the event-feed cursor at
+        which that snapshot is consistent: load the customers, then follow
+        commerce.events.v1.EventService from `event_cursor` to miss no change and
+        see none twice. The server sends no faster than the caller reads. Resume
+        an interrupted export with `after_customer_id`.
         """
 
 def add_CustomerServiceServicer_to_server(servicer: CustomerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
