@@ -311,7 +311,7 @@ def _tagged_customer_page(dialect: str, active: bool | None, search: bool) -> St
     every customer of the store. SQLite gets the join, which it always runs that way."""
     entries = CustomerTag.store_id == bindparam("store_id"), CustomerTag.tag == bindparam("tag")
     after = CustomerTag.customer_id > bindparam("after_id")
-    filters = []
+    filters: list[ColumnElement[bool]] = []
     if active is not None:
         filters.append(Customer.is_active.is_(active))
     if search:
