@@ -19,13 +19,20 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    true,
     union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
 from services.core.db.engine import upsert_insert, utc_now
-from services.core.db.statements import Statement, in_store, insert_row, rows_of_keys
+from services.core.db.statements import (
+    DIALECTS,
+    Statement,
+    in_store,
+    insert_row,
+    rows_of_keys,
+)
 from services.core.db.unit_of_work import UnitOfWork
 from services.customers.models import (
     ADDRESS_COLUMNS,
@@ -36,6 +43,7 @@ from services.customers.models import (
     Customer,
     CustomerAddress,
     CustomerSnapshot,
+    CustomerTag,
     LoginThrottle,
     ThrottleSnapshot,
 )
@@ -84,9 +92,11 @@ PROFILE_COLUMNS = (
     "phone",
     "marketing_consent",
     "preferred_language",
+    "tags",
 )
 _CHANGE_PROFILE = _change(*PROFILE_COLUMNS)
 _CHANGE_STATUS = _change("is_active")
+_CHANGE_TAGS = _change("tags")
 # Only while the hash is still the one the caller checked the current password against.
 _CHANGE_PASSWORD = _change(
     "hashed_password",
@@ -157,6 +167,11 @@ async def change_profile(
 
 async def change_status(uow: UnitOfWork, customer_id: int, active: bool) -> CustomerSnapshot:
     return await _changed(uow, _CHANGE_STATUS, customer_id, {"new_is_active": active})
+
+
+async def change_tags(uow: UnitOfWork, customer_id: int, tags: str) -> CustomerSnapshot:
+    """Writes customers.tags (rules.joined_tags); sync_tags writes customer_tags."""
+    return await _changed(uow, _CHANGE_TAGS, customer_id, {"new_tags": tags})
 
 
 async def change_password(
@@ -256,6 +271,98 @@ async def customers_after(
     if pattern:
         params["pattern"] = pattern
     rows = await uow.fetch(_CUSTOMER_PAGES[active, bool(pattern)], params)
+    return [CustomerSnapshot.of(row) for row in rows]
+
+
+# -- tags ---------------------------------------------------------------------------------
+
+_INSERT_TAG = insert_row(cast(Table, CustomerTag.__table__))
+# By the whole primary key: the old set is known from customers.tags, so no
+# statement looks for what to delete.
+_DELETE_TAG = Statement(delete(CustomerTag).where(*in_store(CustomerTag, "tag", "customer_id")))
+
+
+async def sync_tags(uow: UnitOfWork, customer_id: int, old: str, new: str) -> None:
+    """Makes the customer's customer_tags rows, which are `old` (customers.tags as it
+    was), the tags of `new` (as it is now): in the transaction that changed
+    customers.tags, so the two never differ."""
+    before = set(old.split(",")) if old else set()
+    after = set(new.split(",")) if new else set()
+    if removed := sorted(before - after):
+        await uow.execute_many(
+            _DELETE_TAG, [{"tag": tag, "customer_id": customer_id} for tag in removed]
+        )
+    if added := sorted(after - before):
+        await uow.execute_many(
+            _INSERT_TAG, [{"tag": tag, "customer_id": customer_id} for tag in added]
+        )
+
+
+def _tagged_customer_page(dialect: str, active: bool | None, search: bool) -> Statement:
+    """ListCustomers' page query with the tag filter: one range of customer_tags'
+    primary key (store_id, tag, customer_id) walked in customer_id order, each entry
+    joined to its customer by the customers' primary key. However deep the page and
+    however rare or common the tag, it reads the page's entries (and, with the
+    other filters, those they skip) and no more.
+
+    On PostgreSQL each customer is a probe of its own, in a LATERAL subquery that
+    OFFSET 0 keeps the planner from flattening (as rows_of_keys does): given a plain
+    join, statistics taken while the store was small made it merge the entries with
+    every customer of the store. SQLite gets the join, which it always runs that way."""
+    entries = CustomerTag.store_id == bindparam("store_id"), CustomerTag.tag == bindparam("tag")
+    after = CustomerTag.customer_id > bindparam("after_id")
+    filters: list[ColumnElement[bool]] = []
+    if active is not None:
+        filters.append(Customer.is_active.is_(active))
+    if search:
+        filters.append(_matches_pattern())
+    if dialect == "sqlite":
+        joined = select(*SNAPSHOT_COLUMNS).join_from(
+            CustomerTag,
+            Customer,
+            (Customer.store_id == CustomerTag.store_id)
+            & (Customer.customer_id == CustomerTag.customer_id),
+        )
+        return Statement(
+            joined.where(*entries, after, *filters)
+            .order_by(CustomerTag.customer_id)
+            .limit(bindparam("limit"))
+        )
+    tagged = select(CustomerTag.customer_id).where(*entries, after).subquery("tagged")
+    customer = (
+        select(*SNAPSHOT_COLUMNS)
+        .where(*in_store(Customer), Customer.customer_id == tagged.c.customer_id, *filters)
+        .offset(0)
+        .lateral("customer")
+    )
+    return Statement(
+        select(customer)
+        .select_from(tagged)
+        .join(customer, true())
+        .order_by(tagged.c.customer_id)
+        .limit(bindparam("limit"))
+    )
+
+
+# By dialect, then by (status, search) filters.
+_TAGGED_CUSTOMER_PAGES = {
+    dialect: {
+        (active, search): _tagged_customer_page(dialect, active, search)
+        for active in (None, True, False)
+        for search in (False, True)
+    }
+    for dialect in DIALECTS
+}
+
+
+async def tagged_customers_after(
+    uow: UnitOfWork, tag: str, after_id: int, limit: int, *, active: bool | None, pattern: str
+) -> list[CustomerSnapshot]:
+    """customers_after of the customers with the (normalised) `tag`."""
+    params: dict[str, Any] = {"tag": tag, "after_id": after_id, "limit": limit}
+    if pattern:
+        params["pattern"] = pattern
+    rows = await uow.fetch(_TAGGED_CUSTOMER_PAGES[uow.dialect][active, bool(pattern)], params)
     return [CustomerSnapshot.of(row) for row in rows]
 
 

@@ -6,6 +6,8 @@ number are. No database and no gRPC here, so each is tested on its own
 from __future__ import annotations
 
 import hashlib
+import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,6 +18,7 @@ import email_validator
 from services.core.domain import validation
 from services.core.domain.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Violations,
@@ -23,7 +26,10 @@ from services.core.domain.errors import (
 from services.core.domain.resource_names import name_in_store
 from services.customers.models import (
     DEFAULT_ADDRESS_FLAGS,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
     AddressSnapshot,
+    CustomerSnapshot,
     ThrottleSnapshot,
 )
 
@@ -44,6 +50,7 @@ CUSTOMER_WRITABLE_FIELDS = (
     "phone",
     "marketing_consent",
     "preferred_language",
+    "tags",
 )
 ADDRESS_WRITABLE_FIELDS = (
     "recipient_name",
@@ -154,6 +161,8 @@ def customer_values(problems: Violations, items: Iterable[tuple[str, Any]]) -> d
             values[name] = validation.language_tag(problems, name, value)
         elif name == "marketing_consent":
             values[name] = bool(value)
+        elif name == "tags":
+            values[name] = joined_tags(tag_set(problems, name, value))
         else:
             raise ValueError(f"not a customer field: {name}")
     return values
@@ -198,6 +207,99 @@ def valid_values(
     values = values_of(problems, fields.items())
     problems.raise_if_any()
     return values
+
+
+# -- tags --------------------------------------------------------------------------------------
+
+# What a tag's inner white space becomes one space of.
+_WHITE_SPACE = re.compile(r"\s+")
+# Longer than this before normalising, no tag can be short enough after it (NFKC
+# expands a character to at most 18): refused without normalising megabytes.
+_RAW_TAG_MAX = MAX_TAG_LENGTH * 18
+# Unicode's control characters (C0, DEL, C1) and lone surrogates, which no text of
+# a tag may hold (nor could PostgreSQL store the latter).
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cs"})
+
+
+def normalized_tag(problems: Violations, field: str, value: str) -> str:
+    """The tag as stored: Unicode NFKC, case-folded ("ß" matches "SS"), surrounding
+    white space removed and each inner run of it made one space; or "" after
+    reporting why `value` cannot be a tag (empty, a comma (customers.tags joins
+    them with commas), a control character, more than MAX_TAG_LENGTH characters)."""
+    if len(value) > _RAW_TAG_MAX:
+        problems.add(field, f"must be at most {MAX_TAG_LENGTH} characters")
+        return ""
+    if any(unicodedata.category(character) in _REFUSED_CATEGORIES for character in value):
+        problems.add(field, "must not contain control characters")
+        return ""
+    # Case folding can leave text that is no longer NFKC: normalised on both sides.
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
+    tag = _WHITE_SPACE.sub(" ", folded).strip()
+    if not tag:
+        problems.add(field, "must not be empty")
+    elif "," in tag:
+        problems.add(field, "must not contain commas")
+    elif len(tag) > MAX_TAG_LENGTH:
+        problems.add(field, f"must be at most {MAX_TAG_LENGTH} characters")
+    elif any(unicodedata.category(character) in _REFUSED_CATEGORIES for character in tag):
+        problems.add(field, "must not contain control characters")
+    else:
+        return tag
+    return ""
+
+
+def tag_set(problems: Violations, field: str, values: Iterable[str]) -> list[str]:
+    """The distinct normalised tags of `values`, sorted; each bad one reported as
+    `field[i]`. A request names at most MAX_TAGS (checked before each is looked at,
+    so no request makes more than MAX_TAGS problems)."""
+    values = list(values)
+    if len(values) > MAX_TAGS:
+        problems.add(field, f"must hold at most {MAX_TAGS} tags")
+        return []
+    tags = {
+        normalized_tag(problems, f"{field}[{index}]", value) for index, value in enumerate(values)
+    }
+    tags.discard("")
+    return sorted(tags)
+
+
+def valid_tags(field: str, values: Iterable[str]) -> list[str]:
+    """tag_set of a request's own tag list, or INVALID_ARGUMENT; at least one."""
+    problems = Violations()
+    tags = tag_set(problems, field, values)
+    if not problems.items and not tags:
+        problems.add(field, "must hold at least one tag")
+    problems.raise_if_any()
+    return tags
+
+
+def filter_tag(problems: Violations, field: str, value: str) -> str:
+    """The normalised tag of a list filter; "" (no filter) when `value` is empty."""
+    return normalized_tag(problems, field, value) if value else ""
+
+
+def joined_tags(tags: Iterable[str]) -> str:
+    """customers.tags of a set of normalised tags: sorted, comma-joined."""
+    return ",".join(sorted(tags))
+
+
+def too_many_tags(customer_id: int, count: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"a customer has at most {MAX_TAGS} tags; these would make {count}",
+        reason="TOO_MANY_TAGS",
+        metadata={"customer_id": customer_id, "max_tags": MAX_TAGS},
+    )
+
+
+def check_not_erased(customer: CustomerSnapshot) -> None:
+    """FAILED_PRECONDITION when EraseCustomer erased the customer: it can no longer
+    be changed."""
+    if customer.erased_at is not None:
+        raise FailedPrecondition(
+            f"customer {customer.customer_id} is erased",
+            reason="CUSTOMER_ERASED",
+            metadata={"customer_id": customer.customer_id},
+        )
 
 
 def contains_pattern(needle: str) -> str:

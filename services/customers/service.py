@@ -13,7 +13,7 @@ from typing import Any
 from services.core.db.counters import next_store_number
 from services.core.db.engine import utc_now
 from services.core.db.idempotency import RequestKey, claim, remember
-from services.core.db.unit_of_work import TenantDatabase
+from services.core.db.unit_of_work import TenantDatabase, UnitOfWork
 from services.core.domain import validation
 from services.core.domain.customer_metrics import CustomerMetric, CustomerMetricsRegistry
 from services.core.domain.errors import (
@@ -28,7 +28,7 @@ from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.core.domain.passwords import PasswordHasher, password_problem
 from services.customers import queries
 from services.customers.events import CustomerCreated, CustomerStatusChanged, CustomerUpdated
-from services.customers.models import CustomerSnapshot
+from services.customers.models import MAX_TAGS, CustomerSnapshot
 from services.customers.rules import (
     CUSTOMER_WRITABLE_FIELDS,
     LoginPolicy,
@@ -36,13 +36,18 @@ from services.customers.rules import (
     changed_fields,
     check_batch_customer_ids,
     check_customer_id,
+    check_not_erased,
     contains_pattern,
     customer_not_found,
     customer_number,
     customer_values,
     email_subject,
+    filter_tag,
     first_missing,
+    joined_tags,
     login_key,
+    too_many_tags,
+    valid_tags,
     valid_values,
 )
 
@@ -75,6 +80,7 @@ class NewCustomer:
     phone: str = ""
     marketing_consent: bool = False
     preferred_language: str = ""
+    tags: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,12 @@ class CustomerService:
         if new.password and (problem := password_problem(new.password)):
             problems.add("password", problem)
         problems.raise_if_any()
-        key = RequestKey.parse(CREATE_CUSTOMER, request_id, values)
+        # Without tags, the fingerprint a create had before tags existed: a retry
+        # across the upgrade still matches.
+        fingerprinted = (
+            values if values["tags"] else {k: v for k, v in values.items() if k != "tags"}
+        )
+        key = RequestKey.parse(CREATE_CUSTOMER, request_id, fingerprinted)
         # bcrypt runs before the transaction, so no connection waits on it.
         hashed_password = await self._passwords.hash(new.password) if new.password else None
         async with self._db.writing(store_id) as uow:
@@ -129,9 +140,9 @@ class CustomerService:
                     "created_at": now,
                     "updated_at": now,
                     "erased_at": None,
-                    "tags": "",
                 },
             )
+            await queries.sync_tags(uow, customer_id, "", customer.tags)
             uow.record(CustomerCreated(customer))
             await remember(uow, key, customer_id)
             await uow.commit()
@@ -166,6 +177,7 @@ class CustomerService:
             if values.get("email_key", customer.email_key) != customer.email_key:
                 await queries.ensure_email_free(uow, values["email_key"])
             changed = await queries.change_profile(uow, customer_id, asdict(customer) | values)
+            await queries.sync_tags(uow, customer_id, customer.tags, changed.tags)
             # An update that writes every field with its value still takes a new
             # revision (and etag), as it always did, but changes nothing to tell.
             if fields := changed_fields(customer, changed, CUSTOMER_WRITABLE_FIELDS):
@@ -181,20 +193,78 @@ class CustomerService:
         page_token: str = "",
         active: bool | None = None,
         query: str = "",
+        tag: str = "",
     ) -> CustomerPage:
         size = resolve_page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
         problems = Violations()
         needle = validation.search_text(problems, "query", query)
+        tag = filter_tag(problems, "tag", tag)
         problems.raise_if_any()
-        scope = {"list": "customers", "store_id": store_id, "active": active, "query": needle}
+        scope: dict[str, Any] = {
+            "list": "customers",
+            "store_id": store_id,
+            "active": active,
+            "query": needle,
+        }
+        if tag:  # only then: the tokens of unfiltered lists stay what they were
+            scope["tag"] = tag
         (after_id,) = self._page_tokens.decode(page_token, scope) if page_token else (0,)
         pattern = contains_pattern(needle) if needle else ""
         async with self._db.reading(store_id) as uow:
-            customers = await queries.customers_after(
-                uow, after_id, size + 1, active=active, pattern=pattern
-            )
+            if tag:
+                customers = await queries.tagged_customers_after(
+                    uow, tag, after_id, size + 1, active=active, pattern=pattern
+                )
+            else:
+                customers = await queries.customers_after(
+                    uow, after_id, size + 1, active=active, pattern=pattern
+                )
         page, token = self._page_tokens.cut(customers, size, scope, lambda last: [last.customer_id])
         return CustomerPage(page, token)
+
+    async def add_customer_tags(
+        self, store_id: int, customer_id: int, tags: Sequence[str], *, etag: str = ""
+    ) -> CustomerSnapshot:
+        """The customer with `tags` added (those it has are kept once); more than
+        MAX_TAGS in all is FAILED_PRECONDITION (TOO_MANY_TAGS)."""
+        wanted = valid_tags("tags", tags)
+        async with self._db.writing(store_id) as uow:
+            check_customer_id(customer_id)
+            customer = await queries.get_customer_for_update(uow, customer_id)
+            check_etag("customer", customer.revision, etag)
+            check_not_erased(customer)
+            new = set(customer.tag_list).union(wanted)
+            if len(new) > MAX_TAGS:
+                raise too_many_tags(customer_id, len(new))
+            return await self._write_tags(uow, customer, joined_tags(new))
+
+    async def remove_customer_tags(
+        self, store_id: int, customer_id: int, tags: Sequence[str], *, etag: str = ""
+    ) -> CustomerSnapshot:
+        """The customer without `tags` (those it does not have are ignored)."""
+        unwanted = valid_tags("tags", tags)
+        async with self._db.writing(store_id) as uow:
+            check_customer_id(customer_id)
+            customer = await queries.get_customer_for_update(uow, customer_id)
+            check_etag("customer", customer.revision, etag)
+            check_not_erased(customer)
+            new = set(customer.tag_list).difference(unwanted)
+            return await self._write_tags(uow, customer, joined_tags(new))
+
+    @staticmethod
+    async def _write_tags(
+        uow: UnitOfWork, customer: CustomerSnapshot, tags: str
+    ) -> CustomerSnapshot:
+        """Gives the customer (read FOR UPDATE in `uow`) the tags `tags`, in customers
+        and customer_tags, and commits; the same tags again change nothing (no new
+        revision, no event)."""
+        if tags == customer.tags:
+            return customer
+        changed = await queries.change_tags(uow, customer.customer_id, tags)
+        await queries.sync_tags(uow, customer.customer_id, customer.tags, tags)
+        uow.record(CustomerUpdated(changed, ("tags",)))
+        await uow.commit()
+        return changed
 
     async def set_customer_status(
         self, store_id: int, customer_id: int, active: bool, *, etag: str = ""

@@ -84,6 +84,8 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     ) -> pb.UpdateCustomerResponse:
         changes = masked_changes(request.update_mask, request.customer, CUSTOMER_WRITABLE_FIELDS)
         require_resource(request, "customer")
+        if "tags" in changes:  # a repeated field: its container, copied while it lives
+            changes["tags"] = list(changes["tags"])
         customer = await self._service.update_customer(
             request.store_id, request.customer_id, changes, etag=request.customer.etag
         )
@@ -98,11 +100,28 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             page_token=request.page_token,
             active=_active_filter(request.status),
             query=request.query,
+            tag=request.tag,
         )
         return pb.ListCustomersResponse(
             customers=[customer_to_proto(customer) for customer in page.customers],
             next_page_token=page.next_page_token,
         )
+
+    async def AddCustomerTags(
+        self, request: pb.AddCustomerTagsRequest, context: Context
+    ) -> pb.AddCustomerTagsResponse:
+        customer = await self._service.add_customer_tags(
+            request.store_id, request.customer_id, list(request.tags), etag=request.etag
+        )
+        return pb.AddCustomerTagsResponse(customer=customer_to_proto(customer))
+
+    async def RemoveCustomerTags(
+        self, request: pb.RemoveCustomerTagsRequest, context: Context
+    ) -> pb.RemoveCustomerTagsResponse:
+        customer = await self._service.remove_customer_tags(
+            request.store_id, request.customer_id, list(request.tags), etag=request.etag
+        )
+        return pb.RemoveCustomerTagsResponse(customer=customer_to_proto(customer))
 
     async def SetCustomerStatus(
         self, request: pb.SetCustomerStatusRequest, context: Context

@@ -135,3 +135,35 @@ def test_the_event_scenarios_report_their_figures(tmp_path):
     assert latency["missing"] == 0
     assert latency["events"] == latency["orders"]
     assert latency["p99_ms"] >= latency["p50_ms"]  # numbers, not NaN
+
+
+@pytest.mark.timeout(600)
+def test_the_tag_filter_scenarios_report_their_figures(tmp_path):
+    """bench.tags, tiny and short: each page with and without a tag is served (the
+    bench checks each answer has customers, all with the tag) and gets its ratio,
+    and the plan shown walks the tag index."""
+    database = f"commerce_bench_tags_smoke_{uuid.uuid4().hex[:8]}"
+    url = make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+    figures = tmp_path / "tags.json"
+    command = [sys.executable, "-m", "bench.tags", "--smoke", "--database-url", url]
+    command += ["--json", str(figures)]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
+        )
+    finally:
+        asyncio.run(_drop(database))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    report = json.loads(figures.read_text())
+    assert set(report["settings"]["tags"]) == {"vip", "rare"}
+    rows = report["rows"]
+    assert {(row["page"], row["tag"]) for row in rows} == {
+        (page, tag) for page in ("page 1", "after customer 18,000") for tag in ("", "vip", "rare")
+    }
+    for row in rows:
+        assert row["errors"] == 0, row
+        assert row["requests"] > 0, row
+        assert row["ratio_to_unfiltered"] > 0, row
+    for plan in report["facts"].values():
+        assert "Index Only Scan using pk_customer_tags on customer_tags" in plan

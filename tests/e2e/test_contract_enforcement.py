@@ -220,6 +220,18 @@ async def _get_customer_metrics(s: Store) -> Message:
     return pb.GetCustomerMetricsRequest(store_id=s.store_id, customer_id=await s.customer())
 
 
+async def _add_customer_tags(s: Store) -> Message:
+    return pb.AddCustomerTagsRequest(
+        store_id=s.store_id, customer_id=await s.customer(), tags=["vip"]
+    )
+
+
+async def _remove_customer_tags(s: Store) -> Message:
+    return pb.RemoveCustomerTagsRequest(
+        store_id=s.store_id, customer_id=await s.customer(), tags=["vip"]
+    )
+
+
 async def _create_order(s: Store) -> Message:
     return orders_pb.CreateOrderRequest(
         store_id=s.store_id,
@@ -316,6 +328,8 @@ VALID_REQUESTS: dict[str, Builder] = {
     f"{CUSTOMERS}/DeleteCustomerAddress": _delete_customer_address,
     f"{CUSTOMERS}/ListCustomerAddresses": _list_customer_addresses,
     f"{CUSTOMERS}/GetCustomerMetrics": _get_customer_metrics,
+    f"{CUSTOMERS}/AddCustomerTags": _add_customer_tags,
+    f"{CUSTOMERS}/RemoveCustomerTags": _remove_customer_tags,
     f"{ORDERS}/CreateOrder": _create_order,
     f"{ORDERS}/GetOrder": _get_order,
     f"{ORDERS}/ListOrders": _list_orders,

@@ -409,6 +409,33 @@ def _transition(rpc: str, arrange: tuple[str, ...], old: int, new: int) -> Scena
     return scenario
 
 
+def _tags_scenario(rpc: str, before: list[str], tags: list[str], after: list[str]) -> Scenario:
+    """AddCustomerTags or RemoveCustomerTags: a customer with `before`, the call with
+    `tags`, one CustomerUpdated naming `tags` with the customer as it is `after`."""
+
+    async def scenario(s: Stubs) -> None:
+        customer = await create_customer(s.customers, s.store_id, tags=before)
+        await s.log.new()
+        request = getattr(cpb, f"{rpc}Request")
+        response = await getattr(s.customers, rpc)(
+            request(store_id=s.store_id, customer_id=customer.customer_id, tags=tags)
+        )
+        event = await s.log.one()
+        assert_event(
+            event,
+            s,
+            "commerce.customers.v1.CustomerUpdated",
+            "customers",
+            customer_subject(customer.customer_id),
+            2,
+        )
+        assert event.payload.customer == response.customer
+        assert list(event.payload.customer.tags) == after
+        assert list(event.payload.changed_fields.paths) == ["tags"]
+
+    return scenario
+
+
 Scenario = Callable[[Stubs], Awaitable[None]]
 _ORDERS = "commerce.orders.v1.OrderService/"
 _CUSTOMERS = "commerce.customers.v1.CustomerService/"
@@ -422,6 +449,12 @@ SCENARIOS: dict[str, Scenario] = {
     _CUSTOMERS + "CreateCustomerAddress": create_address_scenario,
     _CUSTOMERS + "UpdateCustomerAddress": update_address_scenario,
     _CUSTOMERS + "DeleteCustomerAddress": delete_address_scenario,
+    _CUSTOMERS + "AddCustomerTags": _tags_scenario(
+        "AddCustomerTags", ["b"], ["A", "b"], ["a", "b"]
+    ),
+    _CUSTOMERS + "RemoveCustomerTags": _tags_scenario(
+        "RemoveCustomerTags", ["a", "b"], ["A", "c"], ["b"]
+    ),
     _ORDERS + "CreateOrder": create_order_scenario,
     _ORDERS + "UpdateOrderStatus": update_order_status_scenario,
     _ORDERS + "PayOrder": _transition(

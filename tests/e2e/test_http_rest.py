@@ -265,3 +265,22 @@ def test_tokens_and_deadlines_apply_to_rest_calls(tmp_path, env):
         )
         assert late.status == 504
         assert late.body["code"] == 4
+
+
+def test_tags_are_added_and_removed_by_custom_methods_and_filter_the_list(http_port):
+    customer = create_customer(http_port, tags=["Gold"])
+    assert customer["tags"] == ["gold"]
+    path = f"/v1/stores/1/customers/{customer['customerId']}"
+    added = rest(http_port, "POST", f"{path}:addTags", {"tags": ["VIP", "gold"]})
+    assert added.status == 200, added.body
+    assert added.body["customer"]["tags"] == ["gold", "vip"]
+    listed = rest(http_port, "GET", "/v1/stores/1/customers?tag=VIP&pageSize=500")
+    assert customer["customerId"] in [c["customerId"] for c in listed.body["customers"]]
+
+    bad = rest(http_port, "POST", f"{path}:addTags", {"tags": ["ok", "a,b"]})
+    assert bad.status == 400, bad.body
+    assert [v["field"] for v in bad.detail(BAD_REQUEST)["fieldViolations"]] == ["tags[1]"]
+
+    removed = rest(http_port, "POST", f"{path}:removeTags", {"tags": ["gold"], "etag": "r2"})
+    assert removed.status == 200, removed.body
+    assert removed.body["customer"]["tags"] == ["vip"]

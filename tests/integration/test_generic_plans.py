@@ -76,12 +76,18 @@ def fixed_statements() -> Iterator[tuple[str, Statement]]:
     is written per dialect."""
     for module in STATEMENT_MODULES:
         for name, value in vars(module).items():
-            if isinstance(value, Statement):
-                yield f"{module.__name__}.{name}", value
-            elif isinstance(value, Mapping):
-                for key, item in value.items():
-                    if isinstance(item, Statement) and key != "sqlite":
-                        yield f"{module.__name__}.{name}[{key}]", item
+            yield from _statements(f"{module.__name__}.{name}", value)
+
+
+def _statements(name: str, value: object) -> Iterator[tuple[str, Statement]]:
+    """`value` if it is a Statement, else those of a mapping (by dialect, by filters,
+    or both, nested), but SQLite's."""
+    if isinstance(value, Statement):
+        yield name, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if key != "sqlite":
+                yield from _statements(f"{name}[{key}]", item)
 
 
 def test_the_statements_are_found() -> None:
@@ -161,6 +167,9 @@ _FILL_STORE = (
     FROM generate_series(1, {customers}) AS c, generate_series(0, 3) AS k""",
     """INSERT INTO customer_login_throttles SELECT $1, 'email:' || md5(c::text), 1,
         now() - c * interval '1 second'
+    FROM generate_series(1, {customers}) AS c""",
+    # One customer in ten has tag0, every customer one of tag0..tag9.
+    """INSERT INTO customer_tags SELECT $1, 'tag' || (c % 10), c
     FROM generate_series(1, {customers}) AS c""",
 )
 

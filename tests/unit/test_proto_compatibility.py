@@ -65,7 +65,7 @@ def test_an_added_field_is_compatible(repo):
         repo,
         CUSTOMER_SERVICE,
         "message CreateCustomerRequest {\n",
-        "message CreateCustomerRequest {\n  // A new, optional field.\n  string referrer = 10;\n",
+        "message CreateCustomerRequest {\n  // A new, optional field.\n  string referrer = 11;\n",
     )
     commit(repo, "add a field")
     result = check_breaking(repo)

@@ -36,6 +36,7 @@ class CreateCustomerRequest(_message.Message):
     MARKETING_CONSENT_FIELD_NUMBER: _builtins.int
     PREFERRED_LANGUAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     store_id: _builtins.int
     """The store the customer joins. Required."""
     email: _builtins.str
@@ -64,6 +65,12 @@ class CreateCustomerRequest(_message.Message):
     The server remembers a request_id for 7 days by default (its
     request_id retention); a retry after that is a new request.
     """
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The customer's tags, as Customer.tags: at most 50, normalised by the
+        server.
+        """
+
     def __init__(
         self,
         *,
@@ -76,10 +83,11 @@ class CreateCustomerRequest(_message.Message):
         marketing_consent: _builtins.bool = ...,
         preferred_language: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "first_name", b"first_name", "last_name", b"last_name", "marketing_consent", b"marketing_consent", "password", b"password", "phone", b"phone", "preferred_language", b"preferred_language", "request_id", b"request_id", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "first_name", b"first_name", "last_name", b"last_name", "marketing_consent", b"marketing_consent", "password", b"password", "phone", b"phone", "preferred_language", b"preferred_language", "request_id", b"request_id", "store_id", b"store_id", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
