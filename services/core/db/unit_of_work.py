@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from services.core import deadlines
-from services.core.db.outbox import DomainEvent, EventEncoders, append
+from services.core.db.outbox import DomainEvent, EventEncoders, append, redact
 from services.core.db.statements import (
     CoreTransaction,
     DriverTransaction,
@@ -85,6 +85,15 @@ class UnitOfWork:
         """Adds the event of a change made in this unit of work: written in its
         transaction at commit, dropped with it otherwise."""
         self._events.append(event)
+
+    async def redact_events(
+        self, module: str, subjects: Sequence[str] = (), *, under: str = ""
+    ) -> int:
+        """Empties the personal data of `module`'s past events of `subjects` (and,
+        with `under`, of the subjects below it) in this transaction, each payload
+        through the redactor its module registered (services.core.db.outbox.redact);
+        how many payloads changed."""
+        return await redact(self, self._encoders, module, subjects, under=under)
 
     async def commit(self) -> None:
         if self._events:
