@@ -36,6 +36,7 @@ from services.customers.models import (
     Customer,
     CustomerAddress,
     CustomerSnapshot,
+    CustomerTag,
     LoginThrottle,
     ThrottleSnapshot,
 )
@@ -188,6 +189,54 @@ async def _changed_if_found(
     return None if row is None else CustomerSnapshot.of(row)
 
 
+# -- erasure --------------------------------------------------------------------------------
+
+# Every personal column emptied (email_key becomes rules.erased_email_key), the
+# customer deactivated and stamped erased, with a new revision like any change.
+_ERASE_CUSTOMER = Statement(
+    update(Customer)
+    .where(*_CUSTOMER_KEY)
+    .values(
+        email="",
+        email_key=bindparam("new_email_key"),
+        hashed_password=None,
+        first_name="",
+        last_name="",
+        phone="",
+        marketing_consent=False,
+        preferred_language="",
+        tags="",
+        is_active=False,
+        erased_at=bindparam("new_erased_at"),
+        updated_at=bindparam("new_erased_at"),
+        revision=Customer.revision + 1,
+    )
+    .returning(*SNAPSHOT_COLUMNS)
+)
+_DELETE_TAGS = Statement(delete(CustomerTag).where(*in_store(CustomerTag, "customer_id")))
+_DELETE_ADDRESSES = Statement(
+    delete(CustomerAddress)
+    .where(*in_store(CustomerAddress, "customer_id"))
+    .returning(CustomerAddress.address_id)
+)
+
+
+async def erase_customer(
+    uow: UnitOfWork, customer_id: int, erased_email_key: str, erased_at: datetime
+) -> tuple[CustomerSnapshot, list[int]]:
+    """Empties the customer's personal columns, deletes its tags and addresses; the
+    customer as erased and the ids of the addresses deleted."""
+    await uow.execute(_DELETE_TAGS, {"customer_id": customer_id})
+    rows = await uow.fetch(_DELETE_ADDRESSES, {"customer_id": customer_id})
+    params = {
+        "customer_id": customer_id,
+        "new_email_key": erased_email_key,
+        "new_erased_at": erased_at,
+    }
+    erased = await _changed(uow, _ERASE_CUSTOMER, customer_id, params)
+    return erased, sorted(int(row["address_id"]) for row in rows)
+
+
 @asynccontextmanager
 async def _email_stays_unique() -> AsyncIterator[None]:
     """Turns the unique email key's violation into ALREADY_EXISTS: a concurrent
@@ -223,14 +272,21 @@ def _matches_pattern() -> ColumnElement[bool]:
     )
 
 
-def _customer_page(active: bool | None, search: bool) -> Statement:
+def _customer_page(active: bool | None, search: bool, erased: bool = False) -> Statement:
     """ListCustomers' page query for one combination of filters: the keyset is the
-    customer id, so a page is one range of the primary key however deep."""
+    customer id, so a page is one range of the primary key however deep. `erased`:
+    erased customers only; an inactive one (`active` False) is one not erased."""
     conditions = [*in_store(Customer), Customer.customer_id > bindparam("after_id")]
     if active is not None:
         conditions.append(Customer.is_active.is_(active))
+    if active is False:
+        conditions.append(Customer.erased_at.is_(None))
+    if erased:
+        conditions.append(Customer.erased_at.is_not(None))
     if search:
-        conditions.append(_matches_pattern())
+        # An erased customer has nothing left to match (its email_key, a
+        # placeholder with its id, would match digits).
+        conditions += [_matches_pattern(), Customer.erased_at.is_(None)]
     return Statement(
         select(*SNAPSHOT_COLUMNS)
         .where(*conditions)
@@ -240,22 +296,28 @@ def _customer_page(active: bool | None, search: bool) -> Statement:
 
 
 _CUSTOMER_PAGES = {
-    (active, search): _customer_page(active, search)
+    (active, search, False): _customer_page(active, search)
     for active in (None, True, False)
     for search in (False, True)
-}
+} | {(None, search, True): _customer_page(None, search, erased=True) for search in (False, True)}
 
 
 async def customers_after(
-    uow: UnitOfWork, after_id: int, limit: int, *, active: bool | None, pattern: str
+    uow: UnitOfWork,
+    after_id: int,
+    limit: int,
+    *,
+    active: bool | None,
+    pattern: str,
+    erased: bool = False,
 ) -> list[CustomerSnapshot]:
     """Up to `limit` customers with ids above `after_id`, in id order; only active (or
-    inactive) ones when `active` says so, only those matching the LIKE `pattern`
-    unless it is empty."""
+    inactive, not erased) ones when `active` says so, only erased ones when `erased`,
+    only those matching the LIKE `pattern` unless it is empty."""
     params: dict[str, Any] = {"after_id": after_id, "limit": limit}
     if pattern:
         params["pattern"] = pattern
-    rows = await uow.fetch(_CUSTOMER_PAGES[active, bool(pattern)], params)
+    rows = await uow.fetch(_CUSTOMER_PAGES[active, bool(pattern), erased], params)
     return [CustomerSnapshot.of(row) for row in rows]
 
 
