@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -162,6 +162,8 @@ class Seeded:
     customer: customer_pb2.Customer
     address_ids: list[int]
     order_ids: list[int]
+    # The request_id that created the customer.
+    request_id: str
 
 
 async def seed_customer(
@@ -171,9 +173,11 @@ async def seed_customer(
     password, a changed name, a failed login (its throttle), a login, addresses (one
     changed, one deleted), tags; orders with contact emails, one cancelled with a
     reason, one paid; loyalty points with reasons."""
+    request_id = str(uuid.uuid4())
     customer = await create_customer(
         s.customers,
         store_id,
+        request_id=request_id,
         email=personal.email,
         first_name=personal.first_name,
         last_name=personal.last_name,
@@ -181,7 +185,6 @@ async def seed_customer(
         preferred_language="de-AT",
         marketing_consent=True,
         password=PASSWORD,
-        request_id=str(uuid.uuid4()),
     )
     cid = customer.customer_id
     customer = (
@@ -273,7 +276,7 @@ async def seed_customer(
                 await s.loyalty.RedeemLoyaltyPoints(
                     lpb.RedeemLoyaltyPointsRequest(points=120, **fields)
                 )
-    return Seeded(customer, [kept.address_id], order_ids)
+    return Seeded(customer, [kept.address_id], order_ids, request_id)
 
 
 async def give_tag(connection: AsyncConnection, store_id: int, customer_id: int, tag: str) -> None:
@@ -402,13 +405,18 @@ def log_text(caplog: pytest.LogCaptureFixture) -> str:
 
 
 @pytest.fixture
-def capture_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+def capture_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     """Everything the server logs, at DEBUG, but the database drivers' statements,
-    which it never logs below WARNING (services.core.logs)."""
+    which it never logs below WARNING (services.core.logs). (caplog.set_level on a
+    driver's logger would set its one handler's level too.)"""
     caplog.set_level(logging.DEBUG)
-    for driver in QUIET_DRIVER_LOGGERS:
-        caplog.set_level(logging.WARNING, logger=driver)
-    return caplog
+    drivers = [logging.getLogger(name) for name in QUIET_DRIVER_LOGGERS]
+    levels = [driver.level for driver in drivers]
+    for driver in drivers:
+        driver.setLevel(logging.WARNING)
+    yield caplog
+    for driver, level in zip(drivers, levels, strict=True):
+        driver.setLevel(level)
 
 
 async def outbox_count(sessions: async_sessionmaker[AsyncSession], store_id: int) -> int:
@@ -516,8 +524,10 @@ async def test_erasure_leaves_no_personal_data_anywhere(
     async with sessions() as session:
         bob_after = await found_in_tables(await session.connection(), store_id, bob.needles())
     assert bob_after == bob_before
-    # Nothing logged during the whole test carried any of it.
-    assert [n for n in needles if n in log_text(capture_logs)] == []
+    # Nothing logged during the whole test carried any of it (every call was logged).
+    logged = log_text(capture_logs)
+    assert sum(r.name == "commerce.rpc" for r in capture_logs.records) > 50
+    assert [n for n in needles if n in logged] == []
 
 
 async def test_an_erased_customer_can_take_no_data_and_its_email_is_free(channel, store_id):
@@ -646,9 +656,9 @@ async def test_a_retried_create_of_an_erased_customer_creates_nothing(channel, s
     assert failure.violated_fields == {"request_id"}
 
 
-async def test_an_unknown_customer_or_another_stores_is_not_found(
-    channel, sessions, store_id, other_store_id
-):
+async def test_an_erasure_stays_in_its_store(channel, sessions, store_id, other_store_id):
+    """Ids are per store: the first customer of each store has the same id. Erasing
+    store A's reaches none of store B's data; an id only B has is NOT_FOUND in A."""
     s = Stubs.of(channel)
     theirs = Personal()
     seeded = await seed_customer(s, other_store_id, theirs, modules=ALL_MODULES)
@@ -657,12 +667,15 @@ async def test_an_unknown_customer_or_another_stores_is_not_found(
         before = await found_in_tables(await session.connection(), other_store_id, theirs.needles())
     events = await recorded(sessions, other_store_id)
 
-    # Store A has no customer of that id (its counter is its own: A has none at all).
+    # Store A has no customer yet: B's id is not found there.
     failure = await rpc_error(erase(s, store_id, cid), Code.NOT_FOUND)
     assert failure.resource_info.resource_name == f"stores/{store_id}/customers/{cid}"
-    await rpc_error(erase(s, store_id, 10**12), Code.NOT_FOUND)
     failure = await rpc_error(erase(s, store_id, 0), Code.INVALID_ARGUMENT)
     assert failure.violated_fields == {"customer_id"}
+    # A's own customer of the same id, with orders and points of the same ids too.
+    ours = await seed_customer(s, store_id, Personal(), modules=ALL_MODULES)
+    assert (ours.customer.customer_id, ours.order_ids) == (cid, seeded.order_ids)
+    await erase(s, store_id, cid)
 
     got = await s.customers.GetCustomer(
         pb.GetCustomerRequest(store_id=other_store_id, customer_id=cid)
@@ -670,11 +683,23 @@ async def test_an_unknown_customer_or_another_stores_is_not_found(
     assert got.customer.email == theirs.email
     assert got.customer.status == customer_pb2.CUSTOMER_STATUS_ACTIVE
     async with sessions() as session:
-        assert (
-            await found_in_tables(await session.connection(), other_store_id, theirs.needles())
-            == before
-        )
+        after = await found_in_tables(await session.connection(), other_store_id, theirs.needles())
+    assert after == before
     assert await recorded(sessions, other_store_id) == events
+    # B's request_ids still answer their retries.
+    retried = await create_customer(
+        s.customers,
+        other_store_id,
+        request_id=seeded.request_id,
+        email=theirs.email,
+        first_name=theirs.first_name,
+        last_name=theirs.last_name,
+        phone=theirs.phone,
+        preferred_language="de-AT",
+        marketing_consent=True,
+        password=PASSWORD,
+    )
+    assert retried.customer_id == cid
 
 
 class LegalHold:
