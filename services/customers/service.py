@@ -359,5 +359,5 @@ async def _erase_own_data(uow: UnitOfWork, customer: CustomerSnapshot) -> Custom
     await erase_fingerprints(uow, CREATE_ADDRESS, address_ids)
     subject = customer_subject(customer_id)
     # The customer's events, and its addresses' below it (customers/7/addresses/3).
-    await uow.redact_events(MODULE, [subject], under=subject)
+    uow.redact_events(MODULE, [subject], under=subject)
     return erased

@@ -166,4 +166,4 @@ class LoyaltyEraser:
         movement_ids = await queries.erase_customer_reasons(uow, customer_id)
         for operation in (ADD_POINTS, REDEEM_POINTS):
             await erase_fingerprints(uow, operation, movement_ids)
-        await uow.redact_events(MODULE, [loyalty_subject(customer_id)])
+        uow.redact_events(MODULE, [loyalty_subject(customer_id)])

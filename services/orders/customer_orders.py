@@ -131,4 +131,4 @@ class OrderEraser:
     async def erase_customer(self, uow: UnitOfWork, customer_id: int) -> None:
         order_ids = await queries.erase_customer_orders(uow, customer_id)
         await erase_fingerprints(uow, CREATE_ORDER, order_ids)
-        await uow.redact_events(MODULE, [order_subject(order_id) for order_id in order_ids])
+        uow.redact_events(MODULE, [order_subject(order_id) for order_id in order_ids])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
@@ -303,37 +304,51 @@ def _like_literal(text: str) -> str:
     return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
-async def redact(
-    statements: StoreStatements,
-    encoders: EventEncoders,
-    module: str,
-    subjects: Sequence[str] = (),
-    *,
-    under: str = "",
-) -> int:
-    """Rewrites, in the caller's unit of work (`statements`), the payloads of
-    `module`'s events whose subject is one of `subjects` or, with `under`, lies
-    below that subject ("customers/7" takes "customers/7/addresses/3"): each
-    through its type's redactor. The events stay
-    (ids, sequences and feed positions); only their payloads lose personal data.
-    Returns how many payloads changed.
+@dataclass(frozen=True)
+class Redaction:
+    """Which past events an erasure empties: `module`'s events whose subject is one of
+    `subjects` or, with `under`, lies below that subject ("customers/7" takes
+    "customers/7/addresses/3")."""
 
-    The events' subjects have no index: this reads the store's events of the
-    module (kept for the event retention), which an erasure, rare, can afford."""
-    rows: list[Row] = []
-    for start in range(0, len(subjects), _SUBJECTS_PER_STATEMENT):
-        chunk = list(subjects[start : start + _SUBJECTS_PER_STATEMENT])
-        params = {"module": module, "subjects": chunk}
-        rows += await statements.fetch(_EVENTS_OF_SUBJECTS[statements.dialect], params)
-    if under:
-        pattern = _like_literal(under.rstrip("/")) + "/%"
-        rows += await statements.fetch(_EVENTS_UNDER, {"module": module, "pattern": pattern})
+    module: str
+    subjects: tuple[str, ...] = ()
+    under: str = ""
+
+
+async def redact(
+    statements: StoreStatements, encoders: EventEncoders, redactions: Sequence[Redaction]
+) -> int:
+    """Rewrites, in the caller's unit of work (`statements`), the payloads of the
+    events `redactions` select, each through its type's redactor; how many changed.
+    The events stay (ids, sequences and feed positions); only their payloads lose
+    personal data.
+
+    Every selected row is rewritten in one pass in id order, the order in which the
+    relay locks the rows it places (services.core.events.feed): an erasure and a
+    relay round that both touch unplaced rows queue rather than deadlock.
+
+    The events' subjects have no index: this reads the store's events of each
+    module named (kept for the event retention), which an erasure, rare, affords."""
+    rows: dict[int, Row] = {}
+    for redaction in redactions:
+        subjects, module = redaction.subjects, redaction.module
+        for start in range(0, len(subjects), _SUBJECTS_PER_STATEMENT):
+            chunk = list(subjects[start : start + _SUBJECTS_PER_STATEMENT])
+            params = {"module": module, "subjects": chunk}
+            for row in await statements.fetch(_EVENTS_OF_SUBJECTS[statements.dialect], params):
+                rows[int(row["id"])] = row
+        if redaction.under:
+            pattern = _like_literal(redaction.under.rstrip("/")) + "/%"
+            for row in await statements.fetch(
+                _EVENTS_UNDER, {"module": module, "pattern": pattern}
+            ):
+                rows[int(row["id"])] = row
     rewritten: list[dict[str, Any]] = []
-    for row in sorted(rows, key=lambda row: int(row["id"])):
+    for event_id, row in sorted(rows.items()):
         payload = bytes(row["payload"])
         redacted = encoders.redact(row["event_type"], payload)
         if redacted != payload:
-            rewritten.append({"id": row["id"], "payload": redacted})
+            rewritten.append({"id": event_id, "payload": redacted})
     if rewritten:
         await statements.execute_many(_REWRITE_PAYLOAD, rewritten)
     return len(rewritten)
