@@ -352,7 +352,7 @@ async def _erase_own_data(uow: UnitOfWork, customer: CustomerSnapshot) -> Custom
     included); and the customer's and its addresses' past events."""
     customer_id = customer.customer_id
     erased, address_ids = await queries.erase_customer(
-        uow, customer_id, erased_email_key(customer_id), utc_now()
+        uow, customer, erased_email_key(customer_id), utc_now()
     )
     await queries.forget_login_failures(uow, email_subject(customer.email, customer.email_key))
     await erase_fingerprints(uow, CREATE_CUSTOMER, [customer_id])

@@ -53,8 +53,13 @@ class IdempotencyKey(Base):
     resource_id: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
-    # Expired keys are found by age across every store (forget_expired).
-    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+    __table_args__ = (
+        # Expired keys are found by age across every store (forget_expired).
+        Index("ix_idempotency_keys_created_at", "created_at"),
+        # The keys of what a request created, whose fingerprints an erasure erases
+        # (erase_fingerprints).
+        Index("ix_idempotency_keys_resource", "store_id", "operation", "resource_id"),
+    )
 
 
 @dataclass(frozen=True)
