@@ -147,7 +147,7 @@ async def explain(url: str, store: SeededStore, tag: str, after: int) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of the statement the server runs for a page of
     `tag`, planned as the server plans it: for the values of each call
     (plan_cache_mode = force_custom_plan, services.core.db.engine)."""
-    statement = queries._TAGGED_CUSTOMER_PAGES["postgresql"][None, False]
+    statement = queries._TAGGED_CUSTOMER_PAGES["postgresql"][None, False, False]
     params = {"store_id": store.store_id, "tag": tag, "after_id": after, "limit": PAGE_SIZE + 1}
     dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
     sql, arguments = statement.arguments(dialect, params)

@@ -24,19 +24,18 @@ from services.customers.events import (
 from services.customers.models import AddressSnapshot
 from services.customers.rules import (
     ADDRESS_WRITABLE_FIELDS,
+    CREATE_ADDRESS,
     MAX_ADDRESSES_PER_CUSTOMER,
     address_not_found,
     address_values,
     changed_fields,
     check_address_id,
     check_customer_id,
+    check_not_erased,
     valid_values,
 )
 
 ADDRESS_COUNTER = "customer_address"
-# Operation name of the idempotency keys of CreateCustomerAddress; stored, so never
-# rename it.
-CREATE_ADDRESS = "customers.CreateCustomerAddress"
 
 # A page holds every address a customer can have unless the caller asks for fewer.
 DEFAULT_PAGE_SIZE = MAX_ADDRESSES_PER_CUSTOMER
@@ -66,7 +65,7 @@ class AddressService:
                     raise address_not_found(customer_id, earlier)
                 return address
             check_customer_id(customer_id)
-            await queries.get_customer_for_update(uow, customer_id)
+            check_not_erased(await queries.get_customer_for_update(uow, customer_id))
             if await queries.count_addresses(uow, customer_id) >= MAX_ADDRESSES_PER_CUSTOMER:
                 raise FailedPrecondition(
                     f"a customer has at most {MAX_ADDRESSES_PER_CUSTOMER} addresses",
@@ -106,7 +105,7 @@ class AddressService:
         values = valid_values(address_values, "address", changes)
         async with self._db.writing(store_id) as uow:
             check_customer_id(customer_id)
-            await queries.get_customer_for_update(uow, customer_id)
+            check_not_erased(await queries.get_customer_for_update(uow, customer_id))
             check_address_id(address_id)
             address = await queries.get_customer_address(uow, customer_id, address_id)
             check_etag("address", address.revision, etag)
@@ -129,6 +128,9 @@ class AddressService:
         async with self._db.writing(store_id) as uow:
             check_customer_id(customer_id)
             check_address_id(address_id)
+            # Locked, so an erasure cannot delete the address between this check
+            # and the delete (whose event would name an address erased already).
+            check_not_erased(await queries.get_customer_for_update(uow, customer_id))
             if etag:
                 address = await queries.get_customer_address(
                     uow, customer_id, address_id, for_update=True

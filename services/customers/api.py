@@ -14,7 +14,7 @@ from services.core.db.unit_of_work import UnitOfWork
 from services.core.domain.errors import FailedPrecondition
 from services.customers import queries
 from services.customers.models import CustomerSnapshot
-from services.customers.rules import check_customer_id, customer_name
+from services.customers.rules import check_customer_id, check_not_erased, customer_name
 
 __all__ = [
     "CustomerSnapshot",
@@ -35,10 +35,12 @@ async def get_customer(uow: UnitOfWork, customer_id: int) -> CustomerSnapshot:
 async def lock_active_customer(uow: UnitOfWork, customer_id: int, *, to: str) -> CustomerSnapshot:
     """The store's active customer, share-locked until the transaction ends: it can
     be neither deactivated nor changed while the caller writes a row that references
-    it. FAILED_PRECONDITION (CUSTOMER_INACTIVE) when the customer is inactive; `to`
-    says what they therefore cannot do ("place orders")."""
+    it. FAILED_PRECONDITION when the customer is erased (CUSTOMER_ERASED: it can take
+    no new data) or inactive (CUSTOMER_INACTIVE); `to` says what they therefore
+    cannot do ("place orders")."""
     check_customer_id(customer_id)
     customer = await queries.get_customer_for_share(uow, customer_id)
+    check_not_erased(customer)
     if not customer.is_active:
         raise FailedPrecondition(
             f"customer {customer_id} is inactive and cannot {to}",

@@ -5,12 +5,17 @@ which never carry a password or its hash)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar
 
 from services.core.db.outbox import DomainEvent
 from services.customers.models import AddressSnapshot, CustomerSnapshot
 
 MODULE = "customers"
+
+
+def customer_subject(customer_id: int) -> str:
+    return f"customers/{customer_id}"
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,7 @@ class CustomerEvent(DomainEvent):
 
     @property
     def subject(self) -> str:
-        return f"customers/{self.customer.customer_id}"
+        return customer_subject(self.customer.customer_id)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,22 @@ class CustomerStatusChanged(CustomerEvent):
     """A customer was activated or deactivated; `was_active` is the status before."""
 
     was_active: bool
+
+
+@dataclass(frozen=True)
+class CustomerErased(DomainEvent):
+    """A customer's personal data was erased in every module mounted. Carries none:
+    the store, the customer's id and when (consumers holding copies erase theirs)."""
+
+    module: ClassVar[str] = MODULE
+
+    store_id: int
+    customer_id: int
+    erased_at: datetime
+
+    @property
+    def subject(self) -> str:
+        return customer_subject(self.customer_id)
 
 
 def address_subject(customer_id: int, address_id: int) -> str:

@@ -11,17 +11,18 @@ from commerce.customers.v1 import customer_events_pb2, customer_pb2
 from commerce.type.v1 import money_pb2
 from google.protobuf import field_mask_pb2
 
-from services.core.db.outbox import EventEncoders
+from services.core.db.outbox import EventEncoders, keep
 from services.core.domain.customer_metrics import CustomerMetric, Money
 from services.core.domain.etags import etag
 from services.core.domain.resource_names import name_in_store
-from services.core.events.encoding import proto_encoder
+from services.core.events.encoding import proto_encoder, proto_redactor
 from services.core.rpc.convert import MessageOf, timestamp
 from services.customers.events import (
     CustomerAddressCreated,
     CustomerAddressDeleted,
     CustomerAddressUpdated,
     CustomerCreated,
+    CustomerErased,
     CustomerStatusChanged,
     CustomerUpdated,
 )
@@ -145,11 +146,63 @@ def _address_deleted(event: CustomerAddressDeleted) -> customer_events_pb2.Custo
     )
 
 
+def _customer_erased(event: CustomerErased) -> customer_events_pb2.CustomerErased:
+    return customer_events_pb2.CustomerErased(
+        store_id=event.store_id,
+        customer_id=event.customer_id,
+        customer=customer_name(event.store_id, event.customer_id),
+        erase_time=timestamp(event.erased_at),
+    )
+
+
+# What EraseCustomer empties in the customer and address messages of past events: the
+# fields it empties in the rows (ids, numbers, flags, times and etags stay).
+CUSTOMER_PERSONAL_FIELDS = (
+    "email",
+    "first_name",
+    "last_name",
+    "phone",
+    "marketing_consent",
+    "preferred_language",
+    "tags",
+)
+ADDRESS_PERSONAL_FIELDS = (
+    "recipient_name",
+    "address_line1",
+    "address_line2",
+    "city",
+    "postal_code",
+    "region",
+    "country_code",
+    "phone",
+)
+_CUSTOMER_PATHS = tuple(f"customer.{name}" for name in CUSTOMER_PERSONAL_FIELDS)
+_ADDRESS_PATHS = tuple(f"address.{name}" for name in ADDRESS_PERSONAL_FIELDS)
+
+
 def register_event_encoders(encoders: EventEncoders) -> None:
-    """How the customers module's events become their payload messages."""
+    """How the customers module's events become their payload messages, and what
+    EraseCustomer empties in each."""
     encoders.register(CustomerCreated, proto_encoder(_customer_created))
     encoders.register(CustomerUpdated, proto_encoder(_customer_updated))
     encoders.register(CustomerStatusChanged, proto_encoder(_customer_status_changed))
     encoders.register(CustomerAddressCreated, proto_encoder(_address_created))
     encoders.register(CustomerAddressUpdated, proto_encoder(_address_updated))
     encoders.register(CustomerAddressDeleted, proto_encoder(_address_deleted))
+    encoders.register(CustomerErased, proto_encoder(_customer_erased))
+    events = customer_events_pb2
+    for with_customer in (
+        events.CustomerCreated,
+        events.CustomerUpdated,
+        events.CustomerStatusChanged,
+    ):
+        encoders.register_redactor(
+            with_customer.DESCRIPTOR.full_name, proto_redactor(with_customer, *_CUSTOMER_PATHS)
+        )
+    for with_address in (events.CustomerAddressCreated, events.CustomerAddressUpdated):
+        encoders.register_redactor(
+            with_address.DESCRIPTOR.full_name, proto_redactor(with_address, *_ADDRESS_PATHS)
+        )
+    # Ids and names only.
+    for without in (events.CustomerAddressDeleted, events.CustomerErased):
+        encoders.register_redactor(without.DESCRIPTOR.full_name, keep)

@@ -203,6 +203,58 @@ async def _changed_if_found(
     return None if row is None else CustomerSnapshot.of(row)
 
 
+# -- erasure --------------------------------------------------------------------------------
+
+# Every personal column emptied (email_key becomes rules.erased_email_key), the
+# customer deactivated and stamped erased, with a new revision like any change.
+_ERASE_CUSTOMER = Statement(
+    update(Customer)
+    .where(*_CUSTOMER_KEY)
+    .values(
+        email="",
+        email_key=bindparam("new_email_key"),
+        hashed_password=None,
+        first_name="",
+        last_name="",
+        phone="",
+        marketing_consent=False,
+        preferred_language="",
+        tags="",
+        is_active=False,
+        erased_at=bindparam("new_erased_at"),
+        updated_at=bindparam("new_erased_at"),
+        revision=Customer.revision + 1,
+    )
+    .returning(*SNAPSHOT_COLUMNS)
+)
+# One tag at a time, by the customer's tags (customers.tags, which customer_tags
+# always equals): a primary-key row each, never a read of the store's tags.
+_DELETE_TAG = Statement(delete(CustomerTag).where(*in_store(CustomerTag, "customer_id", "tag")))
+_DELETE_ADDRESSES = Statement(
+    delete(CustomerAddress)
+    .where(*in_store(CustomerAddress, "customer_id"))
+    .returning(CustomerAddress.address_id)
+)
+
+
+async def erase_customer(
+    uow: UnitOfWork, customer: CustomerSnapshot, erased_email_key: str, erased_at: datetime
+) -> tuple[CustomerSnapshot, list[int]]:
+    """Empties the customer's personal columns, deletes its tags and addresses; the
+    customer as erased and the ids of the addresses deleted."""
+    customer_id = customer.customer_id
+    if tags := customer.tag_list:
+        await uow.execute_many(_DELETE_TAG, [{"customer_id": customer_id, "tag": t} for t in tags])
+    rows = await uow.fetch(_DELETE_ADDRESSES, {"customer_id": customer_id})
+    params = {
+        "customer_id": customer_id,
+        "new_email_key": erased_email_key,
+        "new_erased_at": erased_at,
+    }
+    erased = await _changed(uow, _ERASE_CUSTOMER, customer_id, params)
+    return erased, sorted(int(row["address_id"]) for row in rows)
+
+
 @asynccontextmanager
 async def _email_stays_unique() -> AsyncIterator[None]:
     """Turns the unique email key's violation into ALREADY_EXISTS: a concurrent
@@ -238,39 +290,64 @@ def _matches_pattern() -> ColumnElement[bool]:
     )
 
 
-def _customer_page(active: bool | None, search: bool) -> Statement:
-    """ListCustomers' page query for one combination of filters: the keyset is the
-    customer id, so a page is one range of the primary key however deep."""
-    conditions = [*in_store(Customer), Customer.customer_id > bindparam("after_id")]
+def _customer_filters(active: bool | None, search: bool, erased: bool) -> list[ColumnElement[bool]]:
+    """ListCustomers' filters but the tag: only active customers or inactive, not
+    erased ones (`active`), only erased ones (`erased`), only those matching the
+    LIKE :pattern (`search`)."""
+    conditions: list[ColumnElement[bool]] = []
     if active is not None:
         conditions.append(Customer.is_active.is_(active))
+    if active is False:
+        conditions.append(Customer.erased_at.is_(None))
+    if erased:
+        conditions.append(Customer.erased_at.is_not(None))
     if search:
-        conditions.append(_matches_pattern())
+        # An erased customer has nothing left to match (its email_key, a
+        # placeholder with its id, would match digits).
+        conditions += [_matches_pattern(), Customer.erased_at.is_(None)]
+    return conditions
+
+
+# The (active, search, erased) combinations of the filters a listing may get.
+_FILTER_COMBINATIONS = [
+    (active, search, False) for active in (None, True, False) for search in (False, True)
+] + [(None, search, True) for search in (False, True)]
+
+
+def _customer_page(active: bool | None, search: bool, erased: bool) -> Statement:
+    """ListCustomers' page query for one combination of filters: the keyset is the
+    customer id, so a page is one range of the primary key however deep."""
     return Statement(
         select(*SNAPSHOT_COLUMNS)
-        .where(*conditions)
+        .where(
+            *in_store(Customer),
+            Customer.customer_id > bindparam("after_id"),
+            *_customer_filters(active, search, erased),
+        )
         .order_by(Customer.customer_id)
         .limit(bindparam("limit"))
     )
 
 
-_CUSTOMER_PAGES = {
-    (active, search): _customer_page(active, search)
-    for active in (None, True, False)
-    for search in (False, True)
-}
+_CUSTOMER_PAGES = {filters: _customer_page(*filters) for filters in _FILTER_COMBINATIONS}
 
 
 async def customers_after(
-    uow: UnitOfWork, after_id: int, limit: int, *, active: bool | None, pattern: str
+    uow: UnitOfWork,
+    after_id: int,
+    limit: int,
+    *,
+    active: bool | None,
+    pattern: str,
+    erased: bool = False,
 ) -> list[CustomerSnapshot]:
     """Up to `limit` customers with ids above `after_id`, in id order; only active (or
-    inactive) ones when `active` says so, only those matching the LIKE `pattern`
-    unless it is empty."""
+    inactive, not erased) ones when `active` says so, only erased ones when `erased`,
+    only those matching the LIKE `pattern` unless it is empty."""
     params: dict[str, Any] = {"after_id": after_id, "limit": limit}
     if pattern:
         params["pattern"] = pattern
-    rows = await uow.fetch(_CUSTOMER_PAGES[active, bool(pattern)], params)
+    rows = await uow.fetch(_CUSTOMER_PAGES[active, bool(pattern), erased], params)
     return [CustomerSnapshot.of(row) for row in rows]
 
 
@@ -298,7 +375,9 @@ async def sync_tags(uow: UnitOfWork, customer_id: int, old: str, new: str) -> No
         )
 
 
-def _tagged_customer_page(dialect: str, active: bool | None, search: bool) -> Statement:
+def _tagged_customer_page(
+    dialect: str, active: bool | None, search: bool, erased: bool
+) -> Statement:
     """ListCustomers' page query with the tag filter: one range of customer_tags'
     primary key (store_id, tag, customer_id) walked in customer_id order, each entry
     joined to its customer by the customers' primary key. However deep the page and
@@ -311,11 +390,7 @@ def _tagged_customer_page(dialect: str, active: bool | None, search: bool) -> St
     every customer of the store. SQLite gets the join, which it always runs that way."""
     entries = CustomerTag.store_id == bindparam("store_id"), CustomerTag.tag == bindparam("tag")
     after = CustomerTag.customer_id > bindparam("after_id")
-    filters: list[ColumnElement[bool]] = []
-    if active is not None:
-        filters.append(Customer.is_active.is_(active))
-    if search:
-        filters.append(_matches_pattern())
+    filters = _customer_filters(active, search, erased)
     if dialect == "sqlite":
         joined = select(*SNAPSHOT_COLUMNS).join_from(
             CustomerTag,
@@ -344,25 +419,29 @@ def _tagged_customer_page(dialect: str, active: bool | None, search: bool) -> St
     )
 
 
-# By dialect, then by (status, search) filters.
+# By dialect, then by (active, search, erased) filters.
 _TAGGED_CUSTOMER_PAGES = {
-    dialect: {
-        (active, search): _tagged_customer_page(dialect, active, search)
-        for active in (None, True, False)
-        for search in (False, True)
-    }
+    dialect: {filters: _tagged_customer_page(dialect, *filters) for filters in _FILTER_COMBINATIONS}
     for dialect in DIALECTS
 }
 
 
 async def tagged_customers_after(
-    uow: UnitOfWork, tag: str, after_id: int, limit: int, *, active: bool | None, pattern: str
+    uow: UnitOfWork,
+    tag: str,
+    after_id: int,
+    limit: int,
+    *,
+    active: bool | None,
+    pattern: str,
+    erased: bool = False,
 ) -> list[CustomerSnapshot]:
     """customers_after of the customers with the (normalised) `tag`."""
     params: dict[str, Any] = {"tag": tag, "after_id": after_id, "limit": limit}
     if pattern:
         params["pattern"] = pattern
-    rows = await uow.fetch(_TAGGED_CUSTOMER_PAGES[uow.dialect][active, bool(pattern)], params)
+    statement = _TAGGED_CUSTOMER_PAGES[uow.dialect][active, bool(pattern), erased]
+    rows = await uow.fetch(statement, params)
     return [CustomerSnapshot.of(row) for row in rows]
 
 

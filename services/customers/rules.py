@@ -34,6 +34,9 @@ from services.customers.models import (
 )
 
 MAX_ADDRESSES_PER_CUSTOMER = 20
+# Operation name of the idempotency keys of CreateCustomerAddress; stored, so never
+# rename it.
+CREATE_ADDRESS = "customers.CreateCustomerAddress"
 # BatchGetCustomers reads 1 to this many customers in one call (AIP-231).
 MAX_BATCH_CUSTOMERS = 1000
 
@@ -135,6 +138,24 @@ def login_key(email: str) -> str | None:
     except email_validator.EmailNotValidError:
         return None
     return email_key(valid.normalized)
+
+
+def erased_email_key(customer_id: int) -> str:
+    """An erased customer's email_key: unique in its store, as the column must be, and
+    no email's key (login_key and email_key keep an email's "@"), so the customer's
+    email is free again and no login finds the erased customer."""
+    return f"erased:{customer_id}"
+
+
+def check_not_erased(customer: CustomerSnapshot) -> None:
+    """FAILED_PRECONDITION (CUSTOMER_ERASED) for a customer whose personal data was
+    erased: it can take none again."""
+    if customer.erased_at is not None:
+        raise FailedPrecondition(
+            f"customer {customer.customer_id} is erased",
+            reason="CUSTOMER_ERASED",
+            metadata={"customer_id": customer.customer_id},
+        )
 
 
 def email_taken() -> AlreadyExists:
@@ -289,17 +310,6 @@ def too_many_tags(customer_id: int, count: int) -> FailedPrecondition:
         reason="TOO_MANY_TAGS",
         metadata={"customer_id": customer_id, "max_tags": MAX_TAGS},
     )
-
-
-def check_not_erased(customer: CustomerSnapshot) -> None:
-    """FAILED_PRECONDITION when EraseCustomer erased the customer: it can no longer
-    be changed."""
-    if customer.erased_at is not None:
-        raise FailedPrecondition(
-            f"customer {customer.customer_id} is erased",
-            reason="CUSTOMER_ERASED",
-            metadata={"customer_id": customer.customer_id},
-        )
 
 
 def contains_pattern(needle: str) -> str:

@@ -11,8 +11,9 @@ from datetime import timedelta
 from typing import Any
 
 from services.core.db.counters import next_store_number
+from services.core.db.customer_data import CustomerDataRegistry
 from services.core.db.engine import utc_now
-from services.core.db.idempotency import RequestKey, claim, remember
+from services.core.db.idempotency import RequestKey, claim, erase_fingerprints, remember
 from services.core.db.unit_of_work import TenantDatabase, UnitOfWork
 from services.core.domain import validation
 from services.core.domain.customer_metrics import CustomerMetric, CustomerMetricsRegistry
@@ -27,9 +28,17 @@ from services.core.domain.etags import check_etag
 from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.core.domain.passwords import PasswordHasher, password_problem
 from services.customers import queries
-from services.customers.events import CustomerCreated, CustomerStatusChanged, CustomerUpdated
+from services.customers.events import (
+    MODULE,
+    CustomerCreated,
+    CustomerErased,
+    CustomerStatusChanged,
+    CustomerUpdated,
+    customer_subject,
+)
 from services.customers.models import MAX_TAGS, CustomerSnapshot
 from services.customers.rules import (
+    CREATE_ADDRESS,
     CUSTOMER_WRITABLE_FIELDS,
     LoginPolicy,
     caller_subject,
@@ -42,6 +51,7 @@ from services.customers.rules import (
     customer_number,
     customer_values,
     email_subject,
+    erased_email_key,
     filter_tag,
     first_missing,
     joined_tags,
@@ -97,6 +107,7 @@ class CustomerService:
         page_tokens: PageTokenCodec,
         metrics: CustomerMetricsRegistry | None = None,
         login_policy: LoginPolicy | None = None,
+        customer_data: CustomerDataRegistry | None = None,
     ) -> None:
         self._db = database
         self._login_policy = login_policy or LoginPolicy()
@@ -104,6 +115,8 @@ class CustomerService:
         self._page_tokens = page_tokens
         # Filled by the modules that contribute customer metrics, never by this one.
         self._metrics = metrics or CustomerMetricsRegistry()
+        # ... and the modules that keep data about customers (erasers, exporters).
+        self._customer_data = customer_data or CustomerDataRegistry()
 
     async def create_customer(
         self, store_id: int, new: NewCustomer, *, request_id: str = ""
@@ -173,6 +186,7 @@ class CustomerService:
             check_customer_id(customer_id)
             # The row lock makes the etag check and the change one atomic step.
             customer = await queries.get_customer_for_update(uow, customer_id)
+            check_not_erased(customer)
             check_etag("customer", customer.revision, etag)
             if values.get("email_key", customer.email_key) != customer.email_key:
                 await queries.ensure_email_free(uow, values["email_key"])
@@ -194,7 +208,10 @@ class CustomerService:
         active: bool | None = None,
         query: str = "",
         tag: str = "",
+        erased: bool = False,
     ) -> CustomerPage:
+        """A page of the store's customers in id order; `active` True (False): the
+        active (inactive, not erased) ones; `erased`: the erased ones."""
         size = resolve_page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
         problems = Violations()
         needle = validation.search_text(problems, "query", query)
@@ -206,18 +223,21 @@ class CustomerService:
             "active": active,
             "query": needle,
         }
-        if tag:  # only then: the tokens of unfiltered lists stay what they were
+        # Only when set: the tokens of the other listings stay what they were.
+        if tag:
             scope["tag"] = tag
+        if erased:
+            scope["erased"] = True
         (after_id,) = self._page_tokens.decode(page_token, scope) if page_token else (0,)
         pattern = contains_pattern(needle) if needle else ""
         async with self._db.reading(store_id) as uow:
             if tag:
                 customers = await queries.tagged_customers_after(
-                    uow, tag, after_id, size + 1, active=active, pattern=pattern
+                    uow, tag, after_id, size + 1, active=active, pattern=pattern, erased=erased
                 )
             else:
                 customers = await queries.customers_after(
-                    uow, after_id, size + 1, active=active, pattern=pattern
+                    uow, after_id, size + 1, active=active, pattern=pattern, erased=erased
                 )
         page, token = self._page_tokens.cut(customers, size, scope, lambda last: [last.customer_id])
         return CustomerPage(page, token)
@@ -272,6 +292,7 @@ class CustomerService:
         async with self._db.writing(store_id) as uow:
             check_customer_id(customer_id)
             customer = await queries.get_customer_for_update(uow, customer_id)
+            check_not_erased(customer)
             check_etag("customer", customer.revision, etag)
             if customer.is_active == active:
                 return customer
@@ -336,6 +357,7 @@ class CustomerService:
             raise InvalidArgument.of("new_password", problem)
         self._passwords.admit()
         customer = await self.get_customer(store_id, customer_id)
+        check_not_erased(customer)
         old_hash = customer.hashed_password
         # bcrypt runs outside any transaction, so no connection waits on it.
         if old_hash is None:
@@ -348,7 +370,11 @@ class CustomerService:
         new_hash = await self._passwords.hash(new_password)
         async with self._db.writing(store_id) as uow:
             changed = await queries.change_password(uow, customer_id, old_hash, new_hash)
-            if changed is None:
+            if changed is None or changed.erased_at is not None:
+                # Erased since it was read: without a password before, the hash
+                # condition held, and the erased customer must not keep this one
+                # (raising rolls it back).
+                check_not_erased(await queries.get_customer(uow, customer_id))
                 raise Aborted(
                     "the password was changed concurrently; try again",
                     reason="CONCURRENT_PASSWORD_CHANGE",
@@ -359,9 +385,49 @@ class CustomerService:
             await uow.commit()
         return changed
 
+    async def erase_customer(self, store_id: int, customer_id: int) -> CustomerSnapshot:
+        """Erases the customer's personal data in every mounted module, in one
+        transaction: each registered eraser (orders, loyalty, ...) first, then the
+        customer's own; then records CustomerErased. An eraser that raises refuses
+        the erasure and nothing of it is written. An erased customer is returned as
+        it is: a second erasure changes nothing and records nothing."""
+        async with self._db.writing(store_id) as uow:
+            check_customer_id(customer_id)
+            # Locked: no change of the customer (nor, through customers.api's share
+            # lock, a new order or movement of another module) interleaves.
+            customer = await queries.get_customer_for_update(uow, customer_id)
+            if customer.erased_at is not None:
+                return customer
+            for eraser in self._customer_data.erasers:
+                await eraser.erase_customer(uow, customer_id)
+            erased = await _erase_own_data(uow, customer)
+            assert erased.erased_at is not None  # just set
+            uow.record(CustomerErased(store_id, customer_id, erased.erased_at))
+            await uow.commit()
+        return erased
+
     async def customer_metrics(
         self, store_id: int, customer_id: int
     ) -> dict[str, list[CustomerMetric]]:
         """What the registered providers know about the customer, by source."""
         await self.get_customer(store_id, customer_id)
         return await self._metrics.collect(store_id, customer_id)
+
+
+async def _erase_own_data(uow: UnitOfWork, customer: CustomerSnapshot) -> CustomerSnapshot:
+    """What the customers module itself keeps of the customer: the personal columns,
+    tags and addresses; the login throttle of its email (a digest of the email is
+    personal data too); the fingerprints of the request_ids that created the
+    customer and its addresses (digests of the requests, email and addresses
+    included); and the customer's and its addresses' past events."""
+    customer_id = customer.customer_id
+    erased, address_ids = await queries.erase_customer(
+        uow, customer, erased_email_key(customer_id), utc_now()
+    )
+    await queries.forget_login_failures(uow, email_subject(customer.email, customer.email_key))
+    await erase_fingerprints(uow, CREATE_CUSTOMER, [customer_id])
+    await erase_fingerprints(uow, CREATE_ADDRESS, address_ids)
+    subject = customer_subject(customer_id)
+    # The customer's events, and its addresses' below it (customers/7/addresses/3).
+    uow.redact_events(MODULE, [subject], under=subject)
+    return erased

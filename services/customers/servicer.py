@@ -38,9 +38,15 @@ _ACTIVE_BY_STATUS: dict[int, bool] = {
 
 def _active_filter(status: int) -> bool | None:
     """ListCustomers' status filter: UNSPECIFIED means any status."""
-    if status == customer_pb2.CUSTOMER_STATUS_UNSPECIFIED:
+    if status in (customer_pb2.CUSTOMER_STATUS_UNSPECIFIED, customer_pb2.CUSTOMER_STATUS_ERASED):
         return None
     return _active_from_status(status)
+
+
+def _erased_filter(status: int) -> bool:
+    """ListCustomers' status filter CUSTOMER_STATUS_ERASED: the erased customers only
+    (each of which is inactive too, but not listed as INACTIVE)."""
+    return status == customer_pb2.CUSTOMER_STATUS_ERASED
 
 
 def _active_from_status(status: int) -> bool:
@@ -101,6 +107,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             active=_active_filter(request.status),
             query=request.query,
             tag=request.tag,
+            erased=_erased_filter(request.status),
         )
         return pb.ListCustomersResponse(
             customers=[customer_to_proto(customer) for customer in page.customers],
@@ -149,6 +156,12 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             request.store_id, request.customer_id, request.current_password, request.new_password
         )
         return pb.ChangeCustomerPasswordResponse(customer=customer_to_proto(customer))
+
+    async def EraseCustomer(
+        self, request: pb.EraseCustomerRequest, context: Context
+    ) -> pb.EraseCustomerResponse:
+        customer = await self._service.erase_customer(request.store_id, request.customer_id)
+        return pb.EraseCustomerResponse(customer=customer_to_proto(customer))
 
     async def CreateCustomerAddress(
         self, request: pb.CreateCustomerAddressRequest, context: Context
@@ -222,6 +235,7 @@ def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
         context.page_tokens,
         context.customer_metrics,
         login_policy,
+        context.customer_data,
     )
     register_event_encoders(context.database.event_encoders)
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(

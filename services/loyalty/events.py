@@ -13,6 +13,10 @@ from services.loyalty.models import MovementSnapshot
 MODULE = "loyalty"
 
 
+def loyalty_subject(customer_id: int) -> str:
+    return f"customers/{customer_id}/loyalty"
+
+
 @dataclass(frozen=True)
 class PointsMoved(DomainEvent):
     """A movement and the customer's account right after it: its balance is the
@@ -26,7 +30,7 @@ class PointsMoved(DomainEvent):
 
     @property
     def subject(self) -> str:
-        return f"customers/{self.movement.customer_id}/loyalty"
+        return loyalty_subject(self.movement.customer_id)
 
 
 @dataclass(frozen=True)

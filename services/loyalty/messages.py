@@ -7,7 +7,7 @@ from typing import Any
 from commerce.loyalty.v1 import loyalty_events_pb2, loyalty_pb2
 
 from services.core.db.outbox import EventEncoders
-from services.core.events.encoding import proto_encoder
+from services.core.events.encoding import proto_encoder, proto_redactor
 from services.core.rpc.convert import MessageOf, timestamp
 from services.customers.api import customer_name
 from services.loyalty.events import LoyaltyPointsAdded, LoyaltyPointsRedeemed, PointsMoved
@@ -63,6 +63,11 @@ def _points_redeemed(event: LoyaltyPointsRedeemed) -> loyalty_events_pb2.Loyalty
 
 
 def register_event_encoders(encoders: EventEncoders) -> None:
-    """How the loyalty module's events become their payload messages."""
+    """How the loyalty module's events become their payload messages, and what
+    EraseCustomer empties in each (the movement's reason, as in the ledger)."""
     encoders.register(LoyaltyPointsAdded, proto_encoder(_points_added))
     encoders.register(LoyaltyPointsRedeemed, proto_encoder(_points_redeemed))
+    for event in (loyalty_events_pb2.LoyaltyPointsAdded, loyalty_events_pb2.LoyaltyPointsRedeemed):
+        encoders.register_redactor(
+            event.DESCRIPTOR.full_name, proto_redactor(event, "movement.reason")
+        )

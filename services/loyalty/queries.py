@@ -87,3 +87,23 @@ async def recent_movements(uow: UnitOfWork, customer_id: int, limit: int) -> lis
     """The customer's last `limit` movements, newest first."""
     rows = await uow.fetch(_RECENT_MOVEMENTS, {"customer_id": customer_id, "limit": limit})
     return [MovementSnapshot.of(row) for row in rows]
+
+
+# -- erasure (EraseCustomer, through the loyalty module's customer eraser) -----------------
+
+_OF_CUSTOMER = in_store(LoyaltyMovement, "customer_id")
+_CUSTOMER_MOVEMENT_IDS = Statement(
+    select(LoyaltyMovement.movement_id).where(*_OF_CUSTOMER).order_by(LoyaltyMovement.movement_id)
+)
+# A reason is free text a caller wrote ("birthday gift for Ann"): the one personal
+# copy a movement may hold. The ledger's amounts and balances stay.
+_ERASE_REASONS = Statement(update(LoyaltyMovement).where(*_OF_CUSTOMER).values(reason=""))
+
+
+async def erase_customer_reasons(uow: UnitOfWork, customer_id: int) -> list[int]:
+    """Empties the reasons of the customer's movements; their ids, ascending."""
+    params = {"customer_id": customer_id}
+    rows = await uow.fetch(_CUSTOMER_MOVEMENT_IDS, params)
+    if rows:
+        await uow.execute(_ERASE_REASONS, params)
+    return [int(row["movement_id"]) for row in rows]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from services.core.db.counters import next_store_number
 from services.core.db.engine import utc_now
-from services.core.db.idempotency import RequestKey, claim, remember
+from services.core.db.idempotency import RequestKey, claim, erase_fingerprints, remember
 from services.core.db.unit_of_work import TenantDatabase, UnitOfWork
 from services.core.domain.customer_metrics import CustomerMetric
 from services.customers.api import (
@@ -19,7 +19,12 @@ from services.customers.api import (
     lock_active_customer,
 )
 from services.loyalty import queries
-from services.loyalty.events import LoyaltyPointsAdded, LoyaltyPointsRedeemed
+from services.loyalty.events import (
+    MODULE,
+    LoyaltyPointsAdded,
+    LoyaltyPointsRedeemed,
+    loyalty_subject,
+)
 from services.loyalty.models import MovementSnapshot
 from services.loyalty.rules import (
     Standing,
@@ -145,3 +150,20 @@ class LoyaltyMetricsProvider:
             CustomerMetric("lifetime_points", "Lifetime loyalty points", standing.lifetime_points),
             CustomerMetric("tier", "Loyalty tier (1 bronze to 4 platinum)", int(standing.tier)),
         ]
+
+
+class LoyaltyEraser:
+    """The loyalty module's CustomerEraser (services.core.db.customer_data): what
+    EraseCustomer removes from the customer's loyalty data, in the erasure's
+    transaction. The ledger, otherwise never changed, keeps every movement with its
+    points and balances (the balance still sums up); only the reasons, free text,
+    are emptied, in the movements and their past events, with the fingerprints of
+    the request_ids that made them (digests of the requests, reasons included)."""
+
+    source = "loyalty"
+
+    async def erase_customer(self, uow: UnitOfWork, customer_id: int) -> None:
+        movement_ids = await queries.erase_customer_reasons(uow, customer_id)
+        for operation in (ADD_POINTS, REDEEM_POINTS):
+            await erase_fingerprints(uow, operation, movement_ids)
+        uow.redact_events(MODULE, [loyalty_subject(customer_id)])

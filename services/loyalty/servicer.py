@@ -19,7 +19,12 @@ from services.loyalty.messages import (
     register_event_encoders,
     standing_to_proto,
 )
-from services.loyalty.service import LoyaltyMetricsProvider, LoyaltyService, Movement
+from services.loyalty.service import (
+    LoyaltyEraser,
+    LoyaltyMetricsProvider,
+    LoyaltyService,
+    Movement,
+)
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -71,10 +76,12 @@ class CustomerLoyaltyServicer(customer_loyalty_service_pb2_grpc.CustomerLoyaltyS
 
 
 def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
-    """Adds CustomerLoyaltyService to `server` and registers the loyalty metrics;
+    """Adds CustomerLoyaltyService to `server` and registers the loyalty metrics and
+    customer eraser;
     returns the service's full name. Needs the customers tables, not the customers
     servicer."""
     context.customer_metrics.register(LoyaltyMetricsProvider(context.database))
+    context.customer_data.register_eraser(LoyaltyEraser())
     register_event_encoders(context.database.event_encoders)
     customer_loyalty_service_pb2_grpc.add_CustomerLoyaltyServiceServicer_to_server(
         CustomerLoyaltyServicer(LoyaltyService(context.database)), server

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.core.db.unit_of_work import TenantDatabase
+from services.core.db.idempotency import erase_fingerprints
+from services.core.db.unit_of_work import TenantDatabase, UnitOfWork
 from services.core.domain.customer_metrics import CustomerMetric, Money
 from services.core.domain.errors import InvalidArgument
 from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.customers.api import check_customer_id, get_customer
 from services.orders import queries
+from services.orders.events import MODULE, order_subject
 from services.orders.models import OrderSnapshot, OrderStatus
 from services.orders.rules import (
+    CREATE_ORDER,
     CustomerOrderStats,
     OrderFilter,
     OrderPage,
@@ -103,3 +106,29 @@ class OrderMetricsProvider:
             CustomerMetric("first_order_time", "First order", stats.first_order_time),
             CustomerMetric("last_order_time", "Last order", stats.last_order_time),
         ]
+
+
+class OrderEraser:
+    """The orders module's CustomerEraser (services.core.db.customer_data): what
+    EraseCustomer removes from the customer's orders, in the erasure's transaction.
+
+    The orders stay, with their lines, totals and statuses (the customer's order
+    history and statistics still add up); their personal copies go: the contact
+    email and the cancel reason (free text), in the orders, in order_revisions and in
+    the orders' past events, and the fingerprints of the request_ids that created
+    them (digests of the requests, contact email included).
+
+    The order's revision (its etag) is not bumped: it numbers the order's own
+    changes, which order_revisions and the request_ids of status changes refer to by
+    number (a retried PayOrder answers with the order at the revision it made), and
+    erasure is no such change: it empties the fields at every revision at once, so
+    the order at any revision reads the same, erased. Bumping would make a client
+    holding the etag fail its next status change for a change that is not the
+    order's, and need an event of its own; CustomerErased already tells consumers."""
+
+    source = "orders"
+
+    async def erase_customer(self, uow: UnitOfWork, customer_id: int) -> None:
+        order_ids = await queries.erase_customer_orders(uow, customer_id)
+        await erase_fingerprints(uow, CREATE_ORDER, order_ids)
+        uow.redact_events(MODULE, [order_subject(order_id) for order_id in order_ids])

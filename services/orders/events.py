@@ -12,6 +12,10 @@ from services.orders.models import OrderSnapshot, OrderStatus
 MODULE = "orders"
 
 
+def order_subject(order_id: int) -> str:
+    return f"orders/{order_id}"
+
+
 @dataclass(frozen=True)
 class OrderEvent(DomainEvent):
     module: ClassVar[str] = MODULE
@@ -20,7 +24,7 @@ class OrderEvent(DomainEvent):
 
     @property
     def subject(self) -> str:
-        return f"orders/{self.order.order_id}"
+        return order_subject(self.order.order_id)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from commerce.type.v1 import money_pb2
 
 from services.core.db.outbox import EventEncoders
 from services.core.domain.etags import etag
-from services.core.events.encoding import proto_encoder
+from services.core.events.encoding import proto_encoder, proto_redactor
 from services.core.rpc.convert import timestamp
 from services.customers.api import customer_name
 from services.customers.messages import customer_to_proto
@@ -145,7 +145,18 @@ def _order_status_changed(event: OrderStatusChanged) -> order_events_pb2.OrderSt
     )
 
 
+# What EraseCustomer empties in an order event: what it empties in the order
+# (customer_orders.OrderEraser), and the customer copy events of older versions
+# carried.
+_PERSONAL_PATHS = ("order.contact_email", "order.cancel_reason", "order.customer")
+
+
 def register_event_encoders(encoders: EventEncoders) -> None:
-    """How the orders module's events become their payload messages."""
+    """How the orders module's events become their payload messages, and what
+    EraseCustomer empties in each."""
     encoders.register(OrderCreated, proto_encoder(_order_created))
     encoders.register(OrderStatusChanged, proto_encoder(_order_status_changed))
+    for event in (order_events_pb2.OrderCreated, order_events_pb2.OrderStatusChanged):
+        encoders.register_redactor(
+            event.DESCRIPTOR.full_name, proto_redactor(event, *_PERSONAL_PATHS)
+        )

@@ -492,3 +492,37 @@ async def customer_order_stats(uow: UnitOfWork, customer_id: int) -> CustomerOrd
     if not rows:
         raise NotFound("customer", str(customer_id))
     return stats_of(uow.store_id, customer_id, rows)
+
+
+# -- erasure (EraseCustomer, through the orders module's customer eraser) ------------------
+
+_OF_CUSTOMER = in_store(Order, "customer_id")
+_CUSTOMER_ORDER_IDS = Statement(
+    select(Order.order_id).where(*_OF_CUSTOMER).order_by(Order.order_id)
+)
+# The personal copies an order keeps: the contact email, and the cancel reason (free
+# text a caller wrote, which may name the customer), in the order and in what its
+# status changes left in order_revisions. The revision is not bumped (see
+# customer_orders.OrderEraser).
+_ERASE_ORDERS = Statement(
+    update(Order).where(*_OF_CUSTOMER).values(contact_email="", cancel_reason="")
+)
+_ERASE_REVISIONS = Statement(
+    update(OrderRevision)
+    .where(
+        *in_store(OrderRevision),
+        OrderRevision.order_id.in_(select(Order.order_id).where(*_OF_CUSTOMER)),
+    )
+    .values(cancel_reason="")
+)
+
+
+async def erase_customer_orders(uow: UnitOfWork, customer_id: int) -> list[int]:
+    """Empties the personal copies on the customer's orders and their revisions; the
+    ids of those orders, ascending."""
+    params = {"customer_id": customer_id}
+    order_ids = [int(row["order_id"]) for row in await uow.fetch(_CUSTOMER_ORDER_IDS, params)]
+    if order_ids:
+        await uow.execute(_ERASE_ORDERS, params)
+        await uow.execute(_ERASE_REVISIONS, params)
+    return order_ids

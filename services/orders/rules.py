@@ -42,6 +42,9 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.CANCELLED: frozenset(),
 }
 
+# Operation name of the idempotency keys of CreateOrder; stored, so never rename it.
+CREATE_ORDER = "orders.CreateOrder"
+
 
 @dataclass(frozen=True)
 class NewLineItem:

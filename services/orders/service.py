@@ -21,6 +21,7 @@ from services.orders import queries
 from services.orders.events import OrderCreated, OrderStatusChanged
 from services.orders.models import OrderSnapshot, OrderStatus
 from services.orders.rules import (
+    CREATE_ORDER,
     NO_FILTER,
     NewOrder,
     OrderFilter,
@@ -39,8 +40,6 @@ from services.orders.rules import (
 )
 
 ORDER_COUNTER = "order"
-# Operation name of the idempotency keys of CreateOrder; stored, so never rename it.
-CREATE_ORDER = "orders.CreateOrder"
 # Operation names of the idempotency keys of the status changes, by the status each
 # one gives; stored, so never rename one. Their keys remember the order's revision
 # the change made (the order itself is named by the request, which is fingerprinted).

@@ -212,6 +212,10 @@ async def _delete_customer_address(s: Store) -> Message:
     )
 
 
+async def _erase_customer(s: Store) -> Message:
+    return pb.EraseCustomerRequest(store_id=s.store_id, customer_id=await s.customer())
+
+
 async def _list_customer_addresses(s: Store) -> Message:
     return pb.ListCustomerAddressesRequest(store_id=s.store_id, customer_id=await s.customer())
 
@@ -330,6 +334,7 @@ VALID_REQUESTS: dict[str, Builder] = {
     f"{CUSTOMERS}/GetCustomerMetrics": _get_customer_metrics,
     f"{CUSTOMERS}/AddCustomerTags": _add_customer_tags,
     f"{CUSTOMERS}/RemoveCustomerTags": _remove_customer_tags,
+    f"{CUSTOMERS}/EraseCustomer": _erase_customer,
     f"{ORDERS}/CreateOrder": _create_order,
     f"{ORDERS}/GetOrder": _get_order,
     f"{ORDERS}/ListOrders": _list_orders,

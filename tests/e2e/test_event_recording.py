@@ -170,6 +170,28 @@ async def set_customer_status_scenario(s: Stubs) -> None:
     assert event.payload.new_status == customer_pb2.CUSTOMER_STATUS_INACTIVE
 
 
+async def erase_customer_scenario(s: Stubs) -> None:
+    customer = await create_customer(s.customers, s.store_id, first_name="Ann")
+    await s.log.new()
+    response = await s.customers.EraseCustomer(
+        cpb.EraseCustomerRequest(store_id=s.store_id, customer_id=customer.customer_id)
+    )
+    event = await s.log.one()
+    assert_event(
+        event,
+        s,
+        "commerce.customers.v1.CustomerErased",
+        "customers",
+        customer_subject(customer.customer_id),
+        2,
+    )
+    # Ids, the name and the time: no personal data.
+    assert event.payload.store_id == s.store_id
+    assert event.payload.customer_id == customer.customer_id
+    assert event.payload.customer == customer_name(s.store_id, customer.customer_id)
+    assert event.payload.erase_time == response.customer.erase_time
+
+
 async def change_password_scenario(s: Stubs) -> None:
     customer = await create_customer(s.customers, s.store_id)
     await s.log.new()
@@ -446,6 +468,7 @@ SCENARIOS: dict[str, Scenario] = {
     _CUSTOMERS + "UpdateCustomer": update_customer_scenario,
     _CUSTOMERS + "SetCustomerStatus": set_customer_status_scenario,
     _CUSTOMERS + "ChangeCustomerPassword": change_password_scenario,
+    _CUSTOMERS + "EraseCustomer": erase_customer_scenario,
     _CUSTOMERS + "CreateCustomerAddress": create_address_scenario,
     _CUSTOMERS + "UpdateCustomerAddress": update_address_scenario,
     _CUSTOMERS + "DeleteCustomerAddress": delete_address_scenario,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,7 @@ from services.core.db.statements import (
     Transaction,
     in_store,
     insert_unless_present,
+    one_of,
 )
 from services.core.db.unit_of_work import UnitOfWork
 from services.core.domain.errors import InvalidArgument
@@ -52,8 +53,13 @@ class IdempotencyKey(Base):
     resource_id: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
-    # Expired keys are found by age across every store (forget_expired).
-    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+    __table_args__ = (
+        # Expired keys are found by age across every store (forget_expired).
+        Index("ix_idempotency_keys_created_at", "created_at"),
+        # The keys of what a request created, whose fingerprints an erasure erases
+        # (erase_fingerprints).
+        Index("ix_idempotency_keys_resource", "store_id", "operation", "resource_id"),
+    )
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,22 @@ _REMEMBER = Statement(
 )
 
 
+# What an erased request's fingerprint becomes: no SHA-256 digest (64 hex digits)
+# equals it, so a retry of that request_id is told it was used for another request
+# (INVALID_ARGUMENT) rather than answered with, or repeating, what it created.
+ERASED_FINGERPRINT = "erased"
+_ERASE_FINGERPRINTS = {
+    dialect: Statement(
+        sql_update(IdempotencyKey)
+        .where(*in_store(IdempotencyKey, "operation"), one_of_ids)
+        .values(fingerprint=ERASED_FINGERPRINT)
+    )
+    for dialect, one_of_ids in one_of(
+        IdempotencyKey.__table__.c.resource_id, "resource_ids"
+    ).items()
+}
+
+
 def _key_params(key: RequestKey) -> dict[str, Any]:
     return {"operation": key.operation, "request_id": key.request_id}
 
@@ -125,6 +147,19 @@ async def remember(uow: UnitOfWork, key: RequestKey | None, resource_id: int) ->
     """Records what the claimed key's request created, in the same transaction."""
     if key is not None:
         await uow.execute(_REMEMBER, _key_params(key) | {"resource_id": resource_id})
+
+
+async def erase_fingerprints(
+    uow: UnitOfWork, operation: str, resource_ids: Sequence[int], *, batch: int = 500
+) -> None:
+    """Replaces the fingerprints of the store's `operation` keys that created
+    `resource_ids`: a fingerprint hashes the request, personal data included (an
+    email, an address), so an erasure cannot leave it. The keys themselves stay
+    until they expire, so their request_ids are never taken for a new request."""
+    for start in range(0, len(resource_ids), batch):
+        chunk = list(resource_ids[start : start + batch])
+        params = {"operation": operation, "resource_ids": chunk}
+        await uow.execute(_ERASE_FINGERPRINTS[uow.dialect], params)
 
 
 def _forget(dialect: str) -> Statement:

@@ -21,12 +21,14 @@ name of their message."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     ForeignKey,
     Index,
     Integer,
@@ -35,12 +37,13 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
+    update,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.dml import ReturningInsert
 
 from services.core.db.engine import Base, UtcDateTime, upsert_insert, utc_now
-from services.core.db.statements import Statement, Transaction
+from services.core.db.statements import Row, Statement, Transaction, in_store, one_of
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 _EventIdType = BigInteger().with_variant(Integer(), "sqlite")
@@ -138,14 +141,24 @@ class DomainEvent:
 # The full name of an event's payload message and the message's bytes.
 EncodedPayload = tuple[str, bytes]
 Encoder = Callable[[Any], EncodedPayload]
+# A payload's bytes without the personal data it carries (the same bytes when it
+# carries none): what EraseCustomer leaves of a past event.
+Redactor = Callable[[bytes], bytes]
+
+
+def keep(payload: bytes) -> bytes:
+    """The redactor of a payload that carries no personal data."""
+    return payload
 
 
 class EventEncoders:
-    """How each kind of event becomes its payload, registered by the modules that
-    record it while they mount."""
+    """How each kind of event becomes its payload, and how a recorded payload of each
+    type loses its personal data (its redactor), registered by the modules that
+    record them while they mount."""
 
     def __init__(self) -> None:
         self._encoders: dict[type[DomainEvent], Encoder] = {}
+        self._redactors: dict[str, Redactor] = {}
 
     def register(self, kind: type[DomainEvent], encoder: Encoder) -> None:
         self._encoders[kind] = encoder
@@ -155,6 +168,19 @@ class EventEncoders:
         if encoder is None:
             raise LookupError(f"no encoder registered for {type(event).__name__}")
         return encoder(event)
+
+    def register_redactor(self, event_type: str, redactor: Redactor) -> None:
+        """`event_type`: the payload message's full name, as the outbox keeps it."""
+        self._redactors[event_type] = redactor
+
+    def redact(self, event_type: str, payload: bytes) -> bytes:
+        """The payload without its personal data. An event type without a redactor
+        fails the erasure (and rolls it back) rather than keep what it may carry: a
+        module that adds an event registers its redactor too (`keep` for none)."""
+        redactor = self._redactors.get(event_type)
+        if redactor is None:
+            raise LookupError(f"no redactor registered for {event_type}")
+        return redactor(payload)
 
 
 def _next_sequence(dialect: str) -> ReturningInsert[tuple[int]]:
@@ -230,3 +256,99 @@ async def append(
             continue
         sequence = await transaction.scalar(_NEXT_SEQUENCE, params)
         await transaction.execute(_APPEND, params | {"sequence": int(sequence)})
+
+
+# -- erasure: past payloads lose their personal data ------------------------------------------
+
+# How many subjects one statement names (SQLite binds at most 32766 values).
+_SUBJECTS_PER_STATEMENT = 500
+
+
+def _events_of(*conditions: ColumnElement[bool]) -> Statement:
+    """The store's events of the module bound as `module` that meet `conditions`, in
+    insert order: the order the relay places them in, so a redaction and a relay
+    round that both touch a row take their locks in one order."""
+    return Statement(
+        select(OutboxEvent.id, OutboxEvent.event_type, OutboxEvent.payload)
+        .where(*in_store(OutboxEvent, "module"), *conditions)
+        .order_by(OutboxEvent.id)
+    )
+
+
+# By subject: a resource's events ("orders/42") and those of the resources under it
+# ("customers/7/addresses/%", LIKE with "!" as its escape character).
+_EVENTS_OF_SUBJECTS = {
+    dialect: _events_of(condition)
+    for dialect, condition in one_of(OutboxEvent.__table__.c.subject, "subjects").items()
+}
+_EVENTS_UNDER = _events_of(OutboxEvent.subject.like(bindparam("pattern"), escape="!"))
+_REWRITE_PAYLOAD = Statement(
+    update(OutboxEvent).where(*in_store(OutboxEvent, "id")).values(payload=bindparam("payload"))
+)
+
+
+class StoreStatements(Protocol):
+    """Statements that get one store's id bound as `store_id`: a UnitOfWork (which
+    this module, below it, cannot import)."""
+
+    dialect: str
+
+    async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Row]: ...
+
+    async def execute_many(
+        self, statement: Statement, rows: Sequence[Mapping[str, Any]]
+    ) -> None: ...
+
+
+def _like_literal(text: str) -> str:
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """Which past events an erasure empties: `module`'s events whose subject is one of
+    `subjects` or, with `under`, lies below that subject ("customers/7" takes
+    "customers/7/addresses/3")."""
+
+    module: str
+    subjects: tuple[str, ...] = ()
+    under: str = ""
+
+
+async def redact(
+    statements: StoreStatements, encoders: EventEncoders, redactions: Sequence[Redaction]
+) -> int:
+    """Rewrites, in the caller's unit of work (`statements`), the payloads of the
+    events `redactions` select, each through its type's redactor; how many changed.
+    The events stay (ids, sequences and feed positions); only their payloads lose
+    personal data.
+
+    Every selected row is rewritten in one pass in id order, the order in which the
+    relay locks the rows it places (services.core.events.feed): an erasure and a
+    relay round that both touch unplaced rows queue rather than deadlock.
+
+    The events' subjects have no index: this reads the store's events of each
+    module named (kept for the event retention), which an erasure, rare, affords."""
+    rows: dict[int, Row] = {}
+    for redaction in redactions:
+        subjects, module = redaction.subjects, redaction.module
+        for start in range(0, len(subjects), _SUBJECTS_PER_STATEMENT):
+            chunk = list(subjects[start : start + _SUBJECTS_PER_STATEMENT])
+            params = {"module": module, "subjects": chunk}
+            for row in await statements.fetch(_EVENTS_OF_SUBJECTS[statements.dialect], params):
+                rows[int(row["id"])] = row
+        if redaction.under:
+            pattern = _like_literal(redaction.under.rstrip("/")) + "/%"
+            for row in await statements.fetch(
+                _EVENTS_UNDER, {"module": module, "pattern": pattern}
+            ):
+                rows[int(row["id"])] = row
+    rewritten: list[dict[str, Any]] = []
+    for event_id, row in sorted(rows.items()):
+        payload = bytes(row["payload"])
+        redacted = encoders.redact(row["event_type"], payload)
+        if redacted != payload:
+            rewritten.append({"id": event_id, "payload": redacted})
+    if rewritten:
+        await statements.execute_many(_REWRITE_PAYLOAD, rewritten)
+    return len(rewritten)

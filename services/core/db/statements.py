@@ -28,6 +28,7 @@ from sqlalchemy import (
     ColumnElement,
     Table,
     Update,
+    any_,
     bindparam,
     func,
     insert,
@@ -114,6 +115,16 @@ def in_store(model: type[Base], *keys: str) -> tuple[ColumnElement[bool], ...]:
     `store_id`) whose `keys` columns equal the parameters of the same names."""
     columns = model.__table__.c
     return tuple(columns[name] == bindparam(name) for name in ("store_id", *keys))
+
+
+def one_of(column: ColumnElement[Any], name: str) -> dict[str, ColumnElement[bool]]:
+    """Per dialect: the condition that `column` is one of the list bound as `name`.
+    PostgreSQL's statements run through asyncpg, which takes the list as one array
+    (`= ANY`); SQLite's get an IN list SQLAlchemy expands."""
+    return {
+        "postgresql": column == any_(bindparam(name, type_=ARRAY(column.type))),
+        "sqlite": column.in_(bindparam(name, expanding=True)),
+    }
 
 
 def rows_of_keys(

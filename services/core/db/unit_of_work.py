@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from services.core import deadlines
-from services.core.db.outbox import DomainEvent, EventEncoders, append
+from services.core.db.outbox import DomainEvent, EventEncoders, Redaction, append, redact
 from services.core.db.statements import (
     CoreTransaction,
     DriverTransaction,
@@ -56,6 +56,7 @@ class UnitOfWork:
         self._transaction = transaction
         self.dialect = transaction.dialect
         self._events: list[DomainEvent] = []
+        self._redactions: list[Redaction] = []
         self._encoders = encoders or EventEncoders()
         self._on_events = on_events
 
@@ -86,7 +87,19 @@ class UnitOfWork:
         transaction at commit, dropped with it otherwise."""
         self._events.append(event)
 
+    def redact_events(self, module: str, subjects: Sequence[str] = (), *, under: str = "") -> None:
+        """Empties the personal data of `module`'s past events of `subjects` (and,
+        with `under`, of the subjects below it), each payload through the redactor
+        its module registered: in this transaction at commit, every module's at once
+        (services.core.db.outbox.redact), before the events of this unit of work are
+        appended; dropped with it otherwise. A payload that cannot be redacted fails
+        the commit."""
+        self._redactions.append(Redaction(module, tuple(subjects), under))
+
     async def commit(self) -> None:
+        if self._redactions:
+            await redact(self, self._encoders, self._redactions)
+            self._redactions.clear()
         if self._events:
             await append(self._transaction, self.store_id, self._events, self._encoders)
         await self._transaction.commit()
