@@ -318,7 +318,7 @@ async def test_the_tag_filter_reads_a_range_of_the_tag_index_on_sqlite(
     1,000,000 customers by bench.tags."""
     if backend != "sqlite":
         pytest.skip("PostgreSQL's plans: tests/integration/test_generic_plans.py")
-    for (active, search), statement in queries._TAGGED_CUSTOMER_PAGES["sqlite"].items():
+    for filters, statement in queries._TAGGED_CUSTOMER_PAGES["sqlite"].items():
         compiled = statement.statement.compile(dialect=sqlite.dialect())
         values = compiled.params | {"store_id": store_id, "tag": "vip", "after_id": 0}
         values |= {"limit": 51, "pattern": "%a%"}
@@ -335,4 +335,4 @@ async def test_the_tag_filter_reads_a_range_of_the_tag_index_on_sqlite(
             " (store_id=? AND tag=? AND customer_id>?)",
             "SEARCH customers USING INDEX sqlite_autoindex_customers_1"
             " (store_id=? AND customer_id=?)",
-        ], (active, search)
+        ], filters
