@@ -6,6 +6,7 @@ method, so the per-call cost stays small."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -143,10 +144,13 @@ def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
 async def write_stream(sent: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """Runs a server-streaming behaviour's result: an async generator's messages are
     written one at a time (each write waits until gRPC took the last); a coroutine
-    writes its own."""
+    writes its own. The generator is closed as the call ends, however it ends, so
+    its cleanup (a snapshot's transaction, say) runs then, in the call's task, not
+    whenever the garbage collector finds it."""
     if hasattr(sent, "__aiter__"):
-        async for message in sent:
-            await context.write(message)
+        async with contextlib.aclosing(sent):
+            async for message in sent:
+                await context.write(message)
     else:
         await sent
 
