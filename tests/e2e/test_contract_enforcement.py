@@ -316,6 +316,7 @@ VALID_REQUESTS: dict[str, Builder] = {
     f"{CUSTOMERS}/DeleteCustomerAddress": _delete_customer_address,
     f"{CUSTOMERS}/ListCustomerAddresses": _list_customer_addresses,
     f"{CUSTOMERS}/GetCustomerMetrics": _get_customer_metrics,
+    f"{CUSTOMERS}/ExportCustomerData": _for_a_customer(pb.ExportCustomerDataRequest),
     f"{ORDERS}/CreateOrder": _create_order,
     f"{ORDERS}/GetOrder": _get_order,
     f"{ORDERS}/ListOrders": _list_orders,
