@@ -24,7 +24,7 @@ from google.protobuf import any_pb2, empty_pb2, field_mask_pb2
 from google.protobuf.message import Message
 from sqlalchemy import text
 
-from services.core.db.customer_data import ExportedRecord
+from services.core.db.customer_data import CustomerExporter, ExportedRecord
 from services.core.db.unit_of_work import UnitOfWork
 from services.server import Application
 from tests.e2e.helpers import PASSWORD, create_customer, create_order, line, pb, serving
@@ -297,17 +297,20 @@ class PausingExporter:
     def __init__(self) -> None:
         self.reached = asyncio.Event()
         self.go_on = asyncio.Event()
+        # One item per export that reached the pause.
+        self.paused: asyncio.Queue[None] = asyncio.Queue()
 
     async def export_customer(
         self, uow: UnitOfWork, customer_id: int
     ) -> AsyncIterator[ExportedRecord]:
         yield ExportedRecord(empty_pb2.Empty.DESCRIPTOR.full_name, b"")
         self.reached.set()
+        self.paused.put_nowait(None)
         await self.go_on.wait()
 
 
 @asynccontextmanager
-async def serving_with(settings, exporter: PausingExporter) -> AsyncIterator[grpc.aio.Channel]:
+async def serving_with(settings, exporter: CustomerExporter) -> AsyncIterator[grpc.aio.Channel]:
     """A server of every module whose first exporter is `exporter` (mounted modules
     register theirs after it)."""
     app = Application(settings)
@@ -356,6 +359,54 @@ async def test_the_export_reads_one_snapshot(settings, channel, store_id):
     after = await export(stubs.customers, store_id, customer_id)
     assert len(after) == len(expected) + 2
     assert after[0][1].first_name == "Changed"  # type: ignore[attr-defined]
+
+
+class FloodingExporter:
+    """A module's exporter with more to send than a caller that stops reading takes:
+    the server waits in its writes, inside the snapshot."""
+
+    source = "flood"
+    RECORDS = 2_000
+    RECORD = b"x" * 65_536
+
+    async def export_customer(
+        self, uow: UnitOfWork, customer_id: int
+    ) -> AsyncIterator[ExportedRecord]:
+        for _ in range(self.RECORDS):
+            yield ExportedRecord(empty_pb2.Empty.DESCRIPTOR.full_name, self.RECORD)
+
+
+async def test_an_export_its_caller_abandons_gives_its_connection_back(
+    settings, backend, customers, store_id
+):
+    # More abandoned exports than the server has connections, each hung up inside its
+    # snapshot: the server goes on serving. On PostgreSQL each is hung up while the
+    # server waits to send (the caller stopped reading), which must end the snapshot.
+    # On SQLite, whose one connection must not be cancelled midway, the export is
+    # read whole before it is sent: each is hung up while paused in that read, which
+    # runs to its end once it can and then gives the connection back.
+    customer = await create_customer(customers, store_id)
+    pausing = PausingExporter()
+    flooding = settings.model_copy(update={"db_pool_size": 2})
+    exporter = pausing if backend == "sqlite" else FloodingExporter()
+    async with serving_with(flooding, exporter) as exporting_channel:
+        stub = customer_service_pb2_grpc.CustomerServiceStub(exporting_channel)
+        request = pb.ExportCustomerDataRequest(store_id=store_id, customer_id=customer.customer_id)
+        for _ in range(3 * flooding.db_pool_size):
+            call = stub.ExportCustomerData(request)
+            if backend == "sqlite":
+                await pausing.paused.get()
+            else:
+                first = await call.read()
+                assert first.source == "customers"
+            call.cancel()
+            pausing.go_on.set()
+            answer = await stub.GetCustomer(
+                pb.GetCustomerRequest(store_id=store_id, customer_id=customer.customer_id),
+                timeout=15,
+            )
+            assert answer.customer == customer
+            pausing.go_on.clear()
 
 
 async def _curl(*arguments: str) -> bytes:
