@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -377,7 +378,7 @@ class FloodingExporter:
 
 
 async def test_an_export_its_caller_abandons_gives_its_connection_back(
-    settings, backend, customers, store_id
+    settings, backend, customers, store_id, caplog
 ):
     # More abandoned exports than the server has connections, each hung up inside its
     # snapshot: the server goes on serving. On PostgreSQL each is hung up while the
@@ -407,6 +408,50 @@ async def test_an_export_its_caller_abandons_gives_its_connection_back(
             )
             assert answer.customer == customer
             pausing.go_on.clear()
+    # A hang-up is the caller's doing, not an error of the server's.
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+class BlockingExporter:
+    """A module's exporter whose second record is more than a caller that stopped
+    reading lets the server send: the server is inside that write when `sending` is
+    set (nothing suspends it between the yield and the write)."""
+
+    source = "block"
+    RECORD = b"x" * 3_000_000
+
+    def __init__(self) -> None:
+        self.sending: asyncio.Queue[None] = asyncio.Queue()
+
+    async def export_customer(
+        self, uow: UnitOfWork, customer_id: int
+    ) -> AsyncIterator[ExportedRecord]:
+        for _ in range(3):
+            self.sending.put_nowait(None)
+            yield ExportedRecord(empty_pb2.Empty.DESCRIPTOR.full_name, self.RECORD)
+
+
+async def test_a_caller_that_hangs_up_while_a_part_is_being_sent_is_no_server_error(
+    settings, customers, store_id, caplog
+):
+    customer = await create_customer(customers, store_id)
+    blocking = BlockingExporter()
+    async with serving_with(settings, blocking) as exporting_channel:
+        stub = customer_service_pb2_grpc.CustomerServiceStub(exporting_channel)
+        request = pb.ExportCustomerDataRequest(store_id=store_id, customer_id=customer.customer_id)
+        for _ in range(3):
+            call = stub.ExportCustomerData(request)
+            assert (await call.read()).source == "customers"
+            for _ in range(2):  # the first big record and the one after it
+                await blocking.sending.get()
+            call.cancel()
+            # The server noticed: it serves the next call, and logged no error.
+            await stub.GetCustomer(
+                pb.GetCustomerRequest(store_id=store_id, customer_id=customer.customer_id)
+            )
+            while not blocking.sending.empty():
+                blocking.sending.get_nowait()
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 async def _curl(*arguments: str) -> bytes:
