@@ -3,24 +3,35 @@ Rules live in the service layer; errors become statuses in services.core.rpc.sta
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import timedelta
 from typing import Any, TypeAlias
 
 import grpc
 from commerce.customers.v1 import customer_pb2, customer_service_pb2_grpc
 from commerce.customers.v1 import customer_service_pb2 as pb
+from google.protobuf import any_pb2
 
 from services.core.domain.errors import InvalidArgument
 from services.core.modules import ModuleContext
 from services.core.rpc.callers import caller_identity
 from services.core.rpc.convert import masked_changes, require_resource, values_from
+from services.core.rpc.interceptor import finished_anyway
 from services.customers.addresses import AddressService
+from services.customers.data_export import (
+    SOURCE,
+    CustomerDataExport,
+    ExportPart,
+    ModuleRecord,
+)
 from services.customers.messages import (
     address_to_proto,
     customer_to_proto,
     metric_to_proto,
     register_event_encoders,
 )
+from services.customers.models import CustomerSnapshot
 from services.customers.rules import (
     ADDRESS_WRITABLE_FIELDS,
     CUSTOMER_WRITABLE_FIELDS,
@@ -57,10 +68,25 @@ def _active_from_status(status: int) -> bool:
     return _ACTIVE_BY_STATUS[status]
 
 
+def _export_part(part: ExportPart) -> pb.ExportCustomerDataResponse:
+    """One part of ExportCustomerData; a module's record as an Any of its own type."""
+    if isinstance(part, ModuleRecord):
+        record = any_pb2.Any(
+            type_url=f"type.googleapis.com/{part.record.type_name}", value=part.record.payload
+        )
+        return pb.ExportCustomerDataResponse(source=part.source, record=record)
+    if isinstance(part, CustomerSnapshot):
+        return pb.ExportCustomerDataResponse(source=SOURCE, customer=customer_to_proto(part))
+    return pb.ExportCustomerDataResponse(source=SOURCE, address=address_to_proto(part))
+
+
 class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
-    def __init__(self, service: CustomerService, addresses: AddressService) -> None:
+    def __init__(
+        self, service: CustomerService, addresses: AddressService, data_export: CustomerDataExport
+    ) -> None:
         self._service = service
         self._addresses = addresses
+        self._data_export = data_export
 
     async def CreateCustomer(
         self, request: pb.CreateCustomerRequest, context: Context
@@ -220,6 +246,24 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             ]
         )
 
+    async def ExportCustomerData(
+        self, request: pb.ExportCustomerDataRequest, context: Context
+    ) -> AsyncIterator[pb.ExportCustomerDataResponse]:
+        export = self._data_export
+        store_id, customer_id = request.store_id, request.customer_id
+        if export.shares_one_connection:
+            # SQLite: the process's one connection must not wait on this caller, so
+            # the export is read whole first (in a task a hang-up leaves running: a
+            # statement cancelled midway can keep that connection), then sent.
+            for part in await finished_anyway(export.read(store_id, customer_id)):
+                yield _export_part(part)
+            return
+        # PostgreSQL: sent as read, each part once the caller took the last (HTTP/2
+        # flow control); closed as soon as the call ends, which ends the snapshot.
+        async with aclosing(export.stream(store_id, customer_id)) as parts:
+            async for part in parts:
+                yield _export_part(part)
+
 
 def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     """Adds CustomerService to `server`; returns its full name."""
@@ -239,6 +283,11 @@ def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     )
     register_event_encoders(context.database.event_encoders)
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(
-        CustomerServicer(service, AddressService(context.database, context.page_tokens)), server
+        CustomerServicer(
+            service,
+            AddressService(context.database, context.page_tokens),
+            CustomerDataExport(context.database, context.customer_data),
+        ),
+        server,
     )
     return [pb.DESCRIPTOR.services_by_name["CustomerService"].full_name]

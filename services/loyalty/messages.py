@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from commerce.loyalty.v1 import loyalty_events_pb2, loyalty_pb2
 
+from services.core.db.customer_data import ExportedRecord
 from services.core.db.outbox import EventEncoders
+from services.core.db.unit_of_work import UnitOfWork
 from services.core.events.encoding import proto_encoder, proto_redactor
 from services.core.rpc.convert import MessageOf, timestamp
 from services.customers.api import customer_name
 from services.loyalty.events import LoyaltyPointsAdded, LoyaltyPointsRedeemed, PointsMoved
 from services.loyalty.models import MovementSnapshot
 from services.loyalty.rules import Standing, Tier
+from services.loyalty.service import ledger_batches, loyalty_account
 
 _STANDING = MessageOf(loyalty_pb2.CustomerLoyalty, Standing)
 _MOVEMENT = MessageOf(loyalty_pb2.LoyaltyMovement, MovementSnapshot)
@@ -71,3 +75,31 @@ def register_event_encoders(encoders: EventEncoders) -> None:
         encoders.register_redactor(
             event.DESCRIPTOR.full_name, proto_redactor(event, "movement.reason")
         )
+
+
+# -- the customer's data, for CustomerService.ExportCustomerData ---------------------------
+
+LOYALTY_TYPE = loyalty_pb2.CustomerLoyalty.DESCRIPTOR.full_name
+MOVEMENT_TYPE = loyalty_pb2.LoyaltyMovement.DESCRIPTOR.full_name
+
+
+class LoyaltyExporter:
+    """The loyalty module's CustomerExporter (services.core.db.customer_data): the
+    customer's account as a commerce.loyalty.v1.CustomerLoyalty, then every movement
+    of its ledger, oldest first, as a commerce.loyalty.v1.LoyaltyMovement. A customer
+    who never had a movement has no account and gets no record: loyalty keeps
+    nothing about them (GetCustomerLoyalty shows them zeros it computes)."""
+
+    source = "loyalty"
+
+    async def export_customer(
+        self, uow: UnitOfWork, customer_id: int
+    ) -> AsyncIterator[ExportedRecord]:
+        account = await loyalty_account(uow, customer_id)
+        if account is None:
+            return
+        yield ExportedRecord(LOYALTY_TYPE, standing_to_proto(account).SerializeToString())
+        async for movements in ledger_batches(uow, customer_id):
+            for movement in movements:
+                payload = movement_to_proto(movement).SerializeToString()
+                yield ExportedRecord(MOVEMENT_TYPE, payload)

@@ -54,6 +54,23 @@ _RECENT_MOVEMENTS = Statement(
 )
 
 
+# Oldest first: one range scan of ix_loyalty_movements_customer.
+_MOVEMENTS_AFTER = Statement(
+    _MOVEMENTS.where(
+        LoyaltyMovement.customer_id == bindparam("customer_id"),
+        LoyaltyMovement.movement_id > bindparam("after_id"),
+    )
+    .order_by(LoyaltyMovement.movement_id)
+    .limit(bindparam("limit"))
+)
+
+
+async def get_account(uow: UnitOfWork, customer_id: int) -> Standing | None:
+    """The customer's account; None when they never had a movement."""
+    row = await uow.fetch_one(_GET_STANDING, {"customer_id": customer_id})
+    return None if row is None else Standing(uow.store_id, customer_id, *row.values())
+
+
 async def get_standing(uow: UnitOfWork, customer_id: int) -> Standing:
     """The customer's account; zeros when they never had a movement."""
     row = await uow.fetch_one(_GET_STANDING, {"customer_id": customer_id})
@@ -107,3 +124,12 @@ async def erase_customer_reasons(uow: UnitOfWork, customer_id: int) -> list[int]
     if rows:
         await uow.execute(_ERASE_REASONS, params)
     return [int(row["movement_id"]) for row in rows]
+
+
+async def movements_after(
+    uow: UnitOfWork, customer_id: int, after_id: int, limit: int
+) -> list[MovementSnapshot]:
+    """Up to `limit` of the customer's movements with ids above `after_id`, oldest
+    first."""
+    params = {"customer_id": customer_id, "after_id": after_id, "limit": limit}
+    return [MovementSnapshot.of(row) for row in await uow.fetch(_MOVEMENTS_AFTER, params)]

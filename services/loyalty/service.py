@@ -5,6 +5,7 @@ rules in services.loyalty.rules. No gRPC here, so it is testable without a serve
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from services.core.db.counters import next_store_number
@@ -37,6 +38,8 @@ MOVEMENT_COUNTER = "loyalty_movement"
 # Operation names of the idempotency keys; stored, so never rename them.
 ADD_POINTS = "loyalty.AddLoyaltyPoints"
 REDEEM_POINTS = "loyalty.RedeemLoyaltyPoints"
+# Ledger movements read at a time for an export.
+EXPORT_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -167,3 +170,24 @@ class LoyaltyEraser:
         for operation in (ADD_POINTS, REDEEM_POINTS):
             await erase_fingerprints(uow, operation, movement_ids)
         uow.redact_events(MODULE, [loyalty_subject(customer_id)])
+
+
+async def loyalty_account(uow: UnitOfWork, customer_id: int) -> Standing | None:
+    """The customer's account as loyalty keeps it, read in `uow`; None when the
+    customer never had a movement (loyalty then keeps nothing about them)."""
+    return await queries.get_account(uow, customer_id)
+
+
+async def ledger_batches(
+    uow: UnitOfWork, customer_id: int, batch: int = EXPORT_BATCH
+) -> AsyncIterator[list[MovementSnapshot]]:
+    """Every movement of the customer's ledger, oldest first, `batch` at a time,
+    read in `uow` (the export's snapshot) as the caller asks for them."""
+    after_id = 0
+    while True:
+        movements = await queries.movements_after(uow, customer_id, after_id, batch)
+        if movements:
+            yield movements
+        if len(movements) < batch:
+            return
+        after_id = movements[-1].movement_id

@@ -15,6 +15,7 @@ from commerce.loyalty.v1 import customer_loyalty_service_pb2_grpc
 from services.core.modules import ModuleContext
 from services.customers.messages import customer_to_proto
 from services.loyalty.messages import (
+    LoyaltyExporter,
     movement_to_proto,
     register_event_encoders,
     standing_to_proto,
@@ -77,11 +78,11 @@ class CustomerLoyaltyServicer(customer_loyalty_service_pb2_grpc.CustomerLoyaltyS
 
 def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     """Adds CustomerLoyaltyService to `server` and registers the loyalty metrics and
-    customer eraser;
-    returns the service's full name. Needs the customers tables, not the customers
-    servicer."""
+    customer eraser and data exporter; returns the service's full name. Needs the customers
+    tables, not the customers servicer."""
     context.customer_metrics.register(LoyaltyMetricsProvider(context.database))
     context.customer_data.register_eraser(LoyaltyEraser())
+    context.customer_data.register_exporter(LoyaltyExporter())
     register_event_encoders(context.database.event_encoders)
     customer_loyalty_service_pb2_grpc.add_CustomerLoyaltyServiceServicer_to_server(
         CustomerLoyaltyServicer(LoyaltyService(context.database)), server

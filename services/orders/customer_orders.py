@@ -5,7 +5,8 @@ customers never asks for it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 
 from services.core.db.idempotency import erase_fingerprints
 from services.core.db.unit_of_work import TenantDatabase, UnitOfWork
@@ -27,6 +28,9 @@ from services.orders.rules import (
 
 DEFAULT_RECENT_LIMIT = 5
 MAX_RECENT_LIMIT = 50
+# Orders read at a time for an export: a customer's orders, however many, are never
+# in memory all at once.
+EXPORT_BATCH = 500
 
 
 class CustomerOrderService:
@@ -132,3 +136,19 @@ class OrderEraser:
         order_ids = await queries.erase_customer_orders(uow, customer_id)
         await erase_fingerprints(uow, CREATE_ORDER, order_ids)
         uow.redact_events(MODULE, [order_subject(order_id) for order_id in order_ids])
+
+
+async def customer_order_batches(
+    uow: UnitOfWork, customer_id: int, batch: int = EXPORT_BATCH
+) -> AsyncIterator[list[OrderSnapshot]]:
+    """Every order of the customer with its lines (not its customer), oldest first,
+    `batch` orders at a time, read in `uow` (the export's snapshot): the next batch
+    is read only when the caller asks for it."""
+    after: tuple[datetime, int] | None = None
+    while True:
+        orders = await queries.customer_orders_oldest_first(uow, customer_id, after, batch)
+        if orders:
+            yield orders
+        if len(orders) < batch:
+            return
+        after = (orders[-1].created_at, orders[-1].order_id)

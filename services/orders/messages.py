@@ -4,7 +4,7 @@ of what a customer looks like."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -12,12 +12,15 @@ from commerce.customers.v1 import customer_pb2
 from commerce.orders.v1 import order_events_pb2, order_pb2
 from commerce.type.v1 import money_pb2
 
+from services.core.db.customer_data import ExportedRecord
 from services.core.db.outbox import EventEncoders
+from services.core.db.unit_of_work import UnitOfWork
 from services.core.domain.etags import etag
 from services.core.events.encoding import proto_encoder, proto_redactor
 from services.core.rpc.convert import timestamp
 from services.customers.api import customer_name
 from services.customers.messages import customer_to_proto
+from services.orders.customer_orders import customer_order_batches
 from services.orders.events import OrderCreated, OrderStatusChanged
 from services.orders.models import LineItemSnapshot, OrderSnapshot, OrderStatus
 from services.orders.rules import CustomerOrderStats, OrderPage
@@ -160,3 +163,24 @@ def register_event_encoders(encoders: EventEncoders) -> None:
         encoders.register_redactor(
             event.DESCRIPTOR.full_name, proto_redactor(event, *_PERSONAL_PATHS)
         )
+
+
+# -- the customer's data, for CustomerService.ExportCustomerData ---------------------------
+
+ORDER_TYPE = order_pb2.Order.DESCRIPTOR.full_name
+
+
+class OrderExporter:
+    """The orders module's CustomerExporter (services.core.db.customer_data): every
+    order of the customer with its lines, oldest first, each a commerce.orders.v1.Order
+    without the deprecated customer copy (the export begins with the customer), read
+    in batches as the export is sent."""
+
+    source = "orders"
+
+    async def export_customer(
+        self, uow: UnitOfWork, customer_id: int
+    ) -> AsyncIterator[ExportedRecord]:
+        async for orders in customer_order_batches(uow, customer_id):
+            for order in orders:
+                yield ExportedRecord(ORDER_TYPE, order_to_proto(order).SerializeToString())

@@ -526,3 +526,44 @@ async def erase_customer_orders(uow: UnitOfWork, customer_id: int) -> list[int]:
         await uow.execute(_ERASE_ORDERS, params)
         await uow.execute(_ERASE_REVISIONS, params)
     return order_ids
+
+
+# -- a customer's orders, oldest first (ExportCustomerData) ----------------------------------
+
+
+def _customer_orders_oldest_first(after: bool) -> Statement:
+    """A batch of one customer's orders, oldest first by the keyset (created_at,
+    order_id): one range of ix_orders_customer, however many the customer has."""
+    conditions = list(in_store(Order, "customer_id"))
+    if after:
+        conditions.append(_position("after_time", "after_id") < _KEYSET)
+    return Statement(
+        select(*ORDER_COLUMNS)
+        .where(*conditions)
+        .order_by(Order.created_at, Order.order_id)
+        .limit(bindparam("limit"))
+    )
+
+
+_CUSTOMER_ORDERS_OLDEST_FIRST = {
+    after: _customer_orders_oldest_first(after) for after in (False, True)
+}
+
+
+async def customer_orders_oldest_first(
+    uow: UnitOfWork, customer_id: int, after: tuple[datetime, int] | None, limit: int
+) -> list[OrderSnapshot]:
+    """Up to `limit` of the customer's orders after the keyset position `after`
+    (created_at, order_id; None: from the first), oldest first, with their lines and
+    without their customer."""
+    params: dict[str, Any] = {"customer_id": customer_id, "limit": limit}
+    if after is not None:
+        params["after_time"], params["after_id"] = after
+    rows = await uow.fetch(_CUSTOMER_ORDERS_OLDEST_FIRST[after is not None], params)
+    if not rows:
+        return []
+    lines: dict[int, list[LineItemSnapshot]] = {}
+    order_ids = [row["order_id"] for row in rows]
+    for line in await uow.fetch(_PAGE_LINES[uow.dialect], {"order_ids": order_ids}):
+        lines.setdefault(line["order_id"], []).append(LineItemSnapshot.of(line))
+    return [OrderSnapshot.of(row, tuple(lines.get(row["order_id"], ())), None) for row in rows]

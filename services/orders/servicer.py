@@ -28,6 +28,7 @@ from services.orders.customer_orders import (
 )
 from services.orders.messages import (
     PROTO_STATUS,
+    OrderExporter,
     order_to_proto,
     orders_to_proto,
     page_fields,
@@ -223,11 +224,13 @@ class CustomerOrderServicer(customer_order_service_pb2_grpc.CustomerOrderService
 
 def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     """Adds OrderService and CustomerOrderService to `server`, and registers the
-    orders module's customer metrics and customer eraser; returns the services'
-    full names. Needs the customers tables, not the customers servicer."""
+    orders module's customer metrics, customer eraser and customer data exporter;
+    returns the services' full names. Needs the customers tables, not the customers
+    servicer."""
     statistics = OrderMetricsProvider(context.database)
     context.customer_metrics.register(statistics)
     context.customer_data.register_eraser(OrderEraser())
+    context.customer_data.register_exporter(OrderExporter())
     context.retention.register("order revisions", purge_expired_revisions)
     register_event_encoders(context.database.event_encoders)
     order_service_pb2_grpc.add_OrderServiceServicer_to_server(

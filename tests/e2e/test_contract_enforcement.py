@@ -335,6 +335,7 @@ VALID_REQUESTS: dict[str, Builder] = {
     f"{CUSTOMERS}/AddCustomerTags": _add_customer_tags,
     f"{CUSTOMERS}/RemoveCustomerTags": _remove_customer_tags,
     f"{CUSTOMERS}/EraseCustomer": _erase_customer,
+    f"{CUSTOMERS}/ExportCustomerData": _for_a_customer(pb.ExportCustomerDataRequest),
     f"{ORDERS}/CreateOrder": _create_order,
     f"{ORDERS}/GetOrder": _get_order,
     f"{ORDERS}/ListOrders": _list_orders,

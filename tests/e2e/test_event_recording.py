@@ -24,7 +24,7 @@ from tests.recorded_events import EventLog, Recorded
 
 # RPCs that change nothing: reads, and a login (its throttle counts are bookkeeping,
 # not a change of any resource).
-READ_PREFIXES = ("Get", "List", "BatchGet", "Stream", "Authenticate")
+READ_PREFIXES = ("Get", "List", "BatchGet", "Stream", "Export", "Authenticate")
 
 
 def mutating_rpcs() -> list[str]:

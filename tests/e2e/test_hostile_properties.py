@@ -150,10 +150,19 @@ def target(tmp_path_factory, database_url, backend) -> Iterator[Target]:
         yield Target(server, channel, a, b, known, tokens[:1])
 
 
-def rpc(channel: grpc.Channel, method) -> grpc.UnaryUnaryMultiCallable:
+def rpc(channel: grpc.Channel, method) -> Callable[..., object]:
+    """The method's call; a server stream's answer is the list of its messages."""
     response_class = message_factory.GetMessageClass(method.output_type)
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    if method.server_streaming:
+        stream = channel.unary_stream(
+            path,
+            request_serializer=lambda message: message.SerializeToString(),
+            response_deserializer=response_class.FromString,
+        )
+        return lambda request, timeout: list(stream(request, timeout=timeout))
     return channel.unary_unary(
-        f"/{method.containing_service.full_name}/{method.name}",
+        path,
         request_serializer=lambda message: message.SerializeToString(),
         response_deserializer=response_class.FromString,
     )

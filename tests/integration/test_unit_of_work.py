@@ -231,3 +231,33 @@ async def test_a_write_cancelled_at_any_point_leaves_the_next_one_durable(
             assert kept == 1, f"the write after attempt {attempt} was acknowledged but is not there"
     finally:
         await one_connection.engine.dispose()
+
+
+async def test_a_snapshot_reads_one_state_of_the_database_and_keeps_nothing(
+    database, settings, store_id
+):
+    # Another engine: a connection of its own, also on SQLite (one per engine).
+    elsewhere = TenantDatabase(create_engine(settings.database_url, pool_size=1))
+    seen = {"name": "snapshot-seen"}
+    kept = {"name": "snapshot-kept"}
+    try:
+        async with database.snapshot(store_id) as uow:
+            assert await uow.scalar(COUNTER_VALUE, seen) is None
+            async with elsewhere.writing(store_id) as writer:
+                await writer.execute(NEW_COUNTER, seen | {"value": 1})
+                await writer.commit()
+            # Committed meanwhile, and unseen: the snapshot began at the first read.
+            assert await uow.scalar(COUNTER_VALUE, seen) is None
+            assert await uow.scalar(STORE_NAME)
+        async with database.snapshot(store_id) as uow:
+            assert await uow.scalar(COUNTER_VALUE, seen) == 1
+            # A snapshot commits nothing (PostgreSQL refuses the write at once).
+            with contextlib.suppress(Exception):
+                await uow.execute(NEW_COUNTER, kept | {"value": 2})
+        async with elsewhere.reading(store_id) as uow:
+            assert await uow.scalar(COUNTER_VALUE, kept) is None
+        # The connection went back clean: the next unit of work is no snapshot.
+        async with database.reading(store_id) as uow:
+            assert await uow.scalar(COUNTER_VALUE, seen) == 1
+    finally:
+        await elsewhere.engine.dispose()

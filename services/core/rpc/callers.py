@@ -57,7 +57,8 @@ _SCOPE = re.compile(r"^(?:\*|(?:\*|[a-z][a-z0-9_]*):(?:read|write))$")
 
 # A method's access by the first word of its name. A name starting with any other
 # verb is unclassified: only full-access callers may call it, and a test fails on it.
-READ_VERBS = frozenset({"Get", "List", "BatchGet", "Search", "Stream"})
+# An Export hands out what the store holds (ExportCustomerData: a customer's data).
+READ_VERBS = frozenset({"Get", "List", "BatchGet", "Search", "Stream", "Export"})
 WRITE_VERBS = frozenset(
     {"Create", "Update", "Delete", "Set", "Change", "Add", "Redeem", "Authenticate"}
     # The order transitions.

@@ -6,6 +6,7 @@ method, so the per-call cost stays small."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ from datetime import timedelta
 from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
+from grpc._cython import cygrpc  # type: ignore[attr-defined]  # no public name for it
 
 from services.core import deadlines
 from services.core.domain.errors import DomainError
@@ -140,13 +142,28 @@ def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
     return guarded
 
 
+# What a write raises when the caller hung up while the message was being sent: gRPC
+# fails the write, before it tells the servicer that the call was cancelled.
+_WRITE_REFUSED = (cygrpc.ExecuteBatchError,)
+
+
+class CallEnded(Exception):
+    """The caller hung up while a message of its stream was being sent."""
+
+
 async def write_stream(sent: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """Runs a server-streaming behaviour's result: an async generator's messages are
     written one at a time (each write waits until gRPC took the last); a coroutine
-    writes its own."""
+    writes its own. The generator is closed as the call ends, however it ends, so
+    its cleanup (a snapshot's transaction, say) runs then, in the call's task, not
+    whenever the garbage collector finds it."""
     if hasattr(sent, "__aiter__"):
-        async for message in sent:
-            await context.write(message)
+        async with contextlib.aclosing(sent):
+            async for message in sent:
+                try:
+                    await context.write(message)
+                except _WRITE_REFUSED as error:
+                    raise CallEnded from error
     else:
         await sent
 
@@ -187,6 +204,9 @@ def _guard_stream(behavior: Behavior, method: str) -> Behavior:
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise  # a servicer (or the drain) ended it with its own status
+            except CallEnded:
+                code = grpc.StatusCode.CANCELLED  # nobody is left to answer
+                return
             except Exception as error:
                 status = _failure_status(error, method, deadline_passed=deadline.expired())
             code = status.code
