@@ -13,6 +13,7 @@ from sqlalchemy import (
     ColumnElement,
     String,
     Table,
+    and_,
     bindparam,
     case,
     delete,
@@ -36,11 +37,13 @@ from services.customers.models import (
     Customer,
     CustomerAddress,
     CustomerSnapshot,
+    CustomerTag,
     LoginThrottle,
     ThrottleSnapshot,
 )
 from services.customers.rules import (
     ADDRESS_WRITABLE_FIELDS,
+    EXPORT_STATUSES,
     address_not_found,
     customer_not_found,
     email_taken,
@@ -256,6 +259,68 @@ async def customers_after(
     if pattern:
         params["pattern"] = pattern
     rows = await uow.fetch(_CUSTOMER_PAGES[active, bool(pattern)], params)
+    return [CustomerSnapshot.of(row) for row in rows]
+
+
+# -- ExportCustomers --------------------------------------------------------------------------
+
+
+def _export_status(status: str | None) -> list[ColumnElement[bool]]:
+    """The condition of a status of rules.EXPORT_STATUSES, as customer_to_proto
+    shows it: erased whatever is_active says."""
+    if status is None:
+        return []
+    if status == "erased":
+        return [Customer.erased_at.is_not(None)]
+    return [Customer.erased_at.is_(None), Customer.is_active.is_(status == "active")]
+
+
+def _export_page(status: str | None, tagged: bool) -> Statement:
+    """A batch of ExportCustomers: the next customers by id, a range of the customers'
+    primary key, or with a tag a range of customer_tags' (store_id, tag,
+    customer_id), joined to the customers."""
+    page = select(*SNAPSHOT_COLUMNS)
+    if tagged:
+        key = CustomerTag.customer_id
+        page = (
+            page.select_from(CustomerTag)
+            .join(
+                Customer,
+                and_(
+                    Customer.store_id == CustomerTag.store_id,
+                    Customer.customer_id == CustomerTag.customer_id,
+                ),
+            )
+            .where(CustomerTag.store_id == bindparam("store_id"))
+            .where(CustomerTag.tag == bindparam("tag"))
+        )
+    else:
+        key = Customer.customer_id
+        page = page.where(*in_store(Customer))
+    return Statement(
+        page.where(key > bindparam("after_id"), *_export_status(status))
+        .order_by(key)
+        .limit(bindparam("limit"))
+    )
+
+
+_EXPORT_PAGES = {
+    (status, tagged): _export_page(status, tagged)
+    for status in (None, *EXPORT_STATUSES)
+    for tagged in (False, True)
+}
+
+
+async def customers_for_export(
+    uow: UnitOfWork, after_id: int, limit: int, *, status: str | None, tag: str
+) -> list[CustomerSnapshot]:
+    """Up to `limit` customers with ids above `after_id`, in id order: only those of
+    `status` (one of rules.EXPORT_STATUSES) unless None, only those with the
+    normalised `tag` unless it is empty."""
+    params: dict[str, Any] = {"after_id": after_id, "limit": limit}
+    if tag:
+        params["tag"] = tag
+    rows = await uow.fetch(_EXPORT_PAGES[status, bool(tag)], params)
     return [CustomerSnapshot.of(row) for row in rows]
 
 

@@ -6,6 +6,7 @@ number are. No database and no gRPC here, so each is tested on its own
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from services.core.domain.errors import (
 from services.core.domain.resource_names import name_in_store
 from services.customers.models import (
     DEFAULT_ADDRESS_FLAGS,
+    MAX_TAG_LENGTH,
     AddressSnapshot,
     ThrottleSnapshot,
 )
@@ -251,3 +253,31 @@ def caller_subject(caller: str) -> str:
 def _digest(text: str) -> str:
     # surrogatepass: a lone surrogate in a hostile email must not fail the hashing.
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# -- ExportCustomers ----------------------------------------------------------------------
+
+# Its status filter: the status a customer shows (an erased customer is erased
+# whether or not it was active), in the service's words.
+EXPORT_STATUSES = ("active", "inactive", "erased")
+
+
+def export_tag_filter(problems: Violations, field: str, value: str) -> str:
+    """ExportCustomers' tag filter, normalised as a customer's tags are (NFKC, lower
+    case, no surrounding whitespace, each inner run of whitespace one space), so that
+    it matches the tag as stored; "" for no filter."""
+    tag = " ".join(unicodedata.normalize("NFKC", value).lower().split())
+    if value and not tag:
+        problems.add(field, "must not be blank; leave it empty for every customer")
+    elif len(tag) > MAX_TAG_LENGTH:
+        problems.add(field, f"must be at most {MAX_TAG_LENGTH} characters")
+    elif "," in tag or validation.has_control_characters(tag):
+        problems.add(field, "must not contain commas or control characters")
+    return tag
+
+
+def check_export_after(problems: Violations, field: str, after_customer_id: int) -> None:
+    if after_customer_id < 0:
+        problems.add(
+            field, "must be 0 (from the first customer) or the id of the last customer received"
+        )

@@ -3,6 +3,8 @@ Rules live in the service layer; errors become statuses in services.core.rpc.sta
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import timedelta
 from typing import Any, TypeAlias
 
@@ -11,6 +13,7 @@ from commerce.customers.v1 import customer_pb2, customer_service_pb2_grpc
 from commerce.customers.v1 import customer_service_pb2 as pb
 
 from services.core.domain.errors import InvalidArgument
+from services.core.events.feed_snapshots import FeedSnapshots
 from services.core.modules import ModuleContext
 from services.core.rpc.callers import caller_identity
 from services.core.rpc.convert import masked_changes, require_resource, values_from
@@ -49,6 +52,22 @@ def _active_from_status(status: int) -> bool:
             "status", "must be CUSTOMER_STATUS_ACTIVE or CUSTOMER_STATUS_INACTIVE"
         )
     return _ACTIVE_BY_STATUS[status]
+
+
+# ExportCustomers' status filter, in the service's words (rules.EXPORT_STATUSES):
+# the status a customer shows, an erased one included.
+_EXPORT_STATUS: dict[int, str | None] = {
+    customer_pb2.CUSTOMER_STATUS_UNSPECIFIED: None,
+    customer_pb2.CUSTOMER_STATUS_ACTIVE: "active",
+    customer_pb2.CUSTOMER_STATUS_INACTIVE: "inactive",
+    customer_pb2.CUSTOMER_STATUS_ERASED: "erased",
+}
+
+
+def _export_status(status: int) -> str | None:
+    if status not in _EXPORT_STATUS:
+        raise InvalidArgument.of("status", "must be a CustomerStatus, or unspecified for any")
+    return _EXPORT_STATUS[status]
 
 
 class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
@@ -188,6 +207,27 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             ]
         )
 
+    async def ExportCustomers(
+        self, request: pb.ExportCustomersRequest, context: Context
+    ) -> AsyncIterator[pb.ExportCustomersResponse]:
+        # Each message is yielded once the caller took the last (the interceptor
+        # awaits every write), so the next batch is read only then.
+        export_status = _export_status(request.status)
+        async with (
+            self._service.export_customers(
+                request.store_id,
+                status=export_status,
+                tag=request.tag,
+                after_customer_id=request.after_customer_id,
+            ) as export,
+            aclosing(export.batches()) as batches,
+        ):
+            async for batch in batches:
+                yield pb.ExportCustomersResponse(
+                    customers=[customer_to_proto(customer) for customer in batch],
+                    event_cursor=export.event_cursor,
+                )
+
 
 def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     """Adds CustomerService to `server`; returns its full name."""
@@ -203,6 +243,7 @@ def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
         context.page_tokens,
         context.customer_metrics,
         login_policy,
+        FeedSnapshots(context.database, on_placed=context.events_placed.notify),
     )
     register_event_encoders(context.database.event_encoders)
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(

@@ -6,6 +6,7 @@ method, so the per-call cost stays small."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -145,8 +146,12 @@ async def write_stream(sent: Any, context: grpc.aio.ServicerContext[Any, Any]) -
     written one at a time (each write waits until gRPC took the last); a coroutine
     writes its own."""
     if hasattr(sent, "__aiter__"):
-        async for message in sent:
-            await context.write(message)
+        # Closed as the call ends, however it ends: what the generator holds (an
+        # export's snapshot and its connections) is released then, not whenever the
+        # garbage collector gets to it.
+        async with contextlib.aclosing(sent):
+            async for message in sent:
+                await context.write(message)
     else:
         await sent
 
