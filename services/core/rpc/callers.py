@@ -57,7 +57,7 @@ _SCOPE = re.compile(r"^(?:\*|(?:\*|[a-z][a-z0-9_]*):(?:read|write))$")
 
 # A method's access by the first word of its name. A name starting with any other
 # verb is unclassified: only full-access callers may call it, and a test fails on it.
-READ_VERBS = frozenset({"Get", "List", "BatchGet", "Search", "Stream"})
+READ_VERBS = frozenset({"Get", "List", "BatchGet", "Search", "Stream", "Export"})
 WRITE_VERBS = frozenset(
     {"Create", "Update", "Delete", "Set", "Change", "Add", "Redeem", "Authenticate"}
     # The order transitions.
