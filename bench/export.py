@@ -74,12 +74,14 @@ async def slow_reader(target: str, store_id: int, pid: int, pause: float) -> dic
     async with grpc.aio.insecure_channel(target) as channel:
         stub = customer_service_pb2_grpc.CustomerServiceStub(channel)
         call = stub.ExportCustomers(pb.ExportCustomersRequest(store_id=store_id))
-        rows += len((await call.read()).customers)
+        first = await call.read()
+        assert isinstance(first, pb.ExportCustomersResponse), first
+        rows += len(first.customers)
         until = time.monotonic() + pause
         while time.monotonic() < until:
             samples.append(memory_kb(pid)["VmRSS"])
             await asyncio.sleep(0.25)
-        while (response := await call.read()) is not grpc.aio.EOF:
+        while isinstance(response := await call.read(), pb.ExportCustomersResponse):
             rows += len(response.customers)
     return {
         "rows": rows,
