@@ -23,7 +23,9 @@ from commerce.events.v1 import event_service_pb2, event_service_pb2_grpc
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.core.db.statements import Statement
 from services.core.domain.etags import revision_named
+from services.core.events.feed import place_events
 from services.core.events.feed_snapshots import APPLICATION_NAME
 from services.server import Application
 from tests.conftest import new_store
@@ -587,3 +589,47 @@ async def test_a_cancelled_export_releases_its_connections(
     assert all(result.customer.customer_id == 1 for result in results)
     everyone, _ = await export(customers, store_id)
     assert len(everyone) == 30_000
+
+
+# -- an export meeting a relay mid-round -------------------------------------------
+
+_LOCK_RELAY = text("SELECT placed_position FROM event_relay WHERE name = 'relay' FOR UPDATE")
+_RECORD_PLACED = text("UPDATE event_relay SET placed_position = :placed WHERE name = 'relay'")
+_WAITING_ON_A_LOCK = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND wait_event_type = 'Lock'"
+)
+
+
+async def test_an_export_that_meets_a_placing_relay_starts_again_after_it(
+    server: Application, channel, customers, sessions, database, store_id, backend
+):
+    """A relay holds its row and places events while the export takes its snapshot:
+    the export waits, finds on PostgreSQL that its snapshot is older than the
+    relay's commit (a serialization failure), and starts again; its cursor then
+    covers what the relay placed, and nothing comes twice."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time: placers queue on its write lock")
+    async with relay_held_off(server):
+        for _ in range(3):
+            await create_customer(customers, store_id)
+        async with database.maintenance() as relay:  # plays the relay, mid-round
+            last = int((await relay.fetch(Statement(_LOCK_RELAY), {}))[0]["placed_position"])
+            exporting = asyncio.create_task(export(customers, store_id))
+            async with asyncio.timeout(DEADLINE):
+                while not await _someone_waits_on_a_lock(sessions):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)  # the export's first statement, queued
+            placed = await place_events(relay, last, 1000)
+            assert placed >= 3
+            await relay.execute(Statement(_RECORD_PLACED), {"placed": last + placed})
+            await relay.commit()
+        snapshot, cursor = await exporting
+        assert int(cursor) >= last + placed
+        assert len(snapshot) == 3
+        await create_customer(customers, store_id)
+    await check_handover(customers, channel, sessions, store_id, snapshot, cursor)
+
+
+async def _someone_waits_on_a_lock(sessions) -> bool:
+    async with sessions() as session:
+        return bool((await session.execute(_WAITING_ON_A_LOCK)).scalar_one())
