@@ -13,13 +13,13 @@ from sqlalchemy import (
     ColumnElement,
     String,
     Table,
-    and_,
     bindparam,
     case,
     delete,
     func,
     or_,
     select,
+    true,
     union_all,
     update,
 )
@@ -275,39 +275,73 @@ def _export_status(status: str | None) -> list[ColumnElement[bool]]:
     return [Customer.erased_at.is_(None), Customer.is_active.is_(status == "active")]
 
 
-def _export_page(status: str | None, tagged: bool) -> Statement:
+def _export_page(status: str | None, tagged: bool, dialect: str) -> Statement:
     """A batch of ExportCustomers: the next customers by id, a range of the customers'
-    primary key, or with a tag a range of customer_tags' (store_id, tag,
-    customer_id), joined to the customers."""
-    page = select(*SNAPSHOT_COLUMNS)
-    if tagged:
-        key = CustomerTag.customer_id
-        page = (
-            page.select_from(CustomerTag)
+    primary key; with a tag, a range of customer_tags' primary key (store_id, tag,
+    customer_id), each customer then read by its key: on PostgreSQL in a LATERAL
+    subquery (which OFFSET 0 keeps the planner from flattening: the plan is the same
+    whatever it believes of the tables, see rows_of_keys), on SQLite (no LATERAL,
+    and a planner that always takes a key it is given) in a plain join."""
+    if not tagged:
+        return Statement(
+            select(*SNAPSHOT_COLUMNS)
+            .where(
+                *in_store(Customer),
+                Customer.customer_id > bindparam("after_id"),
+                *_export_status(status),
+            )
+            .order_by(Customer.customer_id)
+            .limit(bindparam("limit"))
+        )
+    tagged_ids = (
+        select(CustomerTag.customer_id)
+        .where(
+            CustomerTag.store_id == bindparam("store_id"),
+            CustomerTag.tag == bindparam("tag"),
+            CustomerTag.customer_id > bindparam("after_id"),
+        )
+        .subquery("tagged")
+    )
+    if dialect == "sqlite":
+        return Statement(
+            select(*SNAPSHOT_COLUMNS)
+            .select_from(tagged_ids)
             .join(
                 Customer,
-                and_(
-                    Customer.store_id == CustomerTag.store_id,
-                    Customer.customer_id == CustomerTag.customer_id,
-                ),
+                (Customer.store_id == bindparam("store_id"))
+                & (Customer.customer_id == tagged_ids.c.customer_id),
             )
-            .where(CustomerTag.store_id == bindparam("store_id"))
-            .where(CustomerTag.tag == bindparam("tag"))
+            .where(*_export_status(status))
+            .order_by(tagged_ids.c.customer_id)
+            .limit(bindparam("limit"))
         )
-    else:
-        key = Customer.customer_id
-        page = page.where(*in_store(Customer))
+    customer = (
+        select(*SNAPSHOT_COLUMNS)
+        .where(
+            *in_store(Customer),
+            Customer.customer_id == tagged_ids.c.customer_id,
+            *_export_status(status),
+        )
+        .offset(0)
+        .lateral("customer")
+    )
     return Statement(
-        page.where(key > bindparam("after_id"), *_export_status(status))
-        .order_by(key)
+        select(customer)
+        .select_from(tagged_ids)
+        .join(customer, true())
+        .order_by(tagged_ids.c.customer_id)
         .limit(bindparam("limit"))
     )
 
 
 _EXPORT_PAGES = {
-    (status, tagged): _export_page(status, tagged)
+    (status, tagged): _export_page(status, tagged, "postgresql")
     for status in (None, *EXPORT_STATUSES)
     for tagged in (False, True)
+}
+# SQLite's own with a tag (the others serve both databases).
+_EXPORT_TAGGED_PAGES = {
+    "sqlite": {status: _export_page(status, True, "sqlite") for status in (None, *EXPORT_STATUSES)}
 }
 
 
@@ -320,7 +354,11 @@ async def customers_for_export(
     params: dict[str, Any] = {"after_id": after_id, "limit": limit}
     if tag:
         params["tag"] = tag
-    rows = await uow.fetch(_EXPORT_PAGES[status, bool(tag)], params)
+    if tag and uow.dialect == "sqlite":
+        statement = _EXPORT_TAGGED_PAGES["sqlite"][status]
+    else:
+        statement = _EXPORT_PAGES[status, bool(tag)]
+    rows = await uow.fetch(statement, params)
     return [CustomerSnapshot.of(row) for row in rows]
 
 

@@ -162,6 +162,8 @@ _FILL_STORE = (
     """INSERT INTO customer_login_throttles SELECT $1, 'email:' || md5(c::text), 1,
         now() - c * interval '1 second'
     FROM generate_series(1, {customers}) AS c""",
+    """INSERT INTO customer_tags SELECT $1, 'tag ' || c % 10, c
+    FROM generate_series(1, {customers}) AS c""",
 )
 
 
