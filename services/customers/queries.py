@@ -445,6 +445,27 @@ async def tagged_customers_after(
     return [CustomerSnapshot.of(row) for row in rows]
 
 
+async def customers_page(
+    uow: UnitOfWork,
+    after_id: int,
+    limit: int,
+    *,
+    active: bool | None,
+    erased: bool,
+    pattern: str = "",
+    tag: str = "",
+) -> list[CustomerSnapshot]:
+    """A page of ListCustomers or a batch of ExportCustomers: customers_after, or
+    tagged_customers_after when `tag` (normalised) is given."""
+    if tag:
+        return await tagged_customers_after(
+            uow, tag, after_id, limit, active=active, pattern=pattern, erased=erased
+        )
+    return await customers_after(
+        uow, after_id, limit, active=active, pattern=pattern, erased=erased
+    )
+
+
 # -- addresses ------------------------------------------------------------------------------
 
 _OF_CUSTOMER = in_store(CustomerAddress, "customer_id")

@@ -363,3 +363,13 @@ def caller_subject(caller: str) -> str:
 def _digest(text: str) -> str:
     # surrogatepass: a lone surrogate in a hostile email must not fail the hashing.
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# -- ExportCustomers ----------------------------------------------------------------------
+
+
+def check_export_after(problems: Violations, field: str, after_customer_id: int) -> None:
+    if after_customer_id < 0:
+        problems.add(
+            field, "must be 0 (from the first customer) or the id of the last customer received"
+        )

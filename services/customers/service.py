@@ -5,7 +5,8 @@ services.customers.rules. No gRPC here, so it is testable without a server."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from services.core.domain.errors import (
 from services.core.domain.etags import check_etag
 from services.core.domain.pagination import PageTokenCodec, resolve_page_size
 from services.core.domain.passwords import PasswordHasher, password_problem
+from services.core.events.feed_snapshots import FeedSnapshot, FeedSnapshots
 from services.customers import queries
 from services.customers.events import (
     MODULE,
@@ -45,6 +47,7 @@ from services.customers.rules import (
     changed_fields,
     check_batch_customer_ids,
     check_customer_id,
+    check_export_after,
     check_not_erased,
     contains_pattern,
     customer_not_found,
@@ -63,6 +66,9 @@ from services.customers.rules import (
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# ExportCustomers reads (and sends) this many customers at a time, the next batch only
+# once the caller took the last: a slow reader holds one batch in the server.
+EXPORT_BATCH = 500
 
 CUSTOMER_COUNTER = "customer"
 # Operation name of the idempotency keys of CreateCustomer; stored, so never rename it.
@@ -99,6 +105,38 @@ class CustomerPage:
     next_page_token: str
 
 
+class CustomerExport:
+    """An export in progress: the store's customers as of one snapshot, and the feed
+    cursor that snapshot is consistent at."""
+
+    def __init__(
+        self,
+        snapshot: FeedSnapshot,
+        *,
+        active: bool | None,
+        erased: bool,
+        tag: str,
+        after_id: int,
+    ) -> None:
+        self._snapshot = snapshot
+        self._filters: dict[str, Any] = {"active": active, "erased": erased, "tag": tag}
+        self._after_id = after_id
+        self.event_cursor = snapshot.cursor
+
+    async def batches(self) -> AsyncGenerator[list[CustomerSnapshot]]:
+        """The customers in id order, EXPORT_BATCH at a time, each batch read once
+        the last was taken; the first batch even when empty."""
+        after_id = self._after_id
+        while True:
+            batch = await queries.customers_page(
+                self._snapshot, after_id, EXPORT_BATCH, **self._filters
+            )
+            yield batch
+            if len(batch) < EXPORT_BATCH:
+                return
+            after_id = batch[-1].customer_id
+
+
 class CustomerService:
     def __init__(
         self,
@@ -108,8 +146,10 @@ class CustomerService:
         metrics: CustomerMetricsRegistry | None = None,
         login_policy: LoginPolicy | None = None,
         customer_data: CustomerDataRegistry | None = None,
+        snapshots: FeedSnapshots | None = None,
     ) -> None:
         self._db = database
+        self._snapshots = snapshots or FeedSnapshots(database)
         self._login_policy = login_policy or LoginPolicy()
         self._passwords = passwords
         self._page_tokens = page_tokens
@@ -231,14 +271,9 @@ class CustomerService:
         (after_id,) = self._page_tokens.decode(page_token, scope) if page_token else (0,)
         pattern = contains_pattern(needle) if needle else ""
         async with self._db.reading(store_id) as uow:
-            if tag:
-                customers = await queries.tagged_customers_after(
-                    uow, tag, after_id, size + 1, active=active, pattern=pattern, erased=erased
-                )
-            else:
-                customers = await queries.customers_after(
-                    uow, after_id, size + 1, active=active, pattern=pattern, erased=erased
-                )
+            customers = await queries.customers_page(
+                uow, after_id, size + 1, active=active, erased=erased, pattern=pattern, tag=tag
+            )
         page, token = self._page_tokens.cut(customers, size, scope, lambda last: [last.customer_id])
         return CustomerPage(page, token)
 
@@ -285,6 +320,30 @@ class CustomerService:
         uow.record(CustomerUpdated(changed, ("tags",)))
         await uow.commit()
         return changed
+
+    @asynccontextmanager
+    async def export_customers(
+        self,
+        store_id: int,
+        *,
+        active: bool | None = None,
+        erased: bool = False,
+        tag: str = "",
+        after_customer_id: int = 0,
+    ) -> AsyncIterator[CustomerExport]:
+        """Every customer of the store with ids above `after_customer_id`, filtered as
+        list_customers filters (`active`, `erased`, `tag`), as of one snapshot
+        consistent with the event feed at the export's `event_cursor`
+        (services.core.events.feed_snapshots). The snapshot's connections are
+        released when the block ends."""
+        problems = Violations()
+        tag = filter_tag(problems, "tag", tag)
+        check_export_after(problems, "after_customer_id", after_customer_id)
+        problems.raise_if_any()
+        async with self._snapshots.snapshot(store_id) as snapshot:
+            yield CustomerExport(
+                snapshot, active=active, erased=erased, tag=tag, after_id=after_customer_id
+            )
 
     async def set_customer_status(
         self, store_id: int, customer_id: int, active: bool, *, etag: str = ""

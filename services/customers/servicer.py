@@ -14,6 +14,7 @@ from commerce.customers.v1 import customer_service_pb2 as pb
 from google.protobuf import any_pb2
 
 from services.core.domain.errors import InvalidArgument
+from services.core.events.feed_snapshots import FeedSnapshots
 from services.core.modules import ModuleContext
 from services.core.rpc.callers import caller_identity
 from services.core.rpc.convert import masked_changes, require_resource, values_from
@@ -264,6 +265,27 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
             async for part in parts:
                 yield _export_part(part)
 
+    async def ExportCustomers(
+        self, request: pb.ExportCustomersRequest, context: Context
+    ) -> AsyncIterator[pb.ExportCustomersResponse]:
+        # Each message is yielded once the caller took the last (the interceptor
+        # awaits every write), so the next batch is read only then.
+        async with (
+            self._service.export_customers(
+                request.store_id,
+                active=_active_filter(request.status),
+                erased=_erased_filter(request.status),
+                tag=request.tag,
+                after_customer_id=request.after_customer_id,
+            ) as export,
+            aclosing(export.batches()) as batches,
+        ):
+            async for batch in batches:
+                yield pb.ExportCustomersResponse(
+                    customers=[customer_to_proto(customer) for customer in batch],
+                    event_cursor=export.event_cursor,
+                )
+
 
 def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
     """Adds CustomerService to `server`; returns its full name."""
@@ -280,6 +302,7 @@ def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
         context.customer_metrics,
         login_policy,
         context.customer_data,
+        FeedSnapshots(context.database, on_placed=context.events_placed.notify),
     )
     register_event_encoders(context.database.event_encoders)
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(

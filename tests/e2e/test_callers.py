@@ -307,6 +307,7 @@ def test_every_rpc_of_every_mounted_service_is_classified(server):
     assert unclassified == []
     assert method_access("/commerce.customers.v1.CustomerService/GetCustomer") == "read"
     assert method_access("/commerce.orders.v1.OrderService/ListOrders") == "read"
+    assert method_access("/commerce.customers.v1.CustomerService/ExportCustomers") == "read"
     assert method_access("/commerce.orders.v1.OrderService/UpdateOrderStatus") == "write"
     assert (
         method_access("/commerce.loyalty.v1.CustomerLoyaltyService/RedeemLoyaltyPoints") == "write"

@@ -316,6 +316,10 @@ async def _stream_events(s: Store) -> Message:
     return events_pb.StreamEventsRequest(store_id=s.store_id, only_new=True)
 
 
+async def _export_customers(s: Store) -> Message:
+    return pb.ExportCustomersRequest(store_id=s.store_id)
+
+
 VALID_REQUESTS: dict[str, Builder] = {
     f"{EVENTS}/ListEvents": _list_events,
     f"{EVENTS}/StreamEvents": _stream_events,
@@ -336,6 +340,7 @@ VALID_REQUESTS: dict[str, Builder] = {
     f"{CUSTOMERS}/RemoveCustomerTags": _remove_customer_tags,
     f"{CUSTOMERS}/EraseCustomer": _erase_customer,
     f"{CUSTOMERS}/ExportCustomerData": _for_a_customer(pb.ExportCustomerDataRequest),
+    f"{CUSTOMERS}/ExportCustomers": _export_customers,
     f"{ORDERS}/CreateOrder": _create_order,
     f"{ORDERS}/GetOrder": _get_order,
     f"{ORDERS}/ListOrders": _list_orders,

@@ -22,7 +22,8 @@ from tests.descriptors import commerce_files, method_path, methods
 from tests.e2e.helpers import create_customer, create_order, unique_email
 from tests.recorded_events import EventLog, Recorded
 
-# RPCs that change nothing: reads, and a login (its throttle counts are bookkeeping,
+# RPCs that change nothing: reads (an export places events in the feed, as the relay
+# would, but changes no resource), and a login (its throttle counts are bookkeeping,
 # not a change of any resource).
 READ_PREFIXES = ("Get", "List", "BatchGet", "Stream", "Export", "Authenticate")
 

@@ -8,9 +8,10 @@ from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 # Deterministic constraint names, so migrations can refer to them on every database.
@@ -99,6 +100,18 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 10.
         pool_timeout=max(connect_timeout, 30),
         connect_args={"timeout": 30},
         hide_parameters=True,
+    )
+    event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
+    return engine
+
+
+def create_sqlite_side_engine(url: str | URL) -> AsyncEngine:
+    """Connections to the same SQLite database beside the pool's one, each opened for
+    one use and closed after it: for a read that holds its snapshot (a transaction)
+    open for long, which on the pool's only connection would make every other call
+    wait for it. In WAL mode such a reader blocks no writer."""
+    engine = create_async_engine(
+        url, poolclass=NullPool, connect_args={"timeout": 30}, hide_parameters=True
     )
     event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
     return engine

@@ -10,9 +10,18 @@ waits for the first's sequence row lock), so they are placed in that order too."
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from datetime import UTC, datetime
 
-from services.core.db.statements import Statement, Transaction
+from sqlalchemy import bindparam, text, update
+
+from services.core.db.outbox import EventRelayState
+from services.core.db.statements import Statement, Transaction, insert_unless_present
+from services.core.events.notifications import FEED_CHANNEL
+
+# The relay's row in event_relay.
+RELAY_NAME = "relay"
+# Events placed per transaction.
+PLACE_BATCH = 1000
 
 
 def _place(lock: str) -> Statement:
@@ -50,3 +59,40 @@ async def place_events(statements: Transaction, last_position: int, batch: int) 
         _PLACE[statements.dialect], {"last": last_position, "batch": batch}
     )
     return len(rows)
+
+
+_ENSURE_ROW = insert_unless_present(
+    EventRelayState,
+    ["name"],
+    fixed={
+        "holder": "",
+        "placed_position": 0,
+        "delivered_position": 0,
+        "pruned_position": 0,
+    },
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SET_PLACED = Statement(
+    update(EventRelayState)
+    .where(EventRelayState.name == bindparam("relay"))
+    .values(placed_position=bindparam("placed"))
+)
+# Tells every process's event streams that the feed grew (delivered at commit).
+_NOTIFY_FEED = Statement(text(f"SELECT pg_notify('{FEED_CHANNEL}', '')"))
+
+
+async def ensure_relay_row(statements: Transaction, relay: str) -> None:
+    """Creates the relay's row, with nothing placed and no holder, unless it exists."""
+    await statements.execute(
+        _ENSURE_ROW[statements.dialect], {"name": relay, "lease_expires_at": _EPOCH}
+    )
+
+
+async def record_placed(statements: Transaction, relay: str, placed: int) -> None:
+    """Records `placed` as the last position handed out and, on PostgreSQL, tells
+    every process's event streams at commit that the feed grew. The relay reads its
+    positions from its row at the start of every round, so it goes on after (and
+    publishes) what another placer recorded here (services.core.events.feed_snapshots)."""
+    await statements.execute(_SET_PLACED, {"relay": relay, "placed": placed})
+    if statements.dialect == "postgresql":
+        await statements.fetch(_NOTIFY_FEED, {})

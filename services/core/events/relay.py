@@ -31,10 +31,10 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, or_, select, text, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from services.core.db.engine import UtcDateTime, create_engine, utc_now
@@ -43,10 +43,15 @@ from services.core.db.statements import (
     Row,
     Statement,
     Transaction,
-    insert_unless_present,
 )
 from services.core.db.unit_of_work import TenantDatabase
-from services.core.events.feed import place_events
+from services.core.events.feed import (
+    PLACE_BATCH,
+    RELAY_NAME,
+    ensure_relay_row,
+    place_events,
+    record_placed,
+)
 from services.core.events.notifications import (
     FEED_CHANNEL,
     OUTBOX_CHANNEL,
@@ -59,9 +64,7 @@ from services.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-RELAY_NAME = "relay"
-# Events placed per transaction, and published per batch (acks awaited together).
-PLACE_BATCH = 1000
+# Events published per batch (acks awaited together).
 PUBLISH_BATCH = 1000
 # Events pruned per transaction: short transactions, short locks.
 PRUNE_BATCH = 1000
@@ -78,7 +81,6 @@ ROUND_GAP_SECONDS = 0.02
 # How long `stop` lets the round in flight finish.
 STOP_SECONDS = 10.0
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STATE = EventRelayState
 _POSITIONS = (_STATE.placed_position, _STATE.delivered_position, _STATE.pruned_position)
 
@@ -87,16 +89,6 @@ def _at(name: str) -> Any:
     return bindparam(name, type_=UtcDateTime())
 
 
-_ENSURE_ROW = insert_unless_present(
-    EventRelayState,
-    ["name"],
-    fixed={
-        "holder": "",
-        "placed_position": 0,
-        "delivered_position": 0,
-        "pruned_position": 0,
-    },
-)
 _ACQUIRE = Statement(
     update(EventRelayState)
     .where(
@@ -122,11 +114,6 @@ _RELEASE = Statement(
     .where(_STATE.name == bindparam("relay"), _STATE.holder == bindparam("me"))
     .values(holder="", lease_expires_at=_at("now"))
 )
-_SET_PLACED = Statement(
-    update(EventRelayState)
-    .where(_STATE.name == bindparam("relay"))
-    .values(placed_position=bindparam("placed"))
-)
 _SET_DELIVERED = Statement(
     update(EventRelayState)
     .where(_STATE.name == bindparam("relay"))
@@ -137,8 +124,6 @@ _SET_PRUNED = Statement(
     .where(_STATE.name == bindparam("relay"))
     .values(pruned_position=bindparam("pruned"))
 )
-# Tells every process's event streams that the feed grew (delivered at commit).
-_NOTIFY_FEED = Statement(text(f"SELECT pg_notify('{FEED_CHANNEL}', '')"))
 
 _EVENT = OutboxEvent
 _PLACED_AFTER = Statement(
@@ -347,10 +332,7 @@ class EventRelay:
 
     async def _acquire(self) -> bool:
         async with self.database.maintenance() as statements:
-            await statements.execute(
-                _ENSURE_ROW[statements.dialect],
-                {"name": self.name, "lease_expires_at": _EPOCH},
-            )
+            await ensure_relay_row(statements, self.name)
             row = await statements.fetch_one(_ACQUIRE, self._lease_params())
             await statements.commit()
         if row is None:
@@ -377,11 +359,7 @@ class EventRelay:
                 delivered = int(state["delivered_position"])
                 placed = await place_events(statements, last, PLACE_BATCH)
                 if placed:
-                    await statements.execute(
-                        _SET_PLACED, {"relay": self.name, "placed": last + placed}
-                    )
-                    if statements.dialect == "postgresql":
-                        await statements.fetch(_NOTIFY_FEED, {})
+                    await record_placed(statements, self.name, last + placed)
                 if self._publisher is None:
                     # Nothing to publish to: delivered follows placed. Turning NATS on
                     # later publishes from then on, not the history.

@@ -158,6 +158,9 @@ async def write_stream(sent: Any, context: grpc.aio.ServicerContext[Any, Any]) -
     its cleanup (a snapshot's transaction, say) runs then, in the call's task, not
     whenever the garbage collector finds it."""
     if hasattr(sent, "__aiter__"):
+        # Closed as the call ends, however it ends: what the generator holds (an
+        # export's snapshot and its connections) is released then, not whenever the
+        # garbage collector gets to it.
         async with contextlib.aclosing(sent):
             async for message in sent:
                 try:
