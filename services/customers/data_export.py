@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from services.core.db.customer_data import CustomerDataRegistry, ExportedRecord
-from services.core.db.unit_of_work import TenantDatabase
+from services.core.events.feed_snapshots import FeedSnapshots
 from services.customers import queries
 from services.customers.models import AddressSnapshot, CustomerSnapshot
 from services.customers.rules import MAX_ADDRESSES_PER_CUSTOMER, check_customer_id
@@ -36,28 +36,22 @@ ExportPart: TypeAlias = CustomerSnapshot | AddressSnapshot | ModuleRecord
 
 
 class CustomerDataExport:
-    def __init__(self, database: TenantDatabase, registry: CustomerDataRegistry) -> None:
-        self._db = database
+    def __init__(self, snapshots: FeedSnapshots, registry: CustomerDataRegistry) -> None:
+        self._snapshots = snapshots
         # Filled by the modules that keep data about customers, never by this one.
         self._registry = registry
 
-    @property
-    def shares_one_connection(self) -> bool:
-        """Whether the database has one connection for the whole process (SQLite):
-        then a caller reads the export whole (`read`) rather than holding that
-        connection while it sends the parts (`stream`)."""
-        return self._db.engine.dialect.name == "sqlite"
-
     async def stream(self, store_id: int, customer_id: int) -> AsyncGenerator[ExportPart, None]:
         """The customer, its addresses (oldest first), then each exporter's records,
-        read in one snapshot (TenantDatabase.snapshot) as they are yielded: the
-        snapshot's transaction lasts until the iterator ends or is closed, and reads
-        on only when the caller asks for the next part. INVALID_ARGUMENT for an id
-        that cannot be a customer's, NOT_FOUND when the store has none, before the
-        first part. Never a password or its hash: the customer goes out as customers'
-        message, which has `has_password` only."""
+        read in one snapshot (services.core.events.feed_snapshots, whose connection is
+        never the one SQLite's pool shares) as they are yielded: the snapshot lasts
+        until the iterator ends or is closed, and reads on only when the caller asks
+        for the next part. INVALID_ARGUMENT for an id that cannot be a customer's,
+        NOT_FOUND when the store has none, before the first part. Never a password or
+        its hash: the customer goes out as customers' message, which has
+        `has_password` only."""
         check_customer_id(customer_id)
-        async with self._db.snapshot(store_id) as uow:
+        async with self._snapshots.snapshot(store_id) as uow:
             yield await queries.get_customer(uow, customer_id)
             # Every address in one read: a customer has at most this many.
             for address in await queries.addresses_after(
@@ -67,9 +61,3 @@ class CustomerDataExport:
             for exporter in self._registry.exporters:
                 async for record in exporter.export_customer(uow, customer_id):
                     yield ModuleRecord(exporter.source, record)
-
-    async def read(self, store_id: int, customer_id: int) -> list[ExportPart]:
-        """What `stream` yields, read whole before it returns: the connection is held
-        only as long as the database takes, however slowly the caller then sends the
-        parts. Its memory is the customer's data, encoded."""
-        return [part async for part in self.stream(store_id, customer_id)]

@@ -18,7 +18,6 @@ from services.core.events.feed_snapshots import FeedSnapshots
 from services.core.modules import ModuleContext
 from services.core.rpc.callers import caller_identity
 from services.core.rpc.convert import masked_changes, require_resource, values_from
-from services.core.rpc.interceptor import finished_anyway
 from services.customers.addresses import AddressService
 from services.customers.data_export import (
     SOURCE,
@@ -250,18 +249,10 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     async def ExportCustomerData(
         self, request: pb.ExportCustomerDataRequest, context: Context
     ) -> AsyncIterator[pb.ExportCustomerDataResponse]:
-        export = self._data_export
-        store_id, customer_id = request.store_id, request.customer_id
-        if export.shares_one_connection:
-            # SQLite: the process's one connection must not wait on this caller, so
-            # the export is read whole first (in a task a hang-up leaves running: a
-            # statement cancelled midway can keep that connection), then sent.
-            for part in await finished_anyway(export.read(store_id, customer_id)):
-                yield _export_part(part)
-            return
-        # PostgreSQL: sent as read, each part once the caller took the last (HTTP/2
-        # flow control); closed as soon as the call ends, which ends the snapshot.
-        async with aclosing(export.stream(store_id, customer_id)) as parts:
+        # Sent as read, each part once the caller took the last (HTTP/2 flow
+        # control); closed as soon as the call ends, which ends the snapshot.
+        parts = self._data_export.stream(request.store_id, request.customer_id)
+        async with aclosing(parts):
             async for part in parts:
                 yield _export_part(part)
 
@@ -295,6 +286,8 @@ def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
         per_caller=settings.login_failures_per_caller,
         window=timedelta(seconds=settings.login_window_seconds),
     )
+    # One for both exports: together they hold at most the snapshots it allows.
+    snapshots = FeedSnapshots(context.database, on_placed=context.events_placed.notify)
     service = CustomerService(
         context.database,
         context.passwords,
@@ -302,14 +295,14 @@ def mount(server: grpc.aio.Server, context: ModuleContext) -> list[str]:
         context.customer_metrics,
         login_policy,
         context.customer_data,
-        FeedSnapshots(context.database, on_placed=context.events_placed.notify),
+        snapshots,
     )
     register_event_encoders(context.database.event_encoders)
     customer_service_pb2_grpc.add_CustomerServiceServicer_to_server(
         CustomerServicer(
             service,
             AddressService(context.database, context.page_tokens),
-            CustomerDataExport(context.database, context.customer_data),
+            CustomerDataExport(snapshots, context.customer_data),
         ),
         server,
     )

@@ -3,9 +3,9 @@
 Every RPC reaches its store's rows through one `UnitOfWork`, opened by
 `TenantDatabase.writing(store_id)` (one transaction, rolled back unless committed) or
 `TenantDatabase.reading(store_id)` (each statement on its own: reads skip the
-transaction round trips they do not need) or `TenantDatabase.snapshot(store_id)`
-(reads that see one state of the database however many statements they take).
-Opening one checks the store first, so no module can forget to; and every
+transaction round trips they do not need); services.core.events.feed_snapshots opens
+read-only ones that see one state of the database however many statements they
+take. Opening one checks the store first, so no module can forget to; and every
 statement it runs gets the store's id bound as `store_id`, so no query can name
 another store's rows by mistake. The queries of each module take the unit of work
 and nothing else.
@@ -178,56 +178,6 @@ class TenantDatabase:
     def reading(self, store_id: int) -> AbstractAsyncContextManager[UnitOfWork]:
         """Reads in the store, each statement on its own (no snapshot across them)."""
         return self._unit_of_work(store_id, transaction=False)
-
-    @asynccontextmanager
-    async def snapshot(self, store_id: int) -> AsyncIterator[UnitOfWork]:
-        """Reads in the store that all see the database as it was at the first one:
-        one transaction that writes nothing (never committed: it ends rolled back).
-        On PostgreSQL REPEATABLE READ READ ONLY; on SQLite a deferred BEGIN, whose
-        snapshot in WAL mode starts at its first read. For reads that must agree with
-        each other across many statements (an export); the transaction, and its
-        connection, last as long as the block, so on SQLite, whose one connection the
-        whole process shares, the block must not wait on anything but the database.
-        Its time is not measured into the admission queue's average: a long block
-        there would make every later call look slow."""
-        check_store_id(store_id)
-        with store_scope(store_id), self.queue.entered():
-            async with self._snapshot_transaction() as statements:
-                uow = UnitOfWork(store_id, statements, self.event_encoders)
-                await self.stores.require_active(uow)
-                yield uow
-
-    @asynccontextmanager
-    async def _snapshot_transaction(self) -> AsyncIterator[Transaction]:
-        if not self._on_asyncpg:
-            # The driver opens no transaction before a read on its own (pysqlite starts
-            # one only before a write): with autocommit, an explicit BEGIN is one.
-            async with self._autocommit.connect() as connection:
-                await connection.exec_driver_sql("BEGIN")
-                try:
-                    yield CoreTransaction(connection)
-                finally:
-                    await connection.exec_driver_sql("ROLLBACK")
-            return
-        pooled = await self.engine.raw_connection()
-        driver = pooled.driver_connection
-        assert driver is not None  # a checked-out connection always has one
-        reusable = False
-        try:
-            began = driver.transaction(isolation="repeatable_read", readonly=True)
-            statements = DriverTransaction(driver, self.engine.dialect, began)
-            try:
-                await began.start()
-                await _bound_by_deadline(statements)
-                yield statements
-            finally:
-                reusable = await _rolled_back(began)
-        finally:
-            # As in maintenance(): a transaction not known to be over never reaches
-            # the next caller.
-            if not reusable or driver.is_closed() or driver.is_in_transaction():
-                pooled.invalidate()
-            pooled.close()
 
     @asynccontextmanager
     async def _unit_of_work(self, store_id: int, *, transaction: bool) -> AsyncIterator[UnitOfWork]:

@@ -63,8 +63,8 @@ WRITE_VERBS = frozenset(
     {"Create", "Update", "Delete", "Set", "Change", "Add", "Redeem", "Authenticate"}
     # The order transitions.
     | {"Pay", "Ship", "Deliver", "Cancel"}
-    # RemoveCustomerTags.
-    | {"Remove"}
+    # RemoveCustomerTags, EraseCustomer.
+    | {"Remove", "Erase"}
 )
 _VERB = re.compile(r"^(?:Batch)?[A-Z][a-z]*")
 
