@@ -291,14 +291,13 @@ def _matches_pattern() -> ColumnElement[bool]:
 
 
 def _customer_filters(active: bool | None, search: bool, erased: bool) -> list[ColumnElement[bool]]:
-    """ListCustomers' filters but the tag: only active customers or inactive, not
-    erased ones (`active`), only erased ones (`erased`), only those matching the
+    """ListCustomers' filters but the tag: only the active or the inactive customers
+    (`active`), only the erased ones (`erased`), as customers show their status (an
+    erased customer is erased, whatever is_active says); only those matching the
     LIKE :pattern (`search`)."""
     conditions: list[ColumnElement[bool]] = []
     if active is not None:
-        conditions.append(Customer.is_active.is_(active))
-    if active is False:
-        conditions.append(Customer.erased_at.is_(None))
+        conditions += [Customer.is_active.is_(active), Customer.erased_at.is_(None)]
     if erased:
         conditions.append(Customer.erased_at.is_not(None))
     if search:
