@@ -167,3 +167,28 @@ def test_the_tag_filter_scenarios_report_their_figures(tmp_path):
         assert row["ratio_to_unfiltered"] > 0, row
     for plan in report["facts"].values():
         assert "Index Only Scan using pk_customer_tags on customer_tags" in plan
+
+
+@pytest.mark.timeout(600)
+def test_the_export_scenarios_report_their_figures():
+    """bench.export, tiny and short: both exports read every customer of the store
+    and report the server's memory around them."""
+    database = f"commerce_bench_export_smoke_{uuid.uuid4().hex[:8]}"
+    url = make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+    command = [sys.executable, "-m", "bench.export", "--database-url", url]
+    command += ["--customers", "1200", "--pause", "0.5"]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
+        )
+    finally:
+        asyncio.run(_drop(database))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    report = json.loads(done.stdout[done.stdout.index("{") :])
+    assert report["full_speed"]["rows"] == 1200
+    # 500 customers a message: three messages.
+    assert report["full_speed"]["messages"] == 3
+    assert report["full_speed"]["peak_rss_kb"] >= report["full_speed"]["rss_before_kb"] > 0
+    assert report["slow_reader"]["rows"] == 1200
+    assert report["slow_reader"]["rss_max_during_pause_kb"] > 0
