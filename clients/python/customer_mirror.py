@@ -9,8 +9,9 @@ It loads every customer with CustomerService.ExportCustomers, which gives the
 event cursor its snapshot is consistent at, then applies the store's customer
 events after that cursor (EventService.ListEvents) until it has read them all: no
 change is missed and none is applied twice. CustomerErased carries no data: the
-erased customer is read again, with nothing personal left. It prints one JSON line: the customers as the
-copy holds them, the cursor to go on from, and how many events it applied.
+erased customer is read again, with nothing personal left. It prints one JSON
+line: the customers as the copy holds them, the cursor to go on from, and how
+many events it applied.
 
 With `--state FILE` the copy persists between runs: the first run loads and writes
 the file; each later one reads it and only applies the events after its cursor.
