@@ -227,9 +227,6 @@ _ERASE_CUSTOMER = Statement(
     )
     .returning(*SNAPSHOT_COLUMNS)
 )
-# One tag at a time, by the customer's tags (customers.tags, which customer_tags
-# always equals): a primary-key row each, never a read of the store's tags.
-_DELETE_TAG = Statement(delete(CustomerTag).where(*in_store(CustomerTag, "customer_id", "tag")))
 _DELETE_ADDRESSES = Statement(
     delete(CustomerAddress)
     .where(*in_store(CustomerAddress, "customer_id"))
@@ -243,8 +240,7 @@ async def erase_customer(
     """Empties the customer's personal columns, deletes its tags and addresses; the
     customer as erased and the ids of the addresses deleted."""
     customer_id = customer.customer_id
-    if tags := customer.tag_list:
-        await uow.execute_many(_DELETE_TAG, [{"customer_id": customer_id, "tag": t} for t in tags])
+    await sync_tags(uow, customer_id, customer.tags, "")
     rows = await uow.fetch(_DELETE_ADDRESSES, {"customer_id": customer_id})
     params = {
         "customer_id": customer_id,
