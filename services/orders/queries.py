@@ -496,7 +496,6 @@ async def customer_order_stats(uow: UnitOfWork, customer_id: int) -> CustomerOrd
 
 # -- erasure (EraseCustomer, through the orders module's customer eraser) ------------------
 
-_OF_CUSTOMER = in_store(Order, "customer_id")
 _CUSTOMER_ORDER_IDS = Statement(
     select(Order.order_id).where(*_OF_CUSTOMER).order_by(Order.order_id)
 )
@@ -534,7 +533,7 @@ async def erase_customer_orders(uow: UnitOfWork, customer_id: int) -> list[int]:
 def _customer_orders_oldest_first(after: bool) -> Statement:
     """A batch of one customer's orders, oldest first by the keyset (created_at,
     order_id): one range of ix_orders_customer, however many the customer has."""
-    conditions = list(in_store(Order, "customer_id"))
+    conditions = list(_OF_CUSTOMER)
     if after:
         conditions.append(_position("after_time", "after_id") < _KEYSET)
     return Statement(
