@@ -26,6 +26,7 @@ from sqlalchemy.pool import QueuePool
 from services.core.db.customer_data import CustomerDataRegistry
 from services.core.db.engine import create_engine, is_sqlite, utc_now
 from services.core.db.idempotency import forget_expired
+from services.core.db.replica import ReadReplica
 from services.core.db.retention import Purge, RetentionRegistry
 from services.core.db.statements import Transaction
 from services.core.db.unit_of_work import TenantDatabase
@@ -69,6 +70,10 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# The health service name that says whether the read replica serves reads (SERVING)
+# or they all go to the primary (NOT_SERVING); the server's own status ("") follows
+# the primary alone.
+READ_REPLICA_HEALTH = "commerce.read_replica"
 
 
 def module_problem(names: Sequence[str] | None) -> str | None:
@@ -104,6 +109,15 @@ class Application:
         self.database = TenantDatabase(
             self.engine, store_cache_seconds=settings.store_cache_seconds
         )
+        self.replica: ReadReplica | None = None
+        if settings.read_database_url:
+            self.replica = ReadReplica(
+                settings.read_database_url,
+                max_lag_seconds=settings.read_replica_max_lag_seconds,
+                pool_size=settings.db_pool_size,
+                connect_timeout=settings.db_connect_timeout,
+            )
+            self.database.replica = self.replica
         self.customer_metrics = CustomerMetricsRegistry()
         self.customer_data = CustomerDataRegistry()
         self.retention = RetentionRegistry()
@@ -180,6 +194,8 @@ class Application:
                 "NOT_SERVING until it answers",
                 self.database_label,
             )
+        if self.replica is not None:
+            await self._probe_replica(first=True)
         await self.server.start()
         if http_sockets:
             await self._start_gateway(http_sockets)
@@ -187,6 +203,8 @@ class Application:
             asyncio.create_task(self._watch_database()),
             asyncio.create_task(self._forget_expired_request_ids()),
         ]
+        if self.replica is not None:
+            self._background.append(asyncio.create_task(self._watch_replica()))
         if self.settings.event_relay:
             self.relay = EventRelay(
                 self.database,
@@ -282,6 +300,8 @@ class Application:
         if self._private_directory:
             shutil.rmtree(self._private_directory, ignore_errors=True)
         await self.engine.dispose()
+        if self.replica is not None:
+            await self.replica.close()
         self.passwords.close()
 
     async def database_reachable(self) -> bool:
@@ -307,6 +327,24 @@ class Application:
                     "database %s", "reachable again" if now == SERVING else "unreachable"
                 )
                 await self._report(now)
+
+    async def _watch_replica(self) -> None:
+        """Keeps reads off the read replica while it is out of reach or too far behind
+        (services.core.db.replica), and its health service in step."""
+        while True:
+            await asyncio.sleep(self.settings.health_check_interval)
+            await self._probe_replica()
+
+    async def _probe_replica(self, *, first: bool = False) -> None:
+        assert self.replica is not None
+        state = await self.replica.probe(self.engine)
+        if first and not state.usable:  # later changes log themselves
+            logger.warning(
+                "read replica %s (setting read_database_url) does not serve reads yet: %s",
+                self.replica.label,
+                state.reason,
+            )
+        await self.health.set(READ_REPLICA_HEALTH, SERVING if state.usable else NOT_SERVING)
 
     def _every_connection_in_use(self) -> bool:
         """True while calls hold every pooled connection (SQLite's only one, say). A
@@ -410,6 +448,8 @@ async def serve(settings: Settings, *, share_port: bool = False) -> None:
         await app.start()
     except BaseException:
         await app.engine.dispose()
+        if app.replica is not None:
+            await app.replica.close()
         app.passwords.close()
         raise
     if settings.metrics_address:

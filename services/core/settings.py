@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///commerce.db"
@@ -95,6 +95,19 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds to wait for a database connection, new or from the pool "
         "(pool busy that long: RESOURCE_EXHAUSTED)",
+    )
+    read_database_url: str = Field(
+        default="",
+        description="PostgreSQL streaming replica that serves the reads that may lag a "
+        "little (lists and statistics); bypassed while down or behind by more than "
+        "read_replica_max_lag_seconds (empty: every read goes to database_url)",
+    )
+    read_replica_max_lag_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="how far the read replica may be behind the primary and still serve "
+        "reads, checked every health_check_interval",
     )
     health_check_interval: float = Field(
         default=2.0, gt=0, description="seconds between database probes of the health service"
@@ -190,9 +203,11 @@ class Settings(BaseSettings):
         default="text", description="log lines as text or as one JSON object each"
     )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "read_database_url")
     @classmethod
-    def _complete_driver(cls, url: str) -> str:
+    def _complete_driver(cls, url: str, info: ValidationInfo) -> str:
+        if not url and info.field_name == "read_database_url":  # empty: no replica
+            return url
         scheme, separator, rest = url.partition("://")
         if not separator:
             raise ValueError("must look like postgresql://user@host/db or sqlite:///file.db")
@@ -233,6 +248,14 @@ class Settings(BaseSettings):
             raise ValueError("http_listen_address must differ from listen_address")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if self.read_database_url and (
+            not self.database_url.startswith("postgresql")
+            or not self.read_database_url.startswith("postgresql")
+        ):
+            raise ValueError(
+                "read_database_url (a read replica) needs PostgreSQL for both it and "
+                "database_url; SQLite has no replicas"
+            )
         return self
 
     @property

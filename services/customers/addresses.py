@@ -147,10 +147,14 @@ class AddressService:
         size = resolve_page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
         scope = {"list": "customer_addresses", "store_id": store_id, "customer_id": customer_id}
         (after_id,) = self._page_tokens.decode(page_token, scope) if page_token else (0,)
-        async with self._db.reading(store_id) as uow:
-            check_customer_id(customer_id)
+        check_customer_id(customer_id)
+
+        async def read(uow: UnitOfWork) -> list[AddressSnapshot]:
             await queries.get_customer(uow, customer_id)
-            addresses = await queries.addresses_after(uow, customer_id, after_id, size + 1)
+            return await queries.addresses_after(uow, customer_id, after_id, size + 1)
+
+        # A list may lag a little (a customer not replicated yet is read on the primary).
+        addresses = await self._db.reading_stale_ok(store_id, read)
         page, token = self._page_tokens.cut(addresses, size, scope, lambda last: [last.address_id])
         return AddressPage(page, token)
 

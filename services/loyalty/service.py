@@ -145,9 +145,12 @@ class LoyaltyMetricsProvider:
         self._db = database
 
     async def customer_metrics(self, store_id: int, customer_id: int) -> list[CustomerMetric]:
-        async with self._db.reading(store_id) as uow:
+
+        async def read(uow: UnitOfWork) -> Standing:
             await get_customer(uow, customer_id)  # NOT_FOUND if none
-            standing = await queries.get_standing(uow, customer_id)
+            return await queries.get_standing(uow, customer_id)
+
+        standing = await self._db.reading_stale_ok(store_id, read)  # a statistic: may lag
         return [
             CustomerMetric("points_balance", "Loyalty points", standing.points_balance),
             CustomerMetric("lifetime_points", "Lifetime loyalty points", standing.lifetime_points),

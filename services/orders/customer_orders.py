@@ -50,11 +50,15 @@ class CustomerOrderService:
         """The customer's orders, newest first, one page at a time."""
         scope = {"list": "customer_orders", "store_id": store_id, "customer_id": customer_id}
         request = page_request(self._page_tokens, scope, page_size, page_token)
-        async with self._db.reading(store_id) as uow:
+
+        async def read(uow: UnitOfWork) -> list[OrderSnapshot]:
             customer = await get_customer(uow, customer_id)
-            orders = await queries.orders_page(
+            return await queries.orders_page(
                 uow, OrderFilter(customer_id=customer_id), request, customer=customer
             )
+
+        # A list may lag a little (a customer not replicated yet is read on the primary).
+        orders = await self._db.reading_stale_ok(store_id, read)
         return cut_page(self._page_tokens, request, orders)
 
     async def recent_orders(
@@ -71,9 +75,12 @@ class CustomerOrderService:
         self, store_id: int, customer_id: int, status: OrderStatus | None = None
     ) -> int:
         """How many orders the customer placed (with `status`, when given)."""
-        async with self._db.reading(store_id) as uow:
+
+        async def read(uow: UnitOfWork) -> int:
             await get_customer(uow, customer_id)
             return await queries.count_customer_orders(uow, customer_id, status)
+
+        return await self._db.reading_stale_ok(store_id, read)  # a statistic: may lag
 
     async def order_stats(self, store_id: int, customer_id: int) -> CustomerOrderStats:
         return await self._statistics.customer_order_stats(store_id, customer_id)
@@ -88,9 +95,12 @@ class OrderMetricsProvider:
         self._db = database
 
     async def customer_order_stats(self, store_id: int, customer_id: int) -> CustomerOrderStats:
-        async with self._db.reading(store_id) as uow:
-            check_customer_id(customer_id)
+        check_customer_id(customer_id)
+
+        async def read(uow: UnitOfWork) -> CustomerOrderStats:
             return await queries.customer_order_stats(uow, customer_id)
+
+        return await self._db.reading_stale_ok(store_id, read)  # statistics: may lag
 
     async def customer_metrics(self, store_id: int, customer_id: int) -> list[CustomerMetric]:
         stats = await self.customer_order_stats(store_id, customer_id)

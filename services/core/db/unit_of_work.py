@@ -3,12 +3,13 @@
 Every RPC reaches its store's rows through one `UnitOfWork`, opened by
 `TenantDatabase.writing(store_id)` (one transaction, rolled back unless committed) or
 `TenantDatabase.reading(store_id)` (each statement on its own: reads skip the
-transaction round trips they do not need); services.core.events.feed_snapshots opens
-read-only ones that see one state of the database however many statements they
-take. Opening one checks the store first, so no module can forget to; and every
-statement it runs gets the store's id bound as `store_id`, so no query can name
-another store's rows by mistake. The queries of each module take the unit of work
-and nothing else.
+transaction round trips they do not need) or `TenantDatabase.reading_stale_ok` (the
+same, on the read replica when there is one: services.core.db.replica);
+services.core.events.feed_snapshots opens read-only ones that see one state of the
+database however many statements they take. Opening one checks the store first, so
+no module can forget to; and every statement it runs gets the store's id bound as
+`store_id`, so no query can name another store's rows by mistake. The queries of
+each module take the unit of work and nothing else.
 
 A unit of work also carries the events of its changes (`record`): they are written
 in its transaction when it commits (services.core.db.outbox)."""
@@ -16,16 +17,17 @@ in its transaction when it commits (services.core.db.outbox)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-from services.core import deadlines
+from services.core import consistency, deadlines
 from services.core.db.outbox import DomainEvent, EventEncoders, Redaction, append, redact
+from services.core.db.replica import SERVED_BY_PRIMARY, SERVED_BY_REPLICA, ReadReplica
 from services.core.db.statements import (
     CoreTransaction,
     DriverTransaction,
@@ -39,6 +41,8 @@ from services.core.domain.errors import NotFound
 from services.core.domain.resource_names import store_scope
 
 NO_PARAMS: Mapping[str, Any] = {}
+
+T = TypeVar("T")
 
 
 class UnitOfWork:
@@ -169,6 +173,8 @@ class TenantDatabase:
         # Called after a unit of work committed events, so a relay in this process
         # wakes at once (others learn it from the database).
         self.events_committed: Callable[[], None] | None = None
+        # Where reading_stale_ok reads when it may (None: no replica, the primary).
+        self.replica: ReadReplica | None = None
 
     def writing(self, store_id: int) -> AbstractAsyncContextManager[UnitOfWork]:
         """A transaction in the store, bounded by the caller's deadline: rolled back
@@ -178,6 +184,50 @@ class TenantDatabase:
     def reading(self, store_id: int) -> AbstractAsyncContextManager[UnitOfWork]:
         """Reads in the store, each statement on its own (no snapshot across them)."""
         return self._unit_of_work(store_id, transaction=False)
+
+    async def reading_stale_ok(
+        self, store_id: int, read: Callable[[UnitOfWork], Awaitable[T]]
+    ) -> T:
+        """`read(uow)`, on the read replica while it is usable, else on the primary:
+        for reads whose caller accepts data up to read_replica_max_lag_seconds old
+        (lists and statistics; never a Get that follows the caller's own write).
+
+        Whatever fails on the replica (a connection, a store or row not replicated
+        yet: NOT_FOUND) is read again on the primary in the same call, whose answer
+        stands. A caller sending `x-commerce-consistency: strong` reads the primary."""
+        replica = self.replica
+        if replica is not None and replica.usable and not consistency.strong():
+            try:
+                async with self._on_replica(store_id, replica) as uow:
+                    result = await read(uow)
+            except Exception as error:  # read again on the primary, below
+                await replica.bypass(error)
+            else:
+                SERVED_BY_REPLICA.inc()
+                return result
+        async with self.reading(store_id) as uow:
+            result = await read(uow)
+        SERVED_BY_PRIMARY.inc()
+        return result
+
+    @asynccontextmanager
+    async def _on_replica(self, store_id: int, replica: ReadReplica) -> AsyncIterator[UnitOfWork]:
+        """Reads in the store on the replica (PostgreSQL only, so asyncpg), each
+        statement on its own; the store's status too comes from the replica."""
+        check_store_id(store_id)
+        with store_scope(store_id), replica.queue.entered():
+            pooled = await replica.engine.raw_connection()
+            driver = pooled.driver_connection
+            assert driver is not None  # a checked-out connection always has one
+            try:
+                with replica.queue.timed():
+                    uow = UnitOfWork(store_id, DriverTransaction(driver, replica.engine.dialect))
+                    await self.stores.require_active(uow)
+                    yield uow
+            finally:
+                if driver.is_closed() or driver.is_in_transaction():
+                    pooled.invalidate()
+                pooled.close()
 
     @asynccontextmanager
     async def _unit_of_work(self, store_id: int, *, transaction: bool) -> AsyncIterator[UnitOfWork]:

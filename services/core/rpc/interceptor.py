@@ -16,7 +16,7 @@ from typing import Any, TypeAlias, TypeVar, cast
 import grpc
 from grpc._cython import cygrpc  # type: ignore[attr-defined]  # no public name for it
 
-from services.core import deadlines
+from services.core import consistency, deadlines
 from services.core.domain.errors import DomainError
 from services.core.rpc import metrics
 from services.core.rpc.requests import Refusal, tolerant
@@ -88,6 +88,14 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
+def _asks_strong(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    """Whether the caller sent `x-commerce-consistency: strong` (services.core.consistency)."""
+    return any(
+        key == consistency.METADATA_KEY and value == consistency.STRONG
+        for key, value in context.invocation_metadata() or ()
+    )
+
+
 def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
     domain = domain_of(method)
     service, _, name = method.lstrip("/").partition("/")
@@ -115,7 +123,10 @@ def _guard(behavior: Behavior, method: str, *, finish: bool) -> Behavior:
             try:
                 if isinstance(request, Refusal):
                     raise _refused(request, method)
-                with deadlines.bounded_by(time_remaining):
+                with (
+                    deadlines.bounded_by(time_remaining),
+                    consistency.required(_asks_strong(context)),
+                ):
                     work = behavior(request, context)
                     async with deadline:
                         return await (finished_anyway(work) if finish else work)
