@@ -37,6 +37,7 @@ from services.orders.messages import register_event_encoders as register_order_e
 from services.server import Application
 from tests.orm import UnitOfWork, create_session_factory, create_store, set_store_active
 from tests.process import ROOT
+from tests.replication import ReplicatedPair, replication_available, with_driver
 
 POSTGRES_URL = os.environ.get(
     "COMMERCE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -87,6 +88,22 @@ def database_url(
         yield url
     finally:
         asyncio.run(admin_command(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def replicated_postgres() -> Iterator[ReplicatedPair]:
+    """A private PostgreSQL primary, migrated, and its streaming replica, for the whole
+    session (tests.replication); never the shared server."""
+    if "postgresql" not in BACKENDS or not replication_available():
+        pytest.skip("needs PostgreSQL and Debian's postgresql-common")
+    pair = ReplicatedPair()
+    pair.create()
+    try:
+        upgrade(with_driver(pair.primary_url))
+        pair.wait_until_streaming()
+        yield pair
+    finally:
+        pair.drop()
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,21 @@ def test_bad_settings_are_refused(field):
         Settings(**field)
 
 
+@pytest.mark.parametrize(
+    ("database_url", "read_database_url"),
+    [("sqlite:///x.db", "postgresql://u@replica/db"), ("postgresql://u@h/db", "sqlite:///x.db")],
+)
+def test_a_read_replica_needs_postgresql(database_url, read_database_url):
+    with pytest.raises(ValidationError, match="read_database_url"):
+        Settings(database_url=database_url, read_database_url=read_database_url)
+
+
+def test_a_read_replica_of_postgresql_gets_its_driver():
+    settings = Settings(database_url="postgresql://u@h/db", read_database_url="postgres://u@r/db")
+    assert settings.read_database_url == "postgresql+asyncpg://u@r/db"
+    assert Settings(database_url="postgresql://u@h/db").read_database_url == ""
+
+
 def changes(paths, **fields):
     return masked_changes(
         field_mask_pb2.FieldMask(paths=paths), customer_pb2.Customer(**fields), WRITABLE
