@@ -58,7 +58,7 @@ def sql(url: str, statement: str) -> str:
     """One statement through psql (no driver needed in the synchronous test code); its
     rows, one a line, columns separated by |."""
     return subprocess.run(
-        [_program("psql"), url, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", statement],
+        [_program("psql"), url, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", statement],
         check=True,
         capture_output=True,
         text=True,

@@ -189,7 +189,7 @@ class ReadReplica:
         if was.usable == state.usable:
             return
         if state.usable:
-            logger.warning("read replica %s serves reads again", self.label)
+            logger.warning("read replica %s serves reads", self.label)
         else:
             logger.warning(
                 "read replica %s bypassed, reads go to the primary: %s", self.label, state.reason
