@@ -27,6 +27,7 @@ from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bench.replication import ReplicatedPair, replication_available, with_driver
 from services.core.db.engine import create_engine
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.settings import Settings
@@ -37,7 +38,6 @@ from services.orders.messages import register_event_encoders as register_order_e
 from services.server import Application
 from tests.orm import UnitOfWork, create_session_factory, create_store, set_store_active
 from tests.process import ROOT
-from tests.replication import ReplicatedPair, replication_available, with_driver
 
 POSTGRES_URL = os.environ.get(
     "COMMERCE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

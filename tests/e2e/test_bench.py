@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bench.broker import nats_server_available
+from bench.replication import replication_available
 from tests.conftest import BACKENDS, POSTGRES_URL
 from tests.process import ROOT
 
@@ -192,3 +193,28 @@ def test_the_export_scenarios_report_their_figures():
     assert report["full_speed"]["peak_rss_kb"] >= report["full_speed"]["rss_before_kb"] > 0
     assert report["slow_reader"]["rows"] == 1200
     assert report["slow_reader"]["rss_max_during_pause_kb"] > 0
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not replication_available(), reason="needs Debian's postgresql-common")
+def test_the_read_replica_scenarios_report_their_figures(tmp_path):
+    """bench.read_replica, tiny and short: the mixed load is served without errors on
+    the primary alone and with the replica, which serves the replica-tolerant reads;
+    the replica stopped under load fails no call and its health turns NOT_SERVING."""
+    figures = tmp_path / "read_replica.json"
+    command = [sys.executable, "-m", "bench.read_replica", "--smoke", "--json", str(figures)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    report = json.loads(figures.read_text())
+    alone, with_replica = report["loads"]["primary only"], report["loads"]["with replica"]
+    for figures_of_one in (alone, with_replica):
+        assert figures_of_one["errors"] == {}
+        assert figures_of_one["reads_per_second"] > 0
+    assert alone["tolerant_reads_served_by"].get("replica", 0) == 0
+    assert alone["tolerant_reads_served_by"]["primary"] > 0
+    assert with_replica["tolerant_reads_served_by"]["replica"] > 0
+    fallback = report["fallback"]
+    assert fallback["calls_during"] > 0
+    assert fallback["failed_calls"] == 0
+    assert fallback["health_not_serving_after_stop_s"] > 0

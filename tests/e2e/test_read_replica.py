@@ -24,12 +24,12 @@ from commerce.orders.v1 import (
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
+from bench.replication import ReplicatedPair, sql, with_driver
 from services.core.settings import Settings
 from services.server import READ_REPLICA_HEALTH
 from tests.conftest import TEST_BCRYPT_ROUNDS
 from tests.e2e.helpers import create_customer, create_order, pb, serving
 from tests.process import wait_for
-from tests.replication import ReplicatedPair, sql, with_driver
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

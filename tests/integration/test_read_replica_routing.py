@@ -13,13 +13,13 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.replication import ReplicatedPair, with_driver
 from services.core import consistency
 from services.core.db.engine import create_engine
 from services.core.db.replica import ReadReplica, ReplicaState
 from services.core.db.statements import Statement
 from services.core.db.unit_of_work import TenantDatabase, UnitOfWork
 from tests.process import free_port, wait_for
-from tests.replication import ReplicatedPair, with_driver
 
 SERVER_PORT = Statement(text("SELECT inet_server_port()"))
 
