@@ -113,6 +113,7 @@ class Application:
         if settings.read_database_url:
             self.replica = ReadReplica(
                 settings.read_database_url,
+                primary_url=settings.database_url,
                 max_lag_seconds=settings.read_replica_max_lag_seconds,
                 pool_size=settings.db_pool_size,
                 connect_timeout=settings.db_connect_timeout,
@@ -337,7 +338,7 @@ class Application:
 
     async def _probe_replica(self, *, first: bool = False) -> None:
         assert self.replica is not None
-        state = await self.replica.probe(self.engine)
+        state = await self.replica.probe()
         if first and not state.usable:  # later changes log themselves
             logger.warning(
                 "read replica %s (setting read_database_url) does not serve reads yet: %s",

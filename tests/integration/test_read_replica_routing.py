@@ -62,9 +62,10 @@ async def server_port(uow: UnitOfWork) -> int:
     return port
 
 
-def replica_of(url: str, clock: Clock | None = None) -> ReadReplica:
+def replica_of(pair: ReplicatedPair, url: str, clock: Clock | None = None) -> ReadReplica:
     return ReadReplica(
         with_driver(url),
+        primary_url=with_driver(pair.primary_url),
         max_lag_seconds=1.0,
         pool_size=2,
         connect_timeout=5.0,
@@ -79,30 +80,30 @@ async def primary(replicated_postgres: ReplicatedPair) -> AsyncIterator[AsyncEng
     await engine.dispose()
 
 
-async def test_an_idle_primary_does_not_make_the_replica_lag(replicated_postgres, primary):
+async def test_an_idle_primary_does_not_make_the_replica_lag(replicated_postgres):
     clock = Clock()
-    replica = replica_of(replicated_postgres.standby_url, clock)
+    replica = replica_of(replicated_postgres, replicated_postgres.standby_url, clock)
     try:
         await new_store(replicated_postgres)
         await caught_up(replicated_postgres)
-        assert await replica.probe(primary) == ReplicaState(True, "", 0.0)
+        assert await replica.probe() == ReplicaState(True, "", 0.0)
         clock.now += 3600  # an hour without a write: its last replayed commit is that old
-        assert await replica.probe(primary) == ReplicaState(True, "", 0.0)
+        assert await replica.probe() == ReplicaState(True, "", 0.0)
     finally:
         await replica.close()
 
 
 async def test_a_replica_that_stopped_replaying_lags_from_the_probe_that_saw_it_behind(
-    replicated_postgres, primary
+    replicated_postgres,
 ):
     clock = Clock()
-    replica = replica_of(replicated_postgres.standby_url, clock)
+    replica = replica_of(replicated_postgres, replicated_postgres.standby_url, clock)
     replicated_postgres.pause_replay()
     try:
         await new_store(replicated_postgres)
-        assert (await replica.probe(primary)).usable  # behind since just now
+        assert (await replica.probe()).usable  # behind since just now
         clock.now += 5
-        state = await replica.probe(primary)
+        state = await replica.probe()
         assert not state.usable
         assert state.lag_seconds == 5.0
         assert "behind the primary" in state.reason
@@ -111,7 +112,7 @@ async def test_a_replica_that_stopped_replaying_lags_from_the_probe_that_saw_it_
     try:
         await caught_up(replicated_postgres)
         clock.now += 5
-        assert await replica.probe(primary) == ReplicaState(True, "", 0.0)
+        assert await replica.probe() == ReplicaState(True, "", 0.0)
     finally:
         await replica.close()
 
@@ -120,11 +121,11 @@ async def test_reads_go_to_the_replica_unless_the_caller_asks_for_the_primary(
     replicated_postgres, primary
 ):
     database = TenantDatabase(primary)
-    database.replica = replica_of(replicated_postgres.standby_url)
+    database.replica = replica_of(replicated_postgres, replicated_postgres.standby_url)
     try:
         store_id = await new_store(replicated_postgres)
         await caught_up(replicated_postgres)
-        assert (await database.replica.probe(primary)).usable
+        assert (await database.replica.probe()).usable
         assert await database.reading_stale_ok(store_id, server_port) == (
             replicated_postgres.standby_port
         )
@@ -142,9 +143,9 @@ async def test_a_store_the_replica_does_not_have_yet_is_read_on_the_primary(
     replicated_postgres, primary
 ):
     database = TenantDatabase(primary)
-    database.replica = replica_of(replicated_postgres.standby_url)
+    database.replica = replica_of(replicated_postgres, replicated_postgres.standby_url)
     try:
-        assert (await database.replica.probe(primary)).usable
+        assert (await database.replica.probe()).usable
         replicated_postgres.pause_replay()
         try:
             store_id = await new_store(replicated_postgres)
@@ -162,7 +163,9 @@ async def test_a_store_the_replica_does_not_have_yet_is_read_on_the_primary(
 async def test_a_replica_out_of_reach_is_bypassed_within_the_call(replicated_postgres, primary):
     database = TenantDatabase(primary)
     # Nothing listens there; the replica is taken for usable, as just before it died.
-    dead = replica_of(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+    dead = replica_of(
+        replicated_postgres, f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    )
     dead.state = ReplicaState(True, "", 0.0)
     database.replica = dead
     store_id = await new_store(replicated_postgres)
@@ -176,3 +179,14 @@ async def test_a_replica_out_of_reach_is_bypassed_within_the_call(replicated_pos
         assert served_by_primary() == before + 1
     finally:
         await dead.close()
+
+
+async def test_a_replica_whose_connections_are_all_in_use_is_busy_not_down(replicated_postgres):
+    replica = replica_of(replicated_postgres, replicated_postgres.standby_url)
+    held = [await replica.engine.connect() for _ in range(replica.engine.pool.size())]  # type: ignore[attr-defined]
+    try:
+        assert (await replica.probe()).usable
+    finally:
+        for connection in held:
+            await connection.close()
+        await replica.close()

@@ -28,7 +28,8 @@ import asyncpg
 from prometheus_client import Counter, Gauge
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from services.core.db.engine import create_engine
 from services.core.domain.admission import WorkQueue
@@ -107,6 +108,7 @@ class ReadReplica:
         self,
         url: str,
         *,
+        primary_url: str,
         max_lag_seconds: float,
         pool_size: int,
         connect_timeout: float,
@@ -114,6 +116,10 @@ class ReadReplica:
     ) -> None:
         self.connect_timeout = min(connect_timeout, REPLICA_CONNECT_TIMEOUT)
         self.engine = create_engine(url, pool_size=pool_size, connect_timeout=self.connect_timeout)
+        # The probe's own connections, outside the pools: calls that hold every pooled
+        # connection must not make it wait (and take a busy replica for a dead one),
+        # nor keep it from measuring the lag when it matters most.
+        self._probes = (_probe_engine(primary_url), _probe_engine(url))
         self.max_lag_seconds = max_lag_seconds
         self.queue = WorkQueue("replica reads", pool_size, seconds_each=0.005)
         self._clock = clock
@@ -134,13 +140,13 @@ class ReadReplica:
         """The replica's URL without its password, fit for a log line."""
         return self.engine.url.render_as_string(hide_password=True)
 
-    async def probe(self, primary: AsyncEngine) -> ReplicaState:
+    async def probe(self) -> ReplicaState:
         """Measures the replica against the primary and settles whether it serves
         reads. The primary out of reach leaves the state as it was: nothing to
         measure against (and health already says the database is down)."""
         try:
             async with asyncio.timeout(self.connect_timeout * 5):
-                async with primary.connect() as connection:
+                async with self._probes[0].connect() as connection:
                     primary_lsn = lsn_value(await connection.scalar(_PRIMARY_POSITION))
         except Exception as error:  # the primary's probe reports it
             logger.debug("read replica probe: primary unreachable: %r", error)
@@ -148,7 +154,7 @@ class ReadReplica:
         now = self._clock()
         try:
             async with asyncio.timeout(self.connect_timeout * 5):
-                async with self.engine.connect() as connection:
+                async with self._probes[1].connect() as connection:
                     row = (await connection.execute(_REPLICA_POSITION)).one()
         except Exception as error:  # unreachable or failing: bypassed
             await self._settle(ReplicaState(False, f"unreachable: {error!r}"[:200], None))
@@ -201,3 +207,15 @@ class ReadReplica:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        for engine in self._probes:
+            await engine.dispose()
+
+
+def _probe_engine(url: str) -> AsyncEngine:
+    """A connection per use, given up on after REPLICA_CONNECT_TIMEOUT."""
+    return create_async_engine(
+        url,
+        poolclass=NullPool,
+        connect_args={"timeout": REPLICA_CONNECT_TIMEOUT},
+        hide_parameters=True,
+    )
