@@ -288,7 +288,11 @@ def run(scale_name: str) -> Report:
         with tempfile.TemporaryDirectory(prefix="bench-logs-") as logs:
             # The same load on the primary alone, with the replica, then alone again: a
             # drift of the shared machine shows as a difference of the two alone.
-            runs = (("primary only", {}), ("with replica", replica), ("primary only, again", {}))
+            runs: list[tuple[str, dict[str, str]]] = [
+                ("primary only", {}),
+                ("with replica", replica),
+                ("primary only, again", {}),
+            ]
             for name, extra in runs:
                 metrics_port = servers.free_port()
                 settings = {
