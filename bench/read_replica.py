@@ -3,11 +3,12 @@
 Makes a private PostgreSQL primary and its streaming replica (bench.replication: two
 clusters on ports of their own, never the shared server), seeds a store on the
 primary (bench.seed), then starts the suite (`commerce serve`) twice on it: on the
-primary alone, and with read_database_url set to the replica. Each serves the same
-mixed load from this process for the same time (CONCURRENCY calls in flight, each
-drawn from MIX: lists and statistics, which may go to the replica, gets and writes,
-which never do). It reports calls per second of each kind, the errors, and the share
-of the replica-tolerant reads the replica served (the server's /metrics).
+primary alone, and with read_database_url set to the replica. Both run at once and get
+the same mixed load from this process in turn, in alternating windows (CONCURRENCY
+calls in flight, each drawn from MIX: lists and statistics, which may go to the
+replica, gets and writes, which never do). It reports calls per second of each
+kind, the errors, and the share of the replica-tolerant reads the replica served (the
+server's /metrics).
 
 Then, with the replica and a load of lists only, it stops the replica (pg_ctlcluster
 stop -m immediate) and measures the time until no read reached it any more (its
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,12 +74,13 @@ class Scale:
     customers: int
     orders: int
     warmup: float
-    duration: float
+    duration: float  # of each server's load, over all its windows
+    windows: int
 
 
 SCALES = {
-    "full": Scale(20_000, 60_000, warmup=3, duration=15),
-    "smoke": Scale(300, 600, warmup=0.3, duration=1),
+    "full": Scale(20_000, 60_000, warmup=3, duration=30, windows=6),
+    "smoke": Scale(300, 600, warmup=0.3, duration=1, windows=2),
 }
 
 
@@ -87,6 +90,16 @@ class LoadResult:
     calls: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     served_by: dict[str, float] = field(default_factory=dict)
+
+    def add(self, other: LoadResult) -> None:
+        self.seconds += other.seconds
+        for mine, theirs in (
+            (self.calls, other.calls),
+            (self.errors, other.errors),
+            (self.served_by, other.served_by),
+        ):
+            for key, value in theirs.items():
+                mine[key] = mine.get(key, 0) + value  # type: ignore[assignment]
 
     @property
     def per_second(self) -> dict[str, float]:
@@ -279,21 +292,19 @@ def run(scale_name: str) -> Report:
                 "concurrency": CONCURRENCY,
                 "mix": MIX,
                 "duration_s": scale.duration,
+                "windows": scale.windows,
                 "read_replica_max_lag_seconds": 2.0,
                 "health_check_interval": 0.2,
             },
         )
         probe = (store.store_id, store.typical_customer_id)
         replica = {"COMMERCE_READ_DATABASE_URL": with_driver(pair.standby_url)}
-        with tempfile.TemporaryDirectory(prefix="bench-logs-") as logs:
-            # The same load on the primary alone, with the replica, then alone again: a
-            # drift of the shared machine shows as a difference of the two alone.
-            runs: list[tuple[str, dict[str, str]]] = [
-                ("primary only", {}),
-                ("with replica", replica),
-                ("primary only, again", {}),
-            ]
-            for name, extra in runs:
+        with tempfile.TemporaryDirectory(prefix="bench-logs-") as logs, ExitStack() as stack:
+            # Both servers run at once, on the same primary; the load goes to one at a
+            # time, in alternating windows (A B B A ...), so that a drift of the shared
+            # machine weighs on both alike.
+            started: dict[str, tuple[servers.Running, int]] = {}
+            for name, extra in (("primary only", {}), ("with replica", replica)):
                 metrics_port = servers.free_port()
                 settings = {
                     "COMMERCE_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
@@ -301,35 +312,42 @@ def run(scale_name: str) -> Report:
                     "COMMERCE_LOG_LEVEL": "WARNING",
                     **extra,
                 }
-                with servers.suite(
-                    url, probe, Path(logs), bcrypt_rounds=4, settings=settings, name=name
-                ) as running:
-                    if extra:
-                        asyncio.run(_wait_replica_serving(running.target))
-                    result = asyncio.run(
+                running = stack.enter_context(
+                    servers.suite(
+                        url, probe, Path(logs), bcrypt_rounds=4, settings=settings, name=name
+                    )
+                )
+                started[name] = (running, metrics_port)
+            asyncio.run(_wait_replica_serving(started["with replica"][0].target))
+            results = {name: LoadResult(0) for name in started}
+            order = list(started)
+            for window in range(scale.windows):
+                for name in order if window % 2 == 0 else reversed(order):
+                    running, metrics_port = started[name]
+                    one = asyncio.run(
                         load(
                             running.target,
                             store,
                             MIX,
-                            scale.duration,
+                            scale.duration / scale.windows,
                             metrics_port,
-                            warmup=scale.warmup,
+                            warmup=scale.warmup if window == 0 else 0.0,
                         )
                     )
-                    report.loads[name] = {
-                        "calls_per_second": result.per_second,
-                        "reads_per_second": round(
-                            sum(n for k, n in result.calls.items() if k != "UpdateCustomer")
-                            / scale.duration,
-                            1,
-                        ),
-                        "errors": result.errors,
-                        "tolerant_reads_served_by": result.served_by,
-                    }
-                    if extra:
-                        report.fallback = asyncio.run(
-                            fallback(running.target, store, pair, metrics_port)
-                        )
+                    results[name].add(one)
+            for name, result in results.items():
+                report.loads[name] = {
+                    "calls_per_second": result.per_second,
+                    "reads_per_second": round(
+                        sum(n for k, n in result.calls.items() if k != "UpdateCustomer")
+                        / result.seconds,
+                        1,
+                    ),
+                    "errors": result.errors,
+                    "tolerant_reads_served_by": result.served_by,
+                }
+            running, metrics_port = started["with replica"]
+            report.fallback = asyncio.run(fallback(running.target, store, pair, metrics_port))
     finally:
         pair.drop()
     return report
