@@ -83,7 +83,8 @@ def collector() -> Iterator[tuple[Collector, int]]:
     """The collector on a free loopback port."""
     sink = Collector()
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)  # type: ignore[no-untyped-call]
+    add_servicer: Any = trace_service_pb2_grpc.add_TraceServiceServicer_to_server  # untyped
+    add_servicer(sink, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

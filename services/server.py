@@ -128,6 +128,7 @@ class Application:
         self.tracing = _tracing(settings, tracing)
         if self.tracing is not None:
             self.database.trace_statements = self.tracing.transaction
+            self.passwords.trace_work = self.tracing.work
             # Outside the RpcInterceptor: the span covers its error mapping and log line.
             interceptors.insert(1, _tracing_interceptor(self.tracing))
         if settings.caller_tokens_file:

@@ -20,16 +20,19 @@ log record factory, so calls pay nothing for it.
 
 The spans (services.core.rpc.tracing makes the server's): one SERVER span per call,
 child of the caller's `traceparent`; a CLIENT span per SQL statement and per commit
-beneath it (TracedTransaction); and the trace id on every log line written inside a
-call (`trace_id`, `span_id`). No span attribute or event ever carries a bound value
-of a statement or an exception's message, which may quote them (emails, password
-hashes): only the SQL text with its placeholders, and an exception's type."""
+beneath it (TracedTransaction), and an INTERNAL one for each bcrypt hash or check
+(`bcrypt hashpw`, `bcrypt checkpw`: the wait for a thread included); and the trace
+id on every log line written inside a call (`trace_id`, `span_id`). No span attribute
+or event ever carries a bound value of a statement or an exception's message, which
+may quote them (emails, password hashes): only the SQL text with its placeholders,
+and an exception's type."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
 from importlib.metadata import entry_points, version
 from typing import Any
@@ -152,6 +155,15 @@ class Tracing:
 
     def transaction(self, transaction: Transaction, dialect: Dialect) -> Transaction:
         return TracedTransaction(transaction, self.tracer, dialect)
+
+    def work(self, name: str) -> AbstractContextManager[object]:
+        """An INTERNAL span `name` beneath the current span (bcrypt's work), when that
+        one records; else nothing."""
+        if not trace.get_current_span().is_recording():
+            return nullcontext()
+        return self.tracer.start_as_current_span(
+            name, record_exception=False, set_status_on_exception=False
+        )
 
 
 def failed(span: trace.Span, error: BaseException) -> None:

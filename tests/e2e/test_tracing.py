@@ -64,6 +64,15 @@ class Traced:
     def of_trace(self, trace_id: int) -> list[ReadableSpan]:
         return [s for s in self.spans.get_finished_spans() if s.context.trace_id == trace_id]
 
+    async def after_calls(self, trace_id: int, calls: int) -> list[ReadableSpan]:
+        """The trace's spans once `calls` server spans of it ended: a call that fails
+        sends its status before its span ends (context.abort sends it at once)."""
+        async with asyncio.timeout(30):
+            # The exporter has no event to wait on.
+            while len(server_spans(self.of_trace(trace_id))) < calls:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        return self.of_trace(trace_id)
+
 
 @pytest.fixture(scope="module")
 async def traced(settings: Settings) -> AsyncIterator[Traced]:
@@ -92,6 +101,10 @@ def children_of(parent: ReadableSpan, spans: Sequence[ReadableSpan]) -> list[Rea
         for span in spans
         if span.parent is not None and span.parent.span_id == parent.context.span_id
     ]
+
+
+def ids(spans: Sequence[ReadableSpan]) -> set[int]:
+    return {span.context.span_id for span in spans}
 
 
 def every_attribute_text(spans: Sequence[ReadableSpan]) -> str:
@@ -130,7 +143,11 @@ async def test_a_call_is_one_server_span_under_the_callers_span_with_its_sql_ben
 
     statements = [span for span in spans if span.kind is SpanKind.CLIENT]
     assert statements, "no SQL span"
-    assert children_of(server, spans) == statements  # each a child of the call's span
+    (hashing,) = [span for span in spans if span.kind is SpanKind.INTERNAL]
+    assert hashing.name == "bcrypt hashpw"
+    # Every other span of the trace is a child of the call's.
+    assert ids(children_of(server, spans)) == ids([*statements, hashing])
+    assert len(spans) == len(statements) + 2
     for span in statements:
         assert (span.attributes or {})["db.system"] == backend
     inserts = [s for s in statements if (s.attributes or {}).get("db.operation") == "INSERT"]
@@ -158,8 +175,14 @@ async def test_no_span_carries_a_bound_value(traced: Traced, store_id: int) -> N
         )
     assert failed.value.code() is grpc.StatusCode.ALREADY_EXISTS
 
-    spans = traced.of_trace(caller.trace_id)
-    assert len(server_spans(spans)) == 3
+    spans = await traced.after_calls(caller.trace_id, 3)
+    calls = server_spans(spans)
+    assert len(calls) == 3
+    # bcrypt's work is a span of its own, beneath its call's.
+    (check,) = [span for span in spans if span.name == "bcrypt checkpw"]
+    assert check.parent is not None
+    assert check.parent.span_id == calls[1].context.span_id
+    assert calls[1].name == f"{CUSTOMERS}/AuthenticateCustomer"
     text = every_attribute_text(spans)
     assert "db.statement=" in text
     for secret in (email, email.split("@")[0], PASSWORD, "$2b$"):
@@ -168,13 +191,19 @@ async def test_no_span_carries_a_bound_value(traced: Traced, store_id: int) -> N
 
 async def test_a_failed_call_is_an_error_span_with_its_code(traced: Traced, store_id: int) -> None:
     """A call without a caller's trace starts one of its own."""
-    before = {span.context.span_id for span in traced.spans.get_finished_spans()}
+    before = ids(traced.spans.get_finished_spans())
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await traced.stub.GetCustomer(pb.GetCustomerRequest(store_id=store_id, customer_id=10**12))
     assert failed.value.code() is grpc.StatusCode.NOT_FOUND
 
-    new = [s for s in traced.spans.get_finished_spans() if s.context.span_id not in before]
-    (server,) = [s for s in server_spans(new) if s.name == f"{CUSTOMERS}/GetCustomer"]
+    def new_calls() -> list[ReadableSpan]:
+        new = [s for s in traced.spans.get_finished_spans() if s.context.span_id not in before]
+        return [s for s in server_spans(new) if s.name == f"{CUSTOMERS}/GetCustomer"]
+
+    async with asyncio.timeout(30):  # its status went out before its span ended
+        while not new_calls():  # noqa: ASYNC110 (the exporter has no event)
+            await asyncio.sleep(0.01)
+    (server,) = new_calls()
     assert server.parent is None
     assert server.status.status_code is StatusCode.ERROR
     assert server.status.description == "NOT_FOUND"
