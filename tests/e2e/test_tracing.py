@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from commerce.customers.v1 import customer_service_pb2_grpc
+from commerce.events.v1 import event_service_pb2, event_service_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -58,6 +59,7 @@ class CallerSpan:
 @dataclass
 class Traced:
     app: Application
+    channel: grpc.aio.Channel
     stub: customer_service_pb2_grpc.CustomerServiceStub
     spans: InMemorySpanExporter
 
@@ -86,7 +88,8 @@ async def traced(settings: Settings) -> AsyncIterator[Traced]:
     port = await app.start("127.0.0.1:0")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield Traced(app, customer_service_pb2_grpc.CustomerServiceStub(channel), spans)
+            stub = customer_service_pb2_grpc.CustomerServiceStub(channel)
+            yield Traced(app, channel, stub, spans)
     finally:
         await app.stop(grace=1)
 
@@ -229,6 +232,42 @@ async def test_log_lines_carry_the_trace_id(
     assert text_line.endswith(f"trace_id={caller.trace_id:032x} span_id={record.span_id}")
     json_line = json.loads(JsonFormatter("%(message)s").format(record))
     assert json_line["trace_id"] == f"{caller.trace_id:032x}"
+
+
+async def test_an_export_is_one_span_and_a_subscription_none(traced: Traced, store_id: int) -> None:
+    """A bounded server stream (ExportCustomers) gets a span for the whole stream, its
+    snapshot's reads beneath; a subscription (StreamEvents) none, nor its reads."""
+    await traced.stub.CreateCustomer(
+        pb.CreateCustomerRequest(store_id=store_id, email=unique_email())
+    )
+    exporting = CallerSpan.new()
+    exported = [
+        customer
+        async for response in traced.stub.ExportCustomers(
+            pb.ExportCustomersRequest(store_id=store_id), metadata=exporting.metadata
+        )
+        for customer in response.customers
+    ]
+    assert len(exported) == 1
+    spans = await traced.after_calls(exporting.trace_id, 1)
+    (server,) = server_spans(spans)
+    assert server.name == f"{CUSTOMERS}/ExportCustomers"
+    assert server.parent is not None
+    assert server.parent.span_id == exporting.span_id
+    reads = children_of(server, spans)
+    assert "SELECT customers" in {span.name for span in reads}
+
+    subscribing = CallerSpan.new()
+    events = event_service_pb2_grpc.EventServiceStub(traced.channel)
+    stream = events.StreamEvents(
+        event_service_pb2.StreamEventsRequest(store_id=store_id), metadata=subscribing.metadata
+    )
+    async with asyncio.timeout(30):
+        first = await stream.read()  # the customer's event: the stream read the feed
+    assert first is not grpc.aio.EOF
+    assert first.event.type.endswith("CustomerCreated"), first.event.type
+    stream.cancel()
+    assert traced.of_trace(subscribing.trace_id) == []
 
 
 @pytest.mark.skipif(CURL is None, reason="needs the curl binary")
