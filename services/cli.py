@@ -235,6 +235,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         except (OSError, ValueError) as error:
             print(f"error: bad caller tokens file: {error}", file=sys.stderr)
             return 2
+    if settings.tracing and (problem := _tracing_problem()):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if settings.workers > 1:
         # Before anything imports prometheus_client: the supervisor sets its mode.
         from services.supervisor import supervise
@@ -255,6 +258,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {error} (setting {error.setting})", file=sys.stderr)
         return 2
     return 0
+
+
+def _tracing_problem() -> str | None:
+    """Why the OTEL_* variables describe no exporter this process can make."""
+    from services.core.tracing import exporter_classes  # late: off, it is never imported
+
+    try:
+        exporter_classes()
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def _relay(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -49,6 +49,9 @@ from services.customers.servicer import mount as mount_customers
 from services.listen import CannotListen, check_free, listening_sockets
 from services.loyalty.servicer import mount as mount_loyalty
 from services.orders.servicer import mount as mount_orders
+
+if TYPE_CHECKING:  # imported only when tracing is on (services.core.tracing)
+    from services.core.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +96,12 @@ class Application:
         module_names: Sequence[str] | None = None,
         *,
         share_port: bool = False,
+        tracing: Tracing | None = None,
     ) -> None:
         """`share_port`: listen with SO_REUSEPORT, for the workers of one supervisor
-        (services.supervisor) and only for them; alone, a used address is refused."""
+        (services.supervisor) and only for them; alone, a used address is refused.
+        `tracing`: with the tracing setting on, the spans' destination instead of the
+        one the OTEL_* variables describe (the tests' in-memory exporter)."""
         names = list(module_names or settings.module_names or MODULES)
         if problem := module_problem(names):
             raise ValueError(problem)
@@ -134,6 +140,12 @@ class Application:
             self.drain,
             RpcInterceptor(finish_abandoned_calls=is_sqlite(settings.database_url)),
         ]
+        self.tracing = _tracing(settings, tracing)
+        if self.tracing is not None:
+            self.database.trace_statements = self.tracing.transaction
+            self.passwords.trace_work = self.tracing.work
+            # Outside the RpcInterceptor: the span covers its error mapping and log line.
+            interceptors.insert(1, _tracing_interceptor(self.tracing))
         if settings.caller_tokens_file:
             # First, so that a refused call reaches no servicer.
             interceptors.insert(0, CallerAuthInterceptor(load_callers(settings.caller_tokens_file)))
@@ -304,6 +316,9 @@ class Application:
         if self.replica is not None:
             await self.replica.close()
         self.passwords.close()
+        if self.tracing is not None:
+            # Exports what is still queued: in a thread, its deadline the exporters'.
+            await asyncio.to_thread(self.tracing.close)
 
     async def database_reachable(self) -> bool:
         try:
@@ -393,6 +408,27 @@ class Application:
             await self.health.set(service, status)
 
 
+def _tracing(settings: Settings, given: Tracing | None) -> Tracing | None:
+    """The process's tracing, open, when the setting asks for it and OTEL_SDK_DISABLED
+    does not forbid it; None otherwise, and then nothing of it is even imported."""
+    if not settings.tracing:
+        return None
+    from services.core.tracing import Tracing, sdk_disabled
+
+    if sdk_disabled():
+        logger.info("tracing off: OTEL_SDK_DISABLED=true")
+        return None
+    tracing = given or Tracing.from_environment()
+    tracing.open()
+    return tracing
+
+
+def _tracing_interceptor(tracing: Tracing) -> grpc.aio.ServerInterceptor:
+    from services.core.rpc.tracing import TracingInterceptor
+
+    return TracingInterceptor(tracing.tracer)
+
+
 async def _forget_request_ids(statements: Transaction, before: datetime, batch: int) -> int:
     return await forget_expired(statements, before, batch=batch)
 
@@ -452,6 +488,8 @@ async def serve(settings: Settings, *, share_port: bool = False) -> None:
         if app.replica is not None:
             await app.replica.close()
         app.passwords.close()
+        if app.tracing is not None:
+            app.tracing.close()
         raise
     if settings.metrics_address:
         serve_metrics(settings.metrics_address)

@@ -1,4 +1,7 @@
-"""Logging setup: human-readable text, or one JSON object per line for collectors."""
+"""Logging setup: human-readable text, or one JSON object per line for collectors.
+With tracing on, a line written inside a traced call carries its trace and span ids
+(`trace_id=... span_id=...` at the end of a text line, `trace_id` and `span_id` keys
+of a JSON one)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,18 @@ QUIET_DRIVER_LOGGERS = ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy
 QUIET_SERVER_LOGGERS = ("uvicorn.error",)
 
 
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, and the ids of the trace a line was written in when tracing put
+    them on its record (services.core.tracing), before any traceback."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is None:
+            return line
+        return f"{line} trace_id={trace_id} span_id={getattr(record, 'span_id', '')}"
+
+
 def configure_logging(level: str, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
@@ -32,7 +47,7 @@ def configure_logging(level: str, log_format: str) -> None:
             )
         )
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # What no line of ours shows, the logging module need not gather for every record
     # (its documentation's "Optimization" section): the caller's source line, thread

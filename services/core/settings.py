@@ -196,6 +196,12 @@ class Settings(BaseSettings):
     metrics_address: str = Field(
         default="", description="host:port of the Prometheus /metrics endpoint (empty: off)"
     )
+    tracing: bool = Field(
+        default=False,
+        description="OpenTelemetry traces: a span per call, child of the caller's "
+        "traceparent, with its SQL statements; exported as the OTEL_* variables say "
+        "(default OTLP over gRPC to localhost:4317); trace ids in the log lines",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="log level"
     )

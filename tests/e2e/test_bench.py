@@ -218,3 +218,30 @@ def test_the_read_replica_scenarios_report_their_figures(tmp_path):
     assert fallback["calls_during"] > 0
     assert fallback["failed_calls"] == 0
     assert fallback["health_not_serving_after_stop_s"] > 0
+
+
+@pytest.mark.timeout(600)
+def test_the_tracing_scenarios_report_their_figures(tmp_path):
+    """bench.tracing, tiny and short: the server before tracing, with it off and with
+    it on each serve GetCustomer; on, the stand-in collector receives the spans."""
+    database = f"commerce_bench_tracing_smoke_{uuid.uuid4().hex[:8]}"
+    url = make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+    figures = tmp_path / "tracing.json"
+    command = [sys.executable, "-m", "bench.tracing", "--smoke", "--database-url", url]
+    command += ["--json", str(figures)]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
+        )
+    finally:
+        asyncio.run(_drop(database))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    rows = {row["target"]: row for row in json.loads(figures.read_text())["rows"]}
+    assert set(rows) == {"before", "off", "on"}
+    for row in rows.values():
+        assert row["errors"] == 0, row
+        assert row["requests"] > 0, row
+        assert row["per_second_vs_off"] > 0, row
+    assert rows["before"]["spans_per_request"] == rows["off"]["spans_per_request"] == 0
+    assert rows["on"]["spans_per_request"] > 0

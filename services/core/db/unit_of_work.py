@@ -22,6 +22,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
@@ -175,6 +176,15 @@ class TenantDatabase:
         self.events_committed: Callable[[], None] | None = None
         # Where reading_stale_ok reads when it may (None: no replica, the primary).
         self.replica: ReadReplica | None = None
+        # With tracing on (services.core.tracing), what wraps each transaction so that
+        # its statements get spans; None (off) costs the statements nothing.
+        self.trace_statements: Callable[[Transaction, Dialect], Transaction] | None = None
+
+    def traced(self, statements: Transaction) -> Transaction:
+        """`statements`, their spans made when tracing is on."""
+        if self.trace_statements is None:
+            return statements
+        return self.trace_statements(statements, self.engine.dialect)
 
     def writing(self, store_id: int) -> AbstractAsyncContextManager[UnitOfWork]:
         """A transaction in the store, bounded by the caller's deadline: rolled back
@@ -221,7 +231,9 @@ class TenantDatabase:
             assert driver is not None  # a checked-out connection always has one
             try:
                 with replica.queue.timed():
-                    uow = UnitOfWork(store_id, DriverTransaction(driver, replica.engine.dialect))
+                    uow = UnitOfWork(
+                        store_id, self.traced(DriverTransaction(driver, replica.engine.dialect))
+                    )
                     await self.stores.require_active(uow)
                     yield uow
             finally:
@@ -250,11 +262,11 @@ class TenantDatabase:
         if not self._on_asyncpg:
             async with (self.engine if transaction else self._autocommit).connect() as connection:
                 if not transaction:
-                    yield CoreTransaction(connection)
+                    yield self.traced(CoreTransaction(connection))
                     return
                 began = await connection.begin()
                 try:
-                    yield CoreTransaction(connection, began)
+                    yield self.traced(CoreTransaction(connection, began))
                 finally:
                     if began.is_active:  # not committed
                         await began.rollback()
@@ -267,14 +279,14 @@ class TenantDatabase:
         reusable = not transaction
         try:
             if not transaction:
-                yield DriverTransaction(driver, self.engine.dialect)
+                yield self.traced(DriverTransaction(driver, self.engine.dialect))
                 return
             began = driver.transaction()
             statements = DriverTransaction(driver, self.engine.dialect, began)
             try:
                 await began.start()
                 await _bound_by_deadline(statements)
-                yield statements
+                yield self.traced(statements)
             finally:
                 reusable = statements.committed or await _rolled_back(began)
         finally:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import TypeVar
 
 import bcrypt
@@ -65,6 +66,8 @@ class PasswordHasher:
         began = time.perf_counter()
         self._decoy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
         self.queue = WorkQueue("password checking", max_workers, time.perf_counter() - began)
+        # With tracing on (services.core.tracing), a span around each hash and check.
+        self.trace_work: Callable[[str], AbstractContextManager[object]] | None = None
 
     async def hash(self, password: str) -> str:
         hashed = await self._run(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self._rounds))
@@ -86,6 +89,13 @@ class PasswordHasher:
         self.queue.admit()
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
+        if self.trace_work is None:
+            return await self._admitted(function, *args)
+        # The span covers the wait for a thread too: both are the call's time.
+        with self.trace_work(f"bcrypt {function.__name__}"):
+            return await self._admitted(function, *args)
+
+    async def _admitted(self, function: Callable[..., T], *args: object) -> T:
         self.queue.admit()
         self.queue.enter()
         # Counted out when the thread is done (or the check is dropped unstarted),

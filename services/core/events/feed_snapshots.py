@@ -194,7 +194,7 @@ class FeedSnapshots:
             try:
                 with self._db.queue.entered():
                     reader, position = await _uncancelled_open(self._open_reader())
-                snapshot = FeedSnapshot(store_id, reader.transaction, position)
+                snapshot = FeedSnapshot(store_id, self._db.traced(reader.transaction), position)
                 try:
                     await self._db.stores.require_active(snapshot)
                     yield snapshot
