@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import pkgutil
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 import sqlglot
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
@@ -29,6 +31,19 @@ from tests.process import ROOT
 SCALING_DOC = ROOT / "docs" / "scaling.md"
 STORE_KEY = "store_id"
 ROLES = ("reference", "distributed", "local")
+
+Test = TypeVar("Test", bound=Callable[..., Any])
+
+
+def on_postgresql(test: Test) -> Test:
+    """Runs `test` on the session's PostgreSQL database only (Citus is PostgreSQL; the
+    same instance as the other tests', so the same server), and not at all when
+    COMMERCE_TEST_BACKENDS leaves PostgreSQL out."""
+    backends = os.environ.get("COMMERCE_TEST_BACKENDS", "sqlite,postgresql").split(",")
+    skip = pytest.mark.skipif(
+        "postgresql" not in backends, reason="COMMERCE_TEST_BACKENDS leaves out PostgreSQL"
+    )
+    return skip(pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)(test))
 
 
 # -- the document's marked tables ------------------------------------------------------------

@@ -30,14 +30,11 @@ from tests.citus import (
     load_statement_exceptions,
     load_table_roles,
     multi_shard_statements,
+    on_postgresql,
 )
 from tests.e2e.helpers import PASSWORD, create_customer, create_order
 from tests.e2e.helpers import pb as customers_pb
 from tests.statement_log import SERVER_STATEMENTS
-
-# PostgreSQL only: SQLite is no Citus candidate. The session's PostgreSQL server
-# (not a new one), whose statements the whole session recorded.
-on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 S = order_pb2.OrderStatus
 

@@ -18,12 +18,10 @@ from tests.citus import (
     ddl_calls,
     load_constraint_exceptions,
     load_table_roles,
+    on_postgresql,
     read_schema,
     schema_problems,
 )
-
-# PostgreSQL only (Citus is PostgreSQL): the session's migrated database.
-on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 @pytest.fixture
