@@ -38,6 +38,7 @@ from services.orders.messages import register_event_encoders as register_order_e
 from services.server import Application
 from tests.orm import UnitOfWork, create_session_factory, create_store, set_store_active
 from tests.process import ROOT
+from tests.statement_log import SERVER_STATEMENTS
 
 POSTGRES_URL = os.environ.get(
     "COMMERCE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -58,6 +59,31 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatabl
 
 def _asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+# Runs after every other test on PostgreSQL: it checks every statement the session's
+# server sent.
+CITUS_STATEMENTS_MODULE = "test_citus_statements.py"
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own grouping by fixture parameters
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Moves the Citus statement check behind the last test on the session's
+    PostgreSQL database, so that it sees the statements of every test before it
+    (it drives each RPC itself too, so it stands alone). Not simply last: tests on
+    SQLite may follow, and the PostgreSQL server would be started again for it."""
+    checks = [item for item in items if item.path.name == CITUS_STATEMENTS_MODULE]
+    if not checks:
+        return
+    rest = [item for item in items if item.path.name != CITUS_STATEMENTS_MODULE]
+    on_postgresql = [
+        index
+        for index, item in enumerate(rest)
+        if getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("database_url") == "postgresql"
+    ]
+    at = on_postgresql[-1] + 1 if on_postgresql else len(rest)
+    items[:] = rest[:at] + checks + rest[at:]
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -145,6 +171,8 @@ async def database(settings: Settings) -> AsyncIterator[TenantDatabase]:
 @pytest.fixture(scope="session")
 async def server(settings: Settings) -> AsyncIterator[Application]:
     app = Application(settings)
+    # Its statements, for the Citus check that runs last (pytest_collection_modifyitems).
+    SERVER_STATEMENTS.watch(app.engine)
     await app.start("127.0.0.1:0")
     yield app
     await app.stop(grace=1)
