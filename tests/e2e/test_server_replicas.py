@@ -1,0 +1,219 @@
+"""Three `commerce serve` processes on one PostgreSQL database, as on three hosts,
+called over commerce.client (round_robin over the three, its retry policy). One is
+killed with SIGKILL in the middle of a load of reads and of creates that carry a
+request_id: no call fails, every request_id made exactly one row, and the two left
+carry the load on. PostgreSQL only: the processes share the database, which a
+SQLite file on one host cannot stand for."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from commerce.client import connect
+from commerce.customers.v1 import customer_service_pb2, customer_service_pb2_grpc
+from commerce.orders.v1 import order_service_pb2, order_service_pb2_grpc
+from sqlalchemy import text
+
+from tests.e2e.helpers import line, unique_email
+from tests.process import ServerProcess, clean_environment, running_server
+
+REPLICAS = 3
+# Calls in flight at once: several on each replica when one is killed.
+CONCURRENCY = 24
+CALLS_BEFORE_KILL = 150
+CALLS_AFTER_KILL = 150
+WAIT_SECONDS = 90
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@dataclass
+class Load:
+    """What the callers did: the calls completed, the failures, and which resource
+    each request_id got."""
+
+    completed: int = 0
+    failures: list[str] = field(default_factory=list)
+    customers: dict[str, int] = field(default_factory=dict)
+    orders: dict[str, int] = field(default_factory=dict)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def served(server: ServerProcess, store_id: int) -> int:
+    """How many of this store's calls the server's access log shows answered OK."""
+    pattern = rf"commerce\.rpc /commerce\.\S+ store_id={store_id} code=OK"
+    return len(re.findall(pattern, server.output()))
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"not reached in {WAIT_SECONDS} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def caller(channel: grpc.aio.Channel, store_id: int, load: Load, seed: int) -> None:
+    """Calls one after the other until told to stop: a create of a customer, a create
+    of an order (each with a request_id of its own), a get and a list, in turn."""
+    customers = customer_service_pb2_grpc.CustomerServiceStub(channel)
+    orders = order_service_pb2_grpc.OrderServiceStub(channel)
+    chance = random.Random(seed)  # noqa: S311 (which customer to read, not a secret)
+    step = seed
+    while not load.stopping.is_set():
+        step += 1
+        request_id = str(uuid.uuid4())
+        try:
+            match step % 4:
+                case 0:
+                    created = await customers.CreateCustomer(
+                        customer_service_pb2.CreateCustomerRequest(
+                            store_id=store_id, email=unique_email("replica"), request_id=request_id
+                        )
+                    )
+                    load.customers[request_id] = created.customer.customer_id
+                case 1:
+                    placed = await orders.CreateOrder(
+                        order_service_pb2.CreateOrderRequest(
+                            store_id=store_id,
+                            line_items=[line()],
+                            currency_code="EUR",
+                            request_id=request_id,
+                        )
+                    )
+                    load.orders[request_id] = placed.order.order_id
+                case 2:
+                    await customers.GetCustomer(
+                        customer_service_pb2.GetCustomerRequest(
+                            store_id=store_id,
+                            customer_id=chance.choice(list(load.customers.values())),
+                        )
+                    )
+                case _:
+                    # The second page's token was signed by whichever replica answered
+                    # the first: the replicas share page_token_secret.
+                    first = await customers.ListCustomers(
+                        customer_service_pb2.ListCustomersRequest(store_id=store_id, page_size=2)
+                    )
+                    await customers.ListCustomers(
+                        customer_service_pb2.ListCustomersRequest(
+                            store_id=store_id, page_size=2, page_token=first.next_page_token
+                        )
+                    )
+        except grpc.aio.AioRpcError as error:
+            load.failures.append(f"step {step % 4}: {error.code().name} {error.details()}")
+        load.completed += 1
+
+
+@contextmanager
+def replicas(tmp_path: Path, database_url: str) -> Iterator[list[ServerProcess]]:
+    """Three servers on their own ports: one database, one page-token secret."""
+    env = clean_environment(
+        DATABASE_URL=database_url, COMMERCE_PAGE_TOKEN_SECRET="replicas-share-this-secret"
+    )
+    with ExitStack() as stack:
+        yield [stack.enter_context(running_server(tmp_path, env)) for _ in range(REPLICAS)]
+
+
+async def _rows(sessions, sql: str, store_id: int) -> dict[str, int]:
+    async with sessions() as session:
+        result = await session.execute(text(sql), {"store_id": store_id})
+        return {str(key): int(value) for key, value in result.all()}
+
+
+async def test_a_replica_killed_under_load_fails_no_call_and_duplicates_nothing(
+    tmp_path, database_url, backend, sessions, store_id
+):
+    if backend != "postgresql":
+        pytest.skip("replicas share one PostgreSQL database")
+    with replicas(tmp_path, database_url) as servers:
+        channel = connect([server.target for server in servers])
+        load = Load()
+        try:
+            # A few customers to read from the start.
+            seeding = customer_service_pb2_grpc.CustomerServiceStub(channel)
+            for _ in range(3):
+                request_id = str(uuid.uuid4())
+                created = await seeding.CreateCustomer(
+                    customer_service_pb2.CreateCustomerRequest(
+                        store_id=store_id, email=unique_email("seed"), request_id=request_id
+                    )
+                )
+                load.customers[request_id] = created.customer.customer_id
+            callers = [
+                asyncio.create_task(caller(channel, store_id, load, seed))
+                for seed in range(CONCURRENCY)
+            ]
+            try:
+                await until(
+                    lambda: (
+                        load.completed >= CALLS_BEFORE_KILL
+                        and all(served(server, store_id) > 0 for server in servers)
+                    ),
+                    "calls answered by each replica",
+                )
+                victim, survivors = servers[1], [servers[0], servers[2]]
+                victim.process.kill()  # SIGKILL: no drain, connections reset
+                await asyncio.to_thread(victim.process.wait)
+                at_kill = load.completed
+                before = [served(server, store_id) for server in survivors]
+                await until(
+                    lambda: load.completed >= at_kill + CALLS_AFTER_KILL,
+                    "calls completed after the kill",
+                )
+            finally:
+                load.stopping.set()
+                await asyncio.gather(*callers)
+            after = [served(server, store_id) for server in survivors]
+
+            # A create sent without a request_id is given one by the channel.
+            orders = order_service_pb2_grpc.OrderServiceStub(channel)
+            unkeyed = await orders.CreateOrder(
+                order_service_pb2.CreateOrderRequest(
+                    store_id=store_id, line_items=[line()], currency_code="EUR"
+                )
+            )
+        finally:
+            await channel.close()
+
+    assert load.failures == []
+    # Both survivors took calls after the kill.
+    assert all(later > earlier for earlier, later in zip(before, after, strict=True))
+    # Exactly one row for each request_id, the one its caller was answered with.
+    keys = await _rows(
+        sessions,
+        "SELECT request_id, resource_id FROM idempotency_keys "
+        "WHERE store_id = :store_id AND operation = 'customers.CreateCustomer'",
+        store_id,
+    )
+    customers = await _rows(
+        sessions,
+        "SELECT customer_id, customer_id FROM customers WHERE store_id = :store_id",
+        store_id,
+    )
+    assert keys == load.customers
+    assert sorted(map(int, customers)) == sorted(load.customers.values())
+    keys = await _rows(
+        sessions,
+        "SELECT request_id, resource_id FROM idempotency_keys "
+        "WHERE store_id = :store_id AND operation = 'orders.CreateOrder'",
+        store_id,
+    )
+    orders_made = await _rows(
+        sessions, "SELECT order_id, order_id FROM orders WHERE store_id = :store_id", store_id
+    )
+    unkeyed_id = unkeyed.order.order_id
+    assert [key for key, order_id in keys.items() if order_id == unkeyed_id] != []
+    assert {key: order_id for key, order_id in keys.items() if order_id != unkeyed_id} == (
+        load.orders
+    )
+    assert sorted(map(int, orders_made)) == sorted([*load.orders.values(), unkeyed_id])
