@@ -192,3 +192,27 @@ def test_the_export_scenarios_report_their_figures():
     assert report["full_speed"]["peak_rss_kb"] >= report["full_speed"]["rss_before_kb"] > 0
     assert report["slow_reader"]["rows"] == 1200
     assert report["slow_reader"]["rss_max_during_pause_kb"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_the_replica_kill_reports_no_failure_and_no_duplicate(tmp_path):
+    """bench.replica_kill, tiny and short: three replicas, one killed under load; the
+    figures are there, and the calls the client may retry neither failed nor ran twice."""
+    figures = tmp_path / "replica_kill.json"
+    admin = make_url(POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False)
+    command = [sys.executable, "-m", "bench.replica_kill", "--smoke", "--database-url", admin]
+    command += ["--json", str(figures)]
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| failed calls | 0 |" in done.stdout
+
+    report = json.loads(figures.read_text())
+    assert report["failed"] == {}
+    assert report["duplicates"] == 0
+    assert report["unanswered_creates"] == 0
+    assert report["in_flight_at_kill"] > 0
+    assert report["per_second_before"] > 0
+    assert report["per_second_after"] > 0
+    assert report["recovery_s"] is not None
