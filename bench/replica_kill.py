@@ -11,7 +11,8 @@ Reported: the calls that failed (by status), the duplicates (rows beyond one per
 request_id, counted in the database), the throughput before the kill and after it
 (each over the second half of its period, when steady) and their ratio, the time
 from the kill until the throughput is back at the survivors' level (90% of it over
-a sliding half-second), the deepest dip, and the slowest call that spanned the kill.
+a sliding second), the first second after the kill against that level, the deepest
+dip, the slowest call that spanned the kill, and calls/s second by second (JSON).
 Nothing is asserted about time.
 
 On one machine the killed replica's CPU goes to the others, so the survivors' level
@@ -54,7 +55,7 @@ from bench.urls import asyncpg_dsn, sqlalchemy_url
 
 REPLICAS = 3
 RECOVERED = 0.9  # of the survivors' level
-WINDOW_S = 0.5  # the sliding window throughput is judged over
+WINDOW_S = 1.0  # the sliding window throughput is judged over
 BUCKET_S = 0.1
 
 
@@ -225,29 +226,41 @@ def _rate(ends: list[float], start: float, stop: float) -> float:
 
 
 def figures(load: Load, start: float, killed: float, end: float) -> dict[str, Any]:
-    """Throughput before and after, recovery time, dip, slowest call across the kill."""
+    """Throughput before and after, recovery time, dip, slowest call across the kill.
+
+    Before: the second half of the time before the kill; the survivors' level: the
+    second half of the time after it. Recovered: the first one-second window from the
+    kill on whose throughput is 90% of that level."""
     ends = sorted(end_ for _, end_ in load.calls)
     before = _rate(ends, (start + killed) / 2, killed)
     level = _rate(ends, (killed + end) / 2, end)
-    recovery, dip = None, None
+    windows = []
     bucket = killed
-    while bucket + WINDOW_S <= end:
-        rate = _rate(ends, bucket, bucket + WINDOW_S)
-        dip = rate if dip is None else min(dip, rate)
-        if recovery is None and rate >= RECOVERED * level:
-            recovery = bucket - killed
+    while bucket + WINDOW_S <= (killed + end) / 2:
+        windows.append((bucket - killed, _rate(ends, bucket, bucket + WINDOW_S)))
         bucket += BUCKET_S
+    recovered = next((offset for offset, rate in windows if rate >= RECOVERED * level), None)
+    dip = min((rate for _, rate in windows), default=level)
     across = [end_ - begun for begun, end_ in load.calls if begun < killed < end_]
+    series, bucket = [], start
+    while bucket + WINDOW_S <= end:
+        series.append([round(bucket - killed, 1), round(_rate(ends, bucket, bucket + WINDOW_S))])
+        bucket += WINDOW_S
     return {
         "calls": len(load.calls),
         "failed": dict(load.failed),
         "per_second_before": round(before, 1),
         "per_second_after": round(level, 1),
         "ratio_after_to_before": round(level / before, 3) if before else None,
-        "recovery_s": None if recovery is None else round(recovery, 2),
-        "dip_ratio": None if dip is None or not before else round(dip / before, 3),
+        "first_second_to_after": (
+            round(_rate(ends, killed, killed + 1) / level, 3) if level else None
+        ),
+        "recovery_s": None if recovered is None else round(recovered, 2),
+        "dip_ratio": round(dip / before, 3) if before else None,
         "in_flight_at_kill": len(across),
         "slowest_call_across_kill_ms": round(max(across, default=0) * 1000, 1),
+        # [seconds from the kill, calls/s over the second from there]
+        "series": series,
     }
 
 
@@ -302,8 +315,9 @@ def render(report: dict[str, Any]) -> str:
         ("calls/s before (3 replicas)", f"{report['per_second_before']:,}"),
         ("calls/s after (2 replicas)", f"{report['per_second_after']:,}"),
         ("after / before", str(report["ratio_after_to_before"])),
-        ("deepest dip (0.5 s window) / before", str(report["dip_ratio"])),
-        ("back at 90% of the survivors' level after", f"{report['recovery_s']} s"),
+        ("first second after the kill / after", str(report["first_second_to_after"])),
+        ("deepest dip (1 s window) / before", str(report["dip_ratio"])),
+        ("first 1 s window at 90% of the survivors' level", f"{report['recovery_s']} s"),
     ]
     return "\n".join(
         ["| figure | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]

@@ -24,7 +24,7 @@ from commerce.customers.v1 import customer_service_pb2, customer_service_pb2_grp
 from commerce.orders.v1 import order_service_pb2, order_service_pb2_grpc
 from sqlalchemy import text
 
-from tests.e2e.helpers import line, unique_email
+from tests.e2e.helpers import line, serving, unique_email
 from tests.process import ServerProcess, clean_environment, running_server
 
 REPLICAS = 3
@@ -217,3 +217,39 @@ async def test_a_replica_killed_under_load_fails_no_call_and_duplicates_nothing(
         load.orders
     )
     assert sorted(map(int, orders_made)) == sorted([*load.orders.values(), unkeyed_id])
+
+
+async def goaway_within(port: int, seconds: float) -> bool:
+    """Opens an HTTP/2 connection like a live, idle client (it acknowledges the
+    server's SETTINGS and answers its PINGs): True when the server sends GOAWAY
+    within `seconds`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    await writer.drain()
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                header = await reader.readexactly(9)
+                length, kind, flags = int.from_bytes(header[:3]), header[3], header[4]
+                payload = await reader.readexactly(length)
+                if kind == 0x7:
+                    return True
+                if kind == 0x4 and not flags & 0x1:  # SETTINGS: acknowledged
+                    writer.write(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+                elif kind == 0x6 and not flags & 0x1:  # PING: answered
+                    writer.write(b"\x00\x00\x08\x06\x01\x00\x00\x00\x00" + payload)
+                await writer.drain()
+    except TimeoutError:
+        return False
+    finally:
+        writer.close()
+
+
+async def test_max_connection_age_sends_clients_away_to_connect_again(settings):
+    """A client connection older than max_connection_age is told GOAWAY, so that the
+    client resolves its replicas again; without the setting it lives on."""
+    aging = settings.model_copy(update={"max_connection_age_seconds": 1, "grace_seconds": 0})
+    async with serving(aging, ["customers"]) as (app, _):
+        assert await goaway_within(app.port, seconds=20)
+    async with serving(settings, ["customers"]) as (app, _):
+        assert not await goaway_within(app.port, seconds=3)
