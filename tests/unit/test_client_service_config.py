@@ -15,6 +15,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2
 
 from tests.descriptors import commerce_files, http_rule, methods
+from tests.process import ROOT
 
 Method = tuple[str, str]
 
@@ -142,3 +143,11 @@ def test_a_token_without_tls_is_refused():
         ["127.0.0.1:1"], credentials=grpc.ssl_channel_credentials(), token="secret"
     )
     channel.close()
+
+
+def test_the_published_json_is_the_config_the_python_channel_uses():
+    """clients/service_config.json, for clients in other languages, is the same."""
+    published = json.loads((ROOT / "clients" / "service_config.json").read_text())
+    assert published == client.service_config(), (
+        "stale: python -m commerce.client > clients/service_config.json"
+    )
