@@ -3,7 +3,10 @@ called over commerce.client (round_robin over the three, its retry policy). One 
 killed with SIGKILL in the middle of a load of reads and of creates that carry a
 request_id: no call fails, every request_id made exactly one row, and the two left
 carry the load on. PostgreSQL only: the processes share the database, which a
-SQLite file on one host cannot stand for."""
+SQLite file on one host cannot stand for.
+
+Also: max_connection_age_seconds, which sends clients away to connect again (and so
+to find replicas added since)."""
 
 from __future__ import annotations
 
@@ -17,15 +20,19 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from commerce.client import connect
 from commerce.customers.v1 import customer_service_pb2, customer_service_pb2_grpc
+from commerce.events.v1 import event_service_pb2, event_service_pb2_grpc
 from commerce.orders.v1 import order_service_pb2, order_service_pb2_grpc
-from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
+from services.migrations import upgrade
+from tests.conftest import BACKENDS, POSTGRES_URL
 from tests.e2e.helpers import line, serving, unique_email
-from tests.process import ServerProcess, clean_environment, running_server
+from tests.process import ServerProcess, clean_environment, commerce, running_server
 
 REPLICAS = 3
 # Calls in flight at once: several on each replica when one is killed.
@@ -34,7 +41,8 @@ CALLS_BEFORE_KILL = 150
 CALLS_AFTER_KILL = 150
 WAIT_SECONDS = 90
 
-pytestmark = pytest.mark.timeout(300)
+STORE_ID = 1  # the fresh database's one store
+ORDER_CREATED = "commerce.orders.v1.OrderCreated"
 
 
 @dataclass
@@ -114,6 +122,33 @@ async def caller(channel: grpc.aio.Channel, store_id: int, load: Load, seed: int
         load.completed += 1
 
 
+def _asyncpg(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def fresh_database() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, migrated, holding store 1: the
+    replicas' event relay is then one of theirs, not another test's server."""
+    name = f"commerce_replicas_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(_asyncpg(POSTGRES_URL))
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        commerce("stores", "create", "--name", "Replicas", env=clean_environment(DATABASE_URL=url))
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @contextmanager
 def replicas(tmp_path: Path, database_url: str) -> Iterator[list[ServerProcess]]:
     """Three servers on their own ports: one database, one page-token secret."""
@@ -124,18 +159,41 @@ def replicas(tmp_path: Path, database_url: str) -> Iterator[list[ServerProcess]]
         yield [stack.enter_context(running_server(tmp_path, env)) for _ in range(REPLICAS)]
 
 
-async def _rows(sessions, sql: str, store_id: int) -> dict[str, int]:
-    async with sessions() as session:
-        result = await session.execute(text(sql), {"store_id": store_id})
-        return {str(key): int(value) for key, value in result.all()}
+def relays(server: ServerProcess) -> bool:
+    return "event relay: relaying" in server.output()
 
 
+async def _rows(url: str, sql: str) -> dict[str, int]:
+    connection = await asyncpg.connect(_asyncpg(url))
+    try:
+        return {str(key): int(value) for key, value in await connection.fetch(sql, STORE_ID)}
+    finally:
+        await connection.close()
+
+
+async def orders_in_feed(channel: grpc.aio.Channel) -> int:
+    """The OrderCreated events the feed shows (the relay has placed)."""
+    feed = event_service_pb2_grpc.EventServiceStub(channel)
+    request = event_service_pb2.ListEventsRequest(
+        store_id=STORE_ID, types=[ORDER_CREATED], page_size=1000
+    )
+    seen = 0
+    while True:
+        page = await feed.ListEvents(request)
+        seen += len(page.events)
+        if not page.next_page_token:
+            return seen
+        request.page_token = page.next_page_token
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif("postgresql" not in BACKENDS, reason="replicas share one PostgreSQL")
 async def test_a_replica_killed_under_load_fails_no_call_and_duplicates_nothing(
-    tmp_path, database_url, backend, sessions, store_id
+    tmp_path, fresh_database
 ):
-    if backend != "postgresql":
-        pytest.skip("replicas share one PostgreSQL database")
-    with replicas(tmp_path, database_url) as servers:
+    """The replica killed is the one relaying events: another takes the relay over,
+    and the feed shows each order's event once."""
+    with replicas(tmp_path, fresh_database) as servers:
         channel = connect([server.target for server in servers])
         load = Load()
         try:
@@ -145,27 +203,29 @@ async def test_a_replica_killed_under_load_fails_no_call_and_duplicates_nothing(
                 request_id = str(uuid.uuid4())
                 created = await seeding.CreateCustomer(
                     customer_service_pb2.CreateCustomerRequest(
-                        store_id=store_id, email=unique_email("seed"), request_id=request_id
+                        store_id=STORE_ID, email=unique_email("seed"), request_id=request_id
                     )
                 )
                 load.customers[request_id] = created.customer.customer_id
             callers = [
-                asyncio.create_task(caller(channel, store_id, load, seed))
+                asyncio.create_task(caller(channel, STORE_ID, load, seed))
                 for seed in range(CONCURRENCY)
             ]
             try:
                 await until(
                     lambda: (
                         load.completed >= CALLS_BEFORE_KILL
-                        and all(served(server, store_id) > 0 for server in servers)
+                        and all(served(server, STORE_ID) > 0 for server in servers)
+                        and any(relays(server) for server in servers)
                     ),
-                    "calls answered by each replica",
+                    "calls answered by each replica, events relayed by one",
                 )
-                victim, survivors = servers[1], [servers[0], servers[2]]
-                victim.process.kill()  # SIGKILL: no drain, connections reset
+                (victim,) = [server for server in servers if relays(server)]
+                survivors = [server for server in servers if server is not victim]
+                victim.process.kill()  # SIGKILL: no drain, connections reset, lease kept
                 await asyncio.to_thread(victim.process.wait)
                 at_kill = load.completed
-                before = [served(server, store_id) for server in survivors]
+                before = [served(server, STORE_ID) for server in survivors]
                 await until(
                     lambda: load.completed >= at_kill + CALLS_AFTER_KILL,
                     "calls completed after the kill",
@@ -173,43 +233,47 @@ async def test_a_replica_killed_under_load_fails_no_call_and_duplicates_nothing(
             finally:
                 load.stopping.set()
                 await asyncio.gather(*callers)
-            after = [served(server, store_id) for server in survivors]
+            after = [served(server, STORE_ID) for server in survivors]
 
             # A create sent without a request_id is given one by the channel.
             orders = order_service_pb2_grpc.OrderServiceStub(channel)
             unkeyed = await orders.CreateOrder(
                 order_service_pb2.CreateOrderRequest(
-                    store_id=store_id, line_items=[line()], currency_code="EUR"
+                    store_id=STORE_ID, line_items=[line()], currency_code="EUR"
                 )
             )
+            # A survivor took the relay over once the dead one's lease ran out.
+            placed = len(load.orders) + 1
+            feed_deadline = time.monotonic() + WAIT_SECONDS
+            while (in_feed := await orders_in_feed(channel)) < placed:
+                assert time.monotonic() < feed_deadline, f"{in_feed} of {placed} in the feed"
+                await asyncio.sleep(0.1)
         finally:
             await channel.close()
 
     assert load.failures == []
     # Both survivors took calls after the kill.
     assert all(later > earlier for earlier, later in zip(before, after, strict=True))
+    assert any(relays(server) for server in survivors)
+    assert in_feed == placed  # each order's event once, retried or not
     # Exactly one row for each request_id, the one its caller was answered with.
     keys = await _rows(
-        sessions,
+        fresh_database,
         "SELECT request_id, resource_id FROM idempotency_keys "
-        "WHERE store_id = :store_id AND operation = 'customers.CreateCustomer'",
-        store_id,
+        "WHERE store_id = $1 AND operation = 'customers.CreateCustomer'",
     )
     customers = await _rows(
-        sessions,
-        "SELECT customer_id, customer_id FROM customers WHERE store_id = :store_id",
-        store_id,
+        fresh_database, "SELECT customer_id, customer_id FROM customers WHERE store_id = $1"
     )
     assert keys == load.customers
     assert sorted(map(int, customers)) == sorted(load.customers.values())
     keys = await _rows(
-        sessions,
+        fresh_database,
         "SELECT request_id, resource_id FROM idempotency_keys "
-        "WHERE store_id = :store_id AND operation = 'orders.CreateOrder'",
-        store_id,
+        "WHERE store_id = $1 AND operation = 'orders.CreateOrder'",
     )
     orders_made = await _rows(
-        sessions, "SELECT order_id, order_id FROM orders WHERE store_id = :store_id", store_id
+        fresh_database, "SELECT order_id, order_id FROM orders WHERE store_id = $1"
     )
     unkeyed_id = unkeyed.order.order_id
     assert [key for key, order_id in keys.items() if order_id == unkeyed_id] != []
