@@ -27,6 +27,7 @@ from commerce.client import connect
 from commerce.customers.v1 import customer_service_pb2, customer_service_pb2_grpc
 from commerce.events.v1 import event_service_pb2, event_service_pb2_grpc
 from commerce.orders.v1 import order_service_pb2, order_service_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from services.migrations import upgrade
@@ -317,3 +318,24 @@ async def test_max_connection_age_sends_clients_away_to_connect_again(settings):
         assert await goaway_within(app.port, seconds=20)
     async with serving(settings, ["customers"]) as (app, _):
         assert not await goaway_within(app.port, seconds=3)
+
+
+async def test_one_name_streams_and_health_work_over_the_helper_channel(server, store_id):
+    """commerce.client with one host:port (a DNS target): its service config is one
+    gRPC accepts for unary calls, streams and health checks alike."""
+    async with connect(f"localhost:{server.port}") as channel:
+        customers = customer_service_pb2_grpc.CustomerServiceStub(channel)
+        created = await customers.CreateCustomer(
+            customer_service_pb2.CreateCustomerRequest(store_id=store_id, email=unique_email())
+        )
+        exported = [
+            customer.customer_id
+            async for page in customers.ExportCustomers(
+                customer_service_pb2.ExportCustomersRequest(store_id=store_id)
+            )
+            for customer in page.customers
+        ]
+        health = health_pb2_grpc.HealthStub(channel)
+        checked = await health.Check(health_pb2.HealthCheckRequest())
+    assert exported == [created.customer.customer_id]
+    assert checked.status == health_pb2.HealthCheckResponse.SERVING
