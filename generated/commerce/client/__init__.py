@@ -76,10 +76,11 @@ READS: Final[tuple[tuple[str, str], ...]] = (
     (_HEALTH, "List"),
 )
 
-# Reads that stream: retried like the others (gRPC retries a stream only until its
-# first message arrives), without a default deadline, since an export of a large
-# store or a feed followed for hours has no natural end. Resuming a broken stream
-# (from the last customer_id or cursor received) is the caller's part.
+# Reads that stream: retried like the others (gRPC retries a call only until the
+# server has begun to answer, so a stream broken midway is never replayed), without
+# a default deadline, since an export of a large store or a feed followed for hours
+# has no natural end. Resuming a broken stream (after the last customer_id or
+# cursor received) is the caller's part.
 STREAMED_READS: Final[tuple[tuple[str, str], ...]] = (
     (_CUSTOMERS, "ExportCustomers"),
     (_CUSTOMERS, "ExportCustomerData"),
