@@ -469,6 +469,18 @@ def server_options(settings: Settings, *, share_port: bool = False) -> list[tupl
         # connections of well-behaved clients with GOAWAY "too_many_pings").
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
+        *_connection_age(settings),
+    ]
+
+
+def _connection_age(settings: Settings) -> list[tuple[str, int]]:
+    """A connection's end of life, when set: a client learns of replicas added behind
+    its DNS name only when it resolves again, which a closed connection makes it do."""
+    if not settings.max_connection_age_seconds:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
     ]
 
 

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 
 import grpc
+from commerce.client import connect_sync
 from commerce.customers.v1 import customer_service_pb2, customer_service_pb2_grpc
 from commerce.events.v1 import event_service_pb2, event_service_pb2_grpc
 from commerce.orders.v1 import (
@@ -161,7 +162,11 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "(plaintext), printing one JSON line of what it saw.",
         epilog="example: python clients/python/walkthrough.py 127.0.0.1:50051 1",
     )
-    parser.add_argument("target", help="host:port of the server, e.g. 127.0.0.1:50051")
+    parser.add_argument(
+        "target",
+        help="host:port of the server, e.g. 127.0.0.1:50051, or of its replicas, "
+        "comma-separated (IP addresses), e.g. 10.0.0.1:50051,10.0.0.2:50051",
+    )
     parser.add_argument(
         "store_id", type=int, help="an active store's id (`commerce stores create` prints it)"
     )
@@ -170,7 +175,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = arguments()
-    with grpc.insecure_channel(args.target) as channel:
+    # commerce.client's channel: round_robin over the replicas, retries where safe.
+    with connect_sync(args.target.split(",")) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=DEADLINE_SECONDS)
         except grpc.FutureTimeoutError:

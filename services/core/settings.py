@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         description="a peer that does not answer a keepalive ping within this is "
         "dropped, with its calls",
     )
+    max_connection_age_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="close each client connection gracefully (GOAWAY) once it is this "
+        "old, so that clients connect again and spread over replicas added since; calls "
+        "in flight get grace_seconds to finish (0: connections live on)",
+    )
     caller_tokens_file: str = Field(
         default="",
         description="file of '<caller> <sha256 of its token>' lines: every call but health "

@@ -245,3 +245,27 @@ def test_the_tracing_scenarios_report_their_figures(tmp_path):
         assert row["per_second_vs_off"] > 0, row
     assert rows["before"]["spans_per_request"] == rows["off"]["spans_per_request"] == 0
     assert rows["on"]["spans_per_request"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_the_replica_kill_reports_no_failure_and_no_duplicate(tmp_path):
+    """bench.replica_kill, tiny and short: three replicas, one killed under load; the
+    figures are there, and the calls the client may retry neither failed nor ran twice."""
+    figures = tmp_path / "replica_kill.json"
+    admin = make_url(POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False)
+    command = [sys.executable, "-m", "bench.replica_kill", "--smoke", "--database-url", admin]
+    command += ["--json", str(figures)]
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| failed calls | 0 |" in done.stdout
+
+    report = json.loads(figures.read_text())
+    assert report["failed"] == {}
+    assert report["duplicates"] == 0
+    assert report["unanswered_creates"] == 0
+    assert report["in_flight_at_kill"] > 0
+    assert report["per_second_before"] > 0
+    assert report["per_second_after"] > 0
+    assert "recovery_s" in report  # None when the short smoke run has no second for it

@@ -65,6 +65,14 @@ def test_the_package_holds_only_the_stubs_and_their_three_dependencies(client_py
     assert {"order_pb2.pyi", "order_service_pb2_grpc.pyi", "py.typed"} <= {
         p.name for p in package.iterdir()
     }
+    # commerce.client, the hand-written way to connect, ships typed beside the stubs.
+    probe = "import commerce.client as c, pathlib; print(pathlib.Path(c.__file__).parent)"
+    helper = Path(
+        subprocess.run(
+            [client_python, "-c", probe], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    assert {"__init__.py", "py.typed"} <= {p.name for p in helper.iterdir()}
     no_server = subprocess.run(
         [client_python, "-c", "import services"], capture_output=True, check=False, cwd="/"
     )
