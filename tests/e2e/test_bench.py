@@ -192,3 +192,31 @@ def test_the_export_scenarios_report_their_figures():
     assert report["full_speed"]["peak_rss_kb"] >= report["full_speed"]["rss_before_kb"] > 0
     assert report["slow_reader"]["rows"] == 1200
     assert report["slow_reader"]["rss_max_during_pause_kb"] > 0
+
+
+@pytest.mark.timeout(600)
+def test_the_hot_store_scenarios_report_their_figures(tmp_path):
+    """bench.hot_store, tiny and short: every creator's orders are served in the hot
+    store and spread out, each load gets its ratio and what the server's connections
+    were doing."""
+    database = f"commerce_bench_hot_smoke_{uuid.uuid4().hex[:8]}"
+    url = make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+    figures = tmp_path / "hot_store.json"
+    command = [sys.executable, "-m", "bench.hot_store", "--smoke", "--database-url", url]
+    command += ["--json", str(figures)]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
+        )
+    finally:
+        asyncio.run(_drop(database))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    rows = json.loads(figures.read_text())["rows"]
+    assert [row["load"] for row in rows] == ["hot", "spread"]
+    for row in rows:
+        assert row["errors"] == 0, row
+        # Counted in the database: the warm-up's orders too.
+        assert row["created"] >= row["requests"] > 0, row
+        assert row["ratio_to_spread"] > 0, row
+        assert row["connections"], row  # the sampler saw the server at work
