@@ -1,14 +1,31 @@
-"""Per-store counters: human-readable, gap-free numbers (customer numbers, order
-numbers) handed out without a race, on PostgreSQL and SQLite alike."""
+"""Per-store counters: human-readable numbers (customer numbers, order numbers) handed
+out without a race, on PostgreSQL and SQLite alike, by one row per store and counter.
+
+Two ways to take a number:
+
+- `next_store_number`, in the caller's transaction: the counter row stays locked
+  until that transaction ends, commit and its WAL flush included, so a store's
+  numbers are gap-free and follow the order its transactions commit in; but the
+  store's writers of that counter run one at a time.
+- `take_store_number`, on PostgreSQL, before the caller's transaction, in one
+  statement that is a transaction of its own and commits without waiting for its
+  WAL flush: the row is locked for the statement alone, so a busy store's writers
+  no longer queue on it. The numbers stay unique and increase in the order they are
+  taken (not always the order their records commit in), and a number whose record
+  never commits is not used again: a gap. A number is never lost for a committed
+  record: that record's commit flushes the WAL up to itself, and so the counter's
+  earlier change; a crash can only hand out again numbers no committed record has.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam
+from sqlalchemy import BigInteger, String, bindparam, func, literal, select, true
 
 from services.core.db.engine import upsert_insert
+from services.core.db.idempotency import RequestKey, is_claimed, key_params
 from services.core.db.statements import DIALECTS, Statement
 from services.core.db.stores import StoreCounter
-from services.core.db.unit_of_work import UnitOfWork
+from services.core.db.unit_of_work import TenantDatabase, UnitOfWork
 
 
 def _next_number(dialect: str) -> Statement:
@@ -33,3 +50,50 @@ async def next_store_number(uow: UnitOfWork, counter: str) -> int:
     process) get distinct numbers, and a rolled-back transaction gives its number
     back. Call it late to hold the lock briefly."""
     return int(await uow.scalar(_NEXT_NUMBER[uow.dialect], {"name": counter}))
+
+
+def _taken_alone(*, unless_claimed: bool) -> Statement:
+    """The upsert of _next_number, run outside any transaction: set_config(..., true)
+    lasts until the statement's own transaction ends, so that transaction commits
+    without waiting for the WAL flush, and nothing after it is affected. With
+    `unless_claimed`, no number (no row) when a committed request already claimed the
+    request key bound (services.core.db.idempotency): its retry needs none."""
+    asynchronous = select(
+        func.set_config("synchronous_commit", "off", true()).label("setting")
+    ).subquery("asynchronous_commit")
+    row = select(
+        bindparam("store_id", type_=BigInteger()), bindparam("name", type_=String()), literal(1)
+    ).select_from(asynchronous)
+    if unless_claimed:
+        row = row.where(~is_claimed())
+    return Statement(
+        upsert_insert("postgresql", StoreCounter)
+        .from_select(["store_id", "name", "value"], row)
+        .on_conflict_do_update(
+            index_elements=[StoreCounter.store_id, StoreCounter.name],
+            set_={"value": StoreCounter.value + 1},
+        )
+        .returning(StoreCounter.value)
+    )
+
+
+_TAKE = _taken_alone(unless_claimed=False)
+_TAKE_UNLESS_CLAIMED = _taken_alone(unless_claimed=True)
+
+
+async def take_store_number(
+    database: TenantDatabase, store_id: int, counter: str, *, unless: RequestKey | None = None
+) -> int | None:
+    """On PostgreSQL, the next number of `counter` in store `store_id`, taken before
+    the caller's transaction (which it must not be called in) and committed at once:
+    see the module's description. None, and no number taken, when the request of
+    `unless` was already carried out (its retry finds what it made) and on SQLite,
+    whose one writer at a time gains nothing from it: the caller then takes its
+    number in its transaction, with next_store_number."""
+    if database.engine.dialect.name != "postgresql":
+        return None
+    async with database.committing(store_id) as uow:
+        if unless is None:
+            return int(await uow.scalar(_TAKE, {"name": counter}))
+        taken = await uow.scalar(_TAKE_UNLESS_CLAIMED, {"name": counter} | key_params(unless))
+    return None if taken is None else int(taken)

@@ -179,6 +179,12 @@ class TenantDatabase:
         """Reads in the store, each statement on its own (no snapshot across them)."""
         return self._unit_of_work(store_id, transaction=False)
 
+    def committing(self, store_id: int) -> AbstractAsyncContextManager[UnitOfWork]:
+        """Writes in the store, each statement a transaction of its own that commits
+        as it ends (services.core.db.counters takes numbers so): always on the
+        database written to, whatever serves the reads."""
+        return self._unit_of_work(store_id, transaction=False)
+
     @asynccontextmanager
     async def _unit_of_work(self, store_id: int, *, transaction: bool) -> AsyncIterator[UnitOfWork]:
         check_store_id(store_id)
