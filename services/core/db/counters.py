@@ -53,27 +53,26 @@ async def next_store_number(uow: UnitOfWork, counter: str) -> int:
 
 
 def _taken_alone(*, unless_claimed: bool) -> Statement:
-    """The upsert of _next_number, run outside any transaction: set_config(..., true)
-    lasts until the statement's own transaction ends, so that transaction commits
-    without waiting for the WAL flush, and nothing after it is affected. With
-    `unless_claimed`, no number (no row) when a committed request already claimed the
-    request key bound (services.core.db.idempotency): its retry needs none."""
-    asynchronous = select(
-        func.set_config("synchronous_commit", "off", true()).label("setting")
-    ).subquery("asynchronous_commit")
-    row = select(
-        bindparam("store_id", type_=BigInteger()), bindparam("name", type_=String()), literal(1)
-    ).select_from(asynchronous)
+    """The upsert of _next_number, run outside any transaction, whose RETURNING also
+    sets synchronous_commit off until the statement's own transaction ends: that
+    transaction commits without waiting for the WAL flush, and nothing after it is
+    affected. With `unless_claimed`, no number (no row) when a committed request
+    already claimed the request key bound (services.core.db.idempotency): its retry
+    needs none. (In RETURNING, not a FROM clause: the unguarded upsert stays one
+    plain row of values, which a sharded database routes to the store's shard.)"""
+    upsert = upsert_insert("postgresql", StoreCounter)
     if unless_claimed:
-        row = row.where(~is_claimed())
+        row = select(
+            bindparam("store_id", type_=BigInteger()), bindparam("name", type_=String()), literal(1)
+        ).where(~is_claimed())
+        upsert = upsert.from_select(["store_id", "name", "value"], row)
+    else:
+        upsert = upsert.values(store_id=bindparam("store_id"), name=bindparam("name"), value=1)
     return Statement(
-        upsert_insert("postgresql", StoreCounter)
-        .from_select(["store_id", "name", "value"], row)
-        .on_conflict_do_update(
+        upsert.on_conflict_do_update(
             index_elements=[StoreCounter.store_id, StoreCounter.name],
             set_={"value": StoreCounter.value + 1},
-        )
-        .returning(StoreCounter.value)
+        ).returning(StoreCounter.value, func.set_config("synchronous_commit", "off", true()))
     )
 
 
