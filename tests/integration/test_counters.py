@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from services.core.db.counters import take_store_number
+from services.core.db.counters import TakenNumber
 from services.core.db.engine import create_engine
 from services.core.db.statements import Statement
 from services.core.db.unit_of_work import TenantDatabase
@@ -19,13 +19,14 @@ _SYNCHRONOUS_COMMIT = Statement(text("SELECT current_setting('synchronous_commit
 async def test_a_number_taken_alone_leaves_later_commits_synchronous(backend, settings, store_id):
     if backend != "postgresql":
         pytest.skip("SQLite takes numbers in the caller's transaction")
-    # One connection: the transaction after the number's is on the same one.
+    # One connection: whatever runs after the number runs on the connection it took.
     database = TenantDatabase(create_engine(settings.database_url, pool_size=1))
     try:
-        assert await take_store_number(database, store_id, "order") == 1
-        async with database.writing(store_id) as uow:
-            assert await uow.scalar(_SYNCHRONOUS_COMMIT) == "on"
-        assert await take_store_number(database, store_id, "order") == 2
+        for expected in (1, 2):
+            number = TakenNumber("order")
+            async with database.writing(store_id, before=number.take) as uow:
+                assert await uow.scalar(_SYNCHRONOUS_COMMIT) == "on"
+            assert number.value == expected
         async with database.reading(store_id) as uow:
             assert await uow.scalar(_SYNCHRONOUS_COMMIT) == "on"
     finally:
@@ -35,4 +36,7 @@ async def test_a_number_taken_alone_leaves_later_commits_synchronous(backend, se
 async def test_sqlite_takes_no_number_before_the_transaction(backend, database, store_id):
     if backend != "sqlite":
         pytest.skip("PostgreSQL takes it")
-    assert await take_store_number(database, store_id, "order") is None
+    number = TakenNumber("order")
+    async with database.writing(store_id, before=number.take):
+        pass
+    assert number.value is None

@@ -7,7 +7,7 @@ Two ways to take a number:
   until that transaction ends, commit and its WAL flush included, so a store's
   numbers are gap-free and follow the order its transactions commit in; but the
   store's writers of that counter run one at a time.
-- `take_store_number`, on PostgreSQL, before the caller's transaction, in one
+- `TakenNumber`, on PostgreSQL, before the caller's transaction, in one
   statement that is a transaction of its own and commits without waiting for its
   WAL flush: the row is locked for the statement alone, so a busy store's writers
   no longer queue on it. The numbers stay unique and increase in the order they are
@@ -25,7 +25,7 @@ from services.core.db.engine import upsert_insert
 from services.core.db.idempotency import RequestKey, is_claimed, key_params
 from services.core.db.statements import DIALECTS, Statement
 from services.core.db.stores import StoreCounter
-from services.core.db.unit_of_work import TenantDatabase, UnitOfWork
+from services.core.db.unit_of_work import UnitOfWork
 
 
 def _next_number(dialect: str) -> Statement:
@@ -80,19 +80,26 @@ _TAKE = _taken_alone(unless_claimed=False)
 _TAKE_UNLESS_CLAIMED = _taken_alone(unless_claimed=True)
 
 
-async def take_store_number(
-    database: TenantDatabase, store_id: int, counter: str, *, unless: RequestKey | None = None
-) -> int | None:
-    """On PostgreSQL, the next number of `counter` in store `store_id`, taken before
-    the caller's transaction (which it must not be called in) and committed at once:
-    see the module's description. None, and no number taken, when the request of
-    `unless` was already carried out (its retry finds what it made) and on SQLite,
-    whose one writer at a time gains nothing from it: the caller then takes its
-    number in its transaction, with next_store_number."""
-    if database.engine.dialect.name != "postgresql":
-        return None
-    async with database.committing(store_id) as uow:
-        if unless is None:
-            return int(await uow.scalar(_TAKE, {"name": counter}))
-        taken = await uow.scalar(_TAKE_UNLESS_CLAIMED, {"name": counter} | key_params(unless))
-    return None if taken is None else int(taken)
+class TakenNumber:
+    """A number of `counter` taken before a unit of work's transaction, on its
+    connection: pass `take` as TenantDatabase.writing's `before`. On PostgreSQL,
+    `value` is then the next number of the counter in the store, committed at once
+    (see the module's description); it stays None when the request of `unless` was
+    already carried out (its retry finds what it made, and needs no number) and on
+    SQLite, whose one writer at a time gains nothing from it. The caller then takes
+    its number in its transaction, with next_store_number."""
+
+    def __init__(self, counter: str, *, unless: RequestKey | None = None) -> None:
+        self.counter = counter
+        self.unless = unless
+        self.value: int | None = None
+
+    async def take(self, uow: UnitOfWork) -> None:
+        """Runs outside any transaction (writing's `before` does): its statement
+        commits on its own, lightly."""
+        params = {"name": self.counter}
+        if self.unless is None:
+            self.value = int(await uow.scalar(_TAKE, params))
+            return
+        taken = await uow.scalar(_TAKE_UNLESS_CLAIMED, params | key_params(self.unless))
+        self.value = None if taken is None else int(taken)
