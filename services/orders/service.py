@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from services.core.db.counters import next_store_number
+from services.core.db.counters import TakenNumber, next_store_number
 from services.core.db.engine import utc_now
 from services.core.db.idempotency import RequestKey, claim, remember
 from services.core.db.unit_of_work import TenantDatabase, UnitOfWork
@@ -62,17 +62,20 @@ class OrderService:
         values = validated_order(new)
         key = RequestKey.parse(CREATE_ORDER, request_id, values)
         lines = numbered_lines(values["line_items"])
-        # Every create takes the store's counter row lock, so the CPU spent between
-        # its statements is time other creates of the store wait.
-        async with self._db.writing(store_id) as uow:
+        # On PostgreSQL the number is taken before the order's transaction, in one of
+        # its own: the store's counter row is locked for one statement, not until the
+        # order commits, so the store's creates do not queue on each other. A create
+        # that fails from here on leaves a gap (services.core.db.counters).
+        number = TakenNumber(ORDER_COUNTER, unless=key)
+        async with self._db.writing(store_id, before=number.take) as uow:
             if (earlier := await claim(uow, key)) is not None:
                 return await queries.get_order(uow, earlier)
             customer = None
             if values["customer_id"]:
                 customer = await lock_active_customer(uow, values["customer_id"], to="place orders")
-            # Late, so the store's counter row stays locked only briefly; the time is
-            # taken under that lock, so order numbers and create times agree.
-            order_id = await next_store_number(uow, ORDER_COUNTER)
+            # SQLite (and a retry whose first try's key expired in between) take it
+            # here, late: the counter row stays locked from here to the commit.
+            order_id = number.value or await next_store_number(uow, ORDER_COUNTER)
             now = utc_now()
             order = {
                 "order_id": order_id,

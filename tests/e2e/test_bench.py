@@ -247,6 +247,34 @@ def test_the_tracing_scenarios_report_their_figures(tmp_path):
     assert rows["on"]["spans_per_request"] > 0
 
 
+@pytest.mark.timeout(600)
+def test_the_hot_store_scenarios_report_their_figures(tmp_path):
+    """bench.hot_store, tiny and short: every creator's orders are served in the hot
+    store and spread out, each load gets its ratio and what the server's connections
+    were doing."""
+    database = f"commerce_bench_hot_smoke_{uuid.uuid4().hex[:8]}"
+    url = make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+    figures = tmp_path / "hot_store.json"
+    command = [sys.executable, "-m", "bench.hot_store", "--smoke", "--database-url", url]
+    command += ["--json", str(figures)]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
+        )
+    finally:
+        asyncio.run(_drop(database))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    rows = json.loads(figures.read_text())["rows"]
+    assert [row["load"] for row in rows] == ["hot", "spread"]
+    for row in rows:
+        assert row["errors"] == 0, row
+        # Counted in the database: the warm-up's orders too.
+        assert row["created"] >= row["requests"] > 0, row
+        assert row["ratio_to_spread"] > 0, row
+        assert row["connections"], row  # the sampler saw the server at work
+
+
 @pytest.mark.timeout(300)
 def test_the_replica_kill_reports_no_failure_and_no_duplicate(tmp_path):
     """bench.replica_kill, tiny and short: three replicas, one killed under load; the
@@ -269,3 +297,12 @@ def test_the_replica_kill_reports_no_failure_and_no_duplicate(tmp_path):
     assert report["per_second_before"] > 0
     assert report["per_second_after"] > 0
     assert "recovery_s" in report  # None when the short smoke run has no second for it
+
+    rows = json.loads(figures.read_text())["rows"]
+    assert [row["load"] for row in rows] == ["hot", "spread"]
+    for row in rows:
+        assert row["errors"] == 0, row
+        # Counted in the database: the warm-up's orders too.
+        assert row["created"] >= row["requests"] > 0, row
+        assert row["ratio_to_spread"] > 0, row
+        assert row["connections"], row  # the sampler saw the server at work

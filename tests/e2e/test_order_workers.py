@@ -1,5 +1,6 @@
-"""Order numbers stay unique and gap-free when two server processes place orders in
-one store at once: the store's counter row is the only arbiter, not a process."""
+"""Order numbers stay unique (and, as every create succeeds, gap-free) when two server
+processes place orders in one store at once: the store's counter row is the only
+arbiter, not a process."""
 
 from __future__ import annotations
 

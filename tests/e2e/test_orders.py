@@ -180,7 +180,7 @@ async def test_200_concurrent_orders_get_200_distinct_numbers(orders, store_id):
     placed = await asyncio.gather(*(create_order(orders, store_id) for _ in range(200)))
     numbers = {order.order_number for order in placed}
     assert len(numbers) == 200
-    # Gap-free, too: the numbers are exactly O-000001 .. O-000200.
+    # None failed, so no gap either: the numbers are exactly O-000001 .. O-000200.
     assert sorted(order.order_id for order in placed) == list(range(1, 201))
 
 
@@ -294,10 +294,14 @@ async def test_a_retried_create_returns_the_first_order(orders, store_id, sessio
     assert await count_rows(sessions, Order, store_id) == 1
 
 
-async def test_concurrent_retries_create_one_order(orders, store_id, sessions):
+async def test_concurrent_retries_create_one_order(backend, orders, store_id, sessions):
     request = order_request(store_id, str(uuid.uuid4()), line_items=[line(quantity=2)])
     responses = await asyncio.gather(*(orders.CreateOrder(request) for _ in range(12)))
-    assert {response.order.order_id for response in responses} == {1}
+    (order_id,) = {response.order.order_id for response in responses}
+    # On PostgreSQL a retry that ran alongside the first try took a number before it
+    # found the first try's request_id (services.core.db.counters): whichever claimed
+    # it first placed the order, with its number; the others' are gaps.
+    assert order_id <= 12 if backend == "postgresql" else order_id == 1
     assert await count_rows(sessions, Order, store_id) == 1
     assert await count_rows(sessions, OrderLineItem, store_id) == 1
 

@@ -18,10 +18,12 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     ForeignKey,
     Index,
     String,
     bindparam,
+    exists,
     select,
 )
 from sqlalchemy import update as sql_update
@@ -119,8 +121,16 @@ _ERASE_FINGERPRINTS = {
 }
 
 
-def _key_params(key: RequestKey) -> dict[str, Any]:
+def key_params(key: RequestKey) -> dict[str, Any]:
+    """The parameters that name the key in a statement (with the store's id)."""
     return {"operation": key.operation, "request_id": key.request_id}
+
+
+def is_claimed() -> ColumnElement[bool]:
+    """The condition that the key bound as `operation` and `request_id`, in the store
+    bound as `store_id` (parameters: key_params), was claimed by a request that
+    committed: a claim still in flight is not seen."""
+    return exists().where(*_THIS_KEY)
 
 
 async def claim(uow: UnitOfWork, key: RequestKey | None) -> int | None:
@@ -133,10 +143,10 @@ async def claim(uow: UnitOfWork, key: RequestKey | None) -> int | None:
     transaction ends: then it gets that one's id, or, if it rolled back, the claim."""
     if key is None:
         return None
-    params = _key_params(key) | {"fingerprint": key.fingerprint, "created_at": utc_now()}
+    params = key_params(key) | {"fingerprint": key.fingerprint, "created_at": utc_now()}
     if await uow.fetch(_CLAIM[uow.dialect], params):
         return None
-    earlier = await uow.fetch_one(_EARLIER, _key_params(key))
+    earlier = await uow.fetch_one(_EARLIER, key_params(key))
     assert earlier is not None  # the conflicting key is committed, or we would wait
     if earlier["fingerprint"] != key.fingerprint:
         raise InvalidArgument.of("request_id", "was already used for a different request")
@@ -146,7 +156,7 @@ async def claim(uow: UnitOfWork, key: RequestKey | None) -> int | None:
 async def remember(uow: UnitOfWork, key: RequestKey | None, resource_id: int) -> None:
     """Records what the claimed key's request created, in the same transaction."""
     if key is not None:
-        await uow.execute(_REMEMBER, _key_params(key) | {"resource_id": resource_id})
+        await uow.execute(_REMEMBER, key_params(key) | {"resource_id": resource_id})
 
 
 async def erase_fingerprints(

@@ -186,10 +186,14 @@ class TenantDatabase:
             return statements
         return self.trace_statements(statements, self.engine.dialect)
 
-    def writing(self, store_id: int) -> AbstractAsyncContextManager[UnitOfWork]:
+    def writing(
+        self, store_id: int, *, before: Callable[[UnitOfWork], Awaitable[None]] | None = None
+    ) -> AbstractAsyncContextManager[UnitOfWork]:
         """A transaction in the store, bounded by the caller's deadline: rolled back
-        unless committed."""
-        return self._unit_of_work(store_id, transaction=True)
+        unless committed. On PostgreSQL, `before` runs first, on the same connection,
+        once the store is known to be active, each of its statements committed on its
+        own (services.core.db.counters takes numbers so); elsewhere it is not called."""
+        return self._unit_of_work(store_id, transaction=True, before=before)
 
     def reading(self, store_id: int) -> AbstractAsyncContextManager[UnitOfWork]:
         """Reads in the store, each statement on its own (no snapshot across them)."""
@@ -242,11 +246,26 @@ class TenantDatabase:
                 pooled.close()
 
     @asynccontextmanager
-    async def _unit_of_work(self, store_id: int, *, transaction: bool) -> AsyncIterator[UnitOfWork]:
+    async def _unit_of_work(
+        self,
+        store_id: int,
+        *,
+        transaction: bool,
+        before: Callable[[UnitOfWork], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[UnitOfWork]:
         check_store_id(store_id)
+
+        async def ahead(statements: Transaction) -> None:
+            assert before is not None  # passed on only with it
+            uow = UnitOfWork(store_id, statements)
+            await self.stores.require_active(uow)
+            await before(uow)
+
         # Inside, errors name their resources in this store (stores/7/customers/42).
         with store_scope(store_id), self.queue.entered():
-            async with self.maintenance(transaction=transaction) as statements:
+            async with self.maintenance(
+                transaction=transaction, before=None if before is None else ahead
+            ) as statements:
                 with self.queue.timed():
                     uow = UnitOfWork(
                         store_id, statements, self.event_encoders, self.events_committed
@@ -255,10 +274,16 @@ class TenantDatabase:
                     yield uow
 
     @asynccontextmanager
-    async def maintenance(self, *, transaction: bool = True) -> AsyncIterator[Transaction]:
+    async def maintenance(
+        self,
+        *,
+        transaction: bool = True,
+        before: Callable[[Transaction], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[Transaction]:
         """Statements outside any store: the operator's commands and housekeeping
         (stores themselves, expired request_ids). With `transaction`, one transaction
-        bounded by the caller's deadline, rolled back unless committed."""
+        bounded by the caller's deadline, rolled back unless committed; on PostgreSQL
+        `before` runs ahead of it on the same connection, each statement on its own."""
         if not self._on_asyncpg:
             async with (self.engine if transaction else self._autocommit).connect() as connection:
                 if not transaction:
@@ -281,6 +306,11 @@ class TenantDatabase:
             if not transaction:
                 yield self.traced(DriverTransaction(driver, self.engine.dialect))
                 return
+            if before is not None:
+                # Statements on their own, as a read's: a failed one leaves nothing open.
+                reusable = True
+                await before(DriverTransaction(driver, self.engine.dialect))
+                reusable = False
             began = driver.transaction()
             statements = DriverTransaction(driver, self.engine.dialect, began)
             try:
