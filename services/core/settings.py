@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///commerce.db"
@@ -32,6 +32,18 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("COMMERCE_DATABASE_URL", "DATABASE_URL"),
         description="database URL; postgresql:// and sqlite:// get their async driver "
         "(env DATABASE_URL works too)",
+    )
+    database_pooler: Literal["none", "transaction"] = Field(
+        default="none",
+        description="what database_url reaches PostgreSQL through: 'none' (the server "
+        "itself) or 'transaction' (a pooler such as PgBouncer in pool_mode=transaction: "
+        "no prepared statements kept, every statement in a transaction, no LISTEN)",
+    )
+    database_listen_url: str = Field(
+        default="",
+        description="PostgreSQL URL to LISTEN for event notifications on, straight to the "
+        "server (empty: database_url, or polling every event_poll_seconds when "
+        "database_pooler is 'transaction')",
     )
     listen_address: str = Field(default="127.0.0.1:50051", description="host:port to serve on")
     http_listen_address: str = Field(
@@ -190,9 +202,11 @@ class Settings(BaseSettings):
         default="text", description="log lines as text or as one JSON object each"
     )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_listen_url")
     @classmethod
-    def _complete_driver(cls, url: str) -> str:
+    def _complete_driver(cls, url: str, info: ValidationInfo) -> str:
+        if not url and info.field_name == "database_listen_url":
+            return url
         scheme, separator, rest = url.partition("://")
         if not separator:
             raise ValueError("must look like postgresql://user@host/db or sqlite:///file.db")
@@ -231,6 +245,8 @@ class Settings(BaseSettings):
             raise ValueError("several workers need a fixed port to share, not :0")
         if self.http_listen_address and self.http_listen_address == self.listen_address:
             raise ValueError("http_listen_address must differ from listen_address")
+        if self.database_listen_url and not self.database_listen_url.startswith("postgresql"):
+            raise ValueError("database_listen_url must be a PostgreSQL URL")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         return self
