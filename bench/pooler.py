@@ -38,11 +38,18 @@ def _free_port() -> int:
 
 
 def config_text(
-    *, port: int, server_host: str, server_port: int, pool_size: int, directory: Path
+    *,
+    port: int,
+    server_host: str,
+    server_port: int,
+    pool_size: int,
+    directory: Path,
+    ignored: tuple[str, ...] = (),
 ) -> str:
     """pgbouncer.ini: every database of the server under its own name (`*`), lent a
     transaction at a time, `pool_size` server connections per database and user.
-    Clients are trusted (a local test server's way), as users.txt names them."""
+    Clients are trusted (a local test server's way), as users.txt names them.
+    Startup parameters `ignored` are dropped (PgBouncer refuses unknown ones)."""
     return f"""\
 [databases]
 * = host={server_host} port={server_port}
@@ -62,7 +69,7 @@ max_db_connections = 0
 server_reset_query =
 log_connections = 0
 log_disconnections = 0
-ignore_startup_parameters = extra_float_digits
+ignore_startup_parameters = {",".join(("extra_float_digits", *ignored))}
 logfile = {directory / "pgbouncer.log"}
 pidfile = {directory / "pgbouncer.pid"}
 """
@@ -74,29 +81,31 @@ class PrivatePgBouncer:
 
     def __init__(
         self,
-        directory: Path,
         server_url: str = "postgresql://postgres@127.0.0.1:5432/test",
         *,
         port: int | None = None,
         pool_size: int = 4,
+        ignored: tuple[str, ...] = (),
     ) -> None:
-        self.directory = directory
+        # A folder of its own in the system's temporary one, which the user it runs
+        # as can reach (a test's tmp_path may be in a folder only root may enter).
+        self.directory = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
         self.port = port or _free_port()
         self.pool_size = pool_size
         server = make_url(server_url)
-        self._server_url = server
-        self.config = directory / "pgbouncer.ini"
-        self.log = directory / "pgbouncer.log"
+        self.config = self.directory / "pgbouncer.ini"
+        self.log = self.directory / "pgbouncer.log"
         self.config.write_text(
             config_text(
                 port=self.port,
                 server_host=server.host or "127.0.0.1",
                 server_port=server.port or 5432,
                 pool_size=pool_size,
-                directory=directory,
+                directory=self.directory,
+                ignored=ignored,
             )
         )
-        (directory / "users.txt").write_text(f'"{server.username or RUN_AS}" ""\n')
+        (self.directory / "users.txt").write_text(f'"{server.username or RUN_AS}" ""\n')
         self._process: subprocess.Popen[bytes] | None = None
 
     def url(self, database_url: str) -> str:
@@ -127,8 +136,9 @@ class PrivatePgBouncer:
         deadline = time.monotonic() + timeout
         while not (self._listens() and self._process.poll() is None):
             if self._process.poll() is not None or time.monotonic() > deadline:
+                output = self._output()
                 self.stop()
-                raise RuntimeError(f"pgbouncer did not start:\n{self._output()}")
+                raise RuntimeError(f"pgbouncer did not start:\n{output}")
             time.sleep(0.05)
 
     def _output(self) -> str:
@@ -142,16 +152,17 @@ class PrivatePgBouncer:
             return False
 
     def stop(self) -> None:
-        """SIGINT: PgBouncer's "safe shutdown" waits for transactions; SIGKILL after."""
+        """SIGINT: PgBouncer's "safe shutdown" waits for transactions; SIGKILL after.
+        Its folder goes with it."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def main() -> None:
@@ -164,25 +175,22 @@ def main() -> None:
         help="the PostgreSQL server to pool (its host and port)",
     )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="pgbouncer-") as directory:
-        pooler = PrivatePgBouncer(
-            Path(directory), args.server_url, port=args.port, pool_size=args.pool_size
-        )
+    pooler = PrivatePgBouncer(args.server_url, port=args.port, pool_size=args.pool_size)
+    stop = False
+
+    def stopping(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    try:
         pooler.start()
         print(f"pgbouncer listening on 127.0.0.1:{pooler.port}", flush=True)
-        stop = False
-
-        def stopping(_signum: int, _frame: FrameType | None) -> None:
-            nonlocal stop
-            stop = True
-
-        signal.signal(signal.SIGTERM, stopping)
-        signal.signal(signal.SIGINT, stopping)
-        try:
-            while not stop and pooler.running:
-                time.sleep(0.5)
-        finally:
-            pooler.stop()
+        while not stop and pooler.running:
+            time.sleep(0.5)
+    finally:
+        pooler.stop()
 
 
 if __name__ == "__main__":
