@@ -128,20 +128,20 @@ def create_engine(
 
 
 def _pooled_connect_args(connect_timeout: float) -> dict[str, Any]:
-    """asyncpg's arguments behind a pooler that lends each transaction whichever
-    server connection is free: nothing may be left on a server connection for a
-    later transaction to find.
+    """asyncpg's arguments behind a pooler that lends each transaction (or statement
+    outside one) whichever server connection is free: nothing may be left on a server
+    connection for a later one to find.
 
     - No statement cache (statement_cache_size=0): asyncpg prepares each statement
-      unnamed, once per execution, and the unit of work runs every statement in a
-      transaction (TenantDatabase), so that its Parse and its Bind reach the same
-      server connection. A cached, named statement would be missing from (or, under
-      another client's same name, a different statement on) the next one.
+      unnamed and binds it in the same exchange (its Parse and Describe end with a
+      Flush, not a Sync, so the pooler keeps the server connection until the Bind's
+      Sync), inside a transaction or not. A cached, named statement would be missing
+      on the next server connection, or another process's of the same name found.
     - SQLAlchemy's own statements (health probes, migrations, the tests' ORM) are
-      prepared under a unique name each, uncached, always in a transaction.
-    - No session setting (plan_cache_mode): a pooler would refuse it at startup or
-      leave it on one server connection. It is not needed: an unnamed statement is
-      planned for its parameters every time."""
+      prepared under a unique name each, uncached, in their transaction.
+    - No session setting (plan_cache_mode): PgBouncer refuses unknown startup
+      parameters, and a SET would stay on one server connection. It is not needed:
+      an unnamed statement is planned for its parameters every time."""
     return {
         "timeout": connect_timeout,
         "statement_cache_size": 0,

@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from services.core import deadlines
-from services.core.db.engine import behind_pooler
 from services.core.db.outbox import DomainEvent, EventEncoders, Redaction, append, redact
 from services.core.db.statements import (
     CoreTransaction,
@@ -160,10 +159,6 @@ class TenantDatabase:
         # reads that need no transaction.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._on_asyncpg = engine.dialect.driver == "asyncpg"
-        # Behind a transaction pooler, each statement outside a transaction may reach
-        # another server connection than the one it was prepared on (asyncpg parses,
-        # then binds, in two round trips): reads run in a transaction too.
-        self._reads_in_transaction = behind_pooler(engine)
         # Calls beyond the pool's connections wait for one; those whose deadline the
         # wait would pass are refused at once (services.core.domain.admission).
         pool = engine.pool
@@ -222,21 +217,7 @@ class TenantDatabase:
         reusable = not transaction
         try:
             if not transaction:
-                if not self._reads_in_transaction:
-                    yield DriverTransaction(driver, self.engine.dialect)
-                    return
-                # In a transaction all the same, committed after the statements (as
-                # each would have been on its own), rolled back when one failed.
-                reusable = False
-                pinned = driver.transaction()
-                await pinned.start()
-                try:
-                    yield DriverTransaction(driver, self.engine.dialect)
-                except BaseException:
-                    reusable = await _rolled_back(pinned)
-                    raise
-                await pinned.commit()
-                reusable = True
+                yield DriverTransaction(driver, self.engine.dialect)
                 return
             began = driver.transaction()
             statements = DriverTransaction(driver, self.engine.dialect, began)
