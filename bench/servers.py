@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,18 +108,27 @@ def suite(
     *,
     bcrypt_rounds: int,
     workers: int = 1,
+    name: str = "",
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[Running]:
-    """`commerce serve` with its production defaults (log level INFO: a line per RPC)."""
+    """`commerce serve` with its production defaults (log level INFO: a line per RPC),
+    but the environment's `settings` (COMMERCE_...)."""
     port = free_port()
     env = environment(
         DATABASE_URL=database_url,
         COMMERCE_PAGE_TOKEN_SECRET=PAGE_TOKEN_SECRET,
         COMMERCE_WORKERS=str(workers),
         COMMERCE_BCRYPT_ROUNDS=str(bcrypt_rounds),
+        **(settings or {}),
     )
     command = [COMMERCE, "serve", "--listen-address", f"127.0.0.1:{port}"]
     with _process(
-        f"suite-{workers}w", command, env, port, lambda p: _grpc_answers(p, *probe), log_dir
+        name or f"suite-{workers}w",
+        command,
+        env,
+        port,
+        lambda p: _grpc_answers(p, *probe),
+        log_dir,
     ) as running:
         yield running
 
