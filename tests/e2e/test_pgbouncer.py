@@ -175,3 +175,44 @@ async def test_statements_survive_a_change_of_server_connection(
         assert failed.code() == Code.INTERNAL
         assert "prepared statement" in caplog.text
         assert "does not exist" in caplog.text
+
+
+def _direct(url: str) -> str:
+    """`url` straight to POSTGRES_URL's server."""
+    server = make_url(POSTGRES_URL)
+    return make_url(url).set(host=server.host, port=server.port).render_as_string(False)
+
+
+@pytest.mark.parametrize("listen", ["direct", "none"])
+async def test_the_relay_listens_only_straight_to_postgresql(
+    pooler, database_url, settings, listen
+):
+    """Through a transaction pooler, a LISTEN would hold for one transaction: the
+    relay listens on database_listen_url, a connection straight to PostgreSQL, and
+    without one it polls."""
+    through = settings.model_copy(
+        update={
+            "database_url": pooler.url(database_url),
+            "database_pooler": "transaction",
+            "database_listen_url": _direct(database_url) if listen == "direct" else "",
+        }
+    )
+    async with serving(through) as (app, _):
+        assert app.relay is not None
+        notifications = app.relay.notifications
+        if listen == "none":
+            assert notifications is None
+            return
+        assert notifications is not None
+        async with asyncio.timeout(DEADLINE):
+            await notifications.listening.wait()
+        admin = await asyncpg.connect(_dsn(_direct(database_url)))
+        try:
+            listener = await admin.fetchrow(
+                "SELECT datname, state FROM pg_stat_activity WHERE pid = $1",
+                notifications.server_pid,
+            )
+        finally:
+            await admin.close()
+    assert listener is not None  # a backend of the server's own, not one PgBouncer lends
+    assert listener["datname"] == make_url(database_url).database
