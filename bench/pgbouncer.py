@@ -2,14 +2,15 @@
 pool_mode=transaction: `python -m bench.pgbouncer`.
 
 Seeds (once; reused after, as bench.run does) a store of 100,000 customers, then
-starts the suite (`commerce serve`, 4 worker processes of 10 database connections
-each) three times on the same database:
+starts the suite (`commerce serve`, 4 worker processes of 5 database connections
+each) three times on the same database, all running at once (44 connections to
+PostgreSQL in all: its default max_connections is 100):
 
-- direct: 40 server connections, each statement prepared once per connection;
-- through a private PgBouncer with as many server connections (40), with
+- direct: 20 server connections, each statement prepared once per connection;
+- through a private PgBouncer with as many server connections (20), with
   database_pooler=transaction: what losing prepared statements and the extra hop
   cost;
-- through a private PgBouncer with 4 server connections for the 40 client ones:
+- through a private PgBouncer with 4 server connections for the 20 client ones:
   what a pool that small costs on top.
 
 Each scenario is loaded with h2load (32 calls in flight, as bench.run) in the order
@@ -59,7 +60,7 @@ class Setup:
 
 
 def setups(scale_name: str) -> list[Setup]:
-    workers, per_worker = (4, 10) if scale_name == "full" else (2, 2)
+    workers, per_worker = (4, 5) if scale_name == "full" else (2, 2)
     clients = workers * per_worker
     return [
         Setup("direct", workers, per_worker, 0),
