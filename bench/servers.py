@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,11 +108,11 @@ def suite(
     *,
     bcrypt_rounds: int,
     workers: int = 1,
-    settings: dict[str, str] | None = None,
     name: str = "",
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[Running]:
     """`commerce serve` with its production defaults (log level INFO: a line per RPC),
-    and `settings` (environment variables) on top."""
+    and `settings` (environment variables, COMMERCE_...) on top."""
     port = free_port()
     env = environment(
         DATABASE_URL=database_url,

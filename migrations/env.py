@@ -48,7 +48,9 @@ def _run(connection: Connection) -> None:
 
 
 async def run_migrations_online() -> None:
-    engine = create_engine(database_url(), pool_size=1)
+    engine = create_engine(
+        database_url(), pool_size=1, pooler=config.attributes.get("database_pooler", "none")
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

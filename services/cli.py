@@ -308,7 +308,7 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from services.migrations import upgrade
 
     _require_sqlite_directory(settings.database_url)
-    upgrade(settings.database_url)
+    upgrade(settings.database_url, pooler=settings.database_pooler)
     print("database is up to date")
     return 0
 
@@ -330,7 +330,9 @@ def _store_command(action: StoreAction) -> Command:
         _require_sqlite_directory(settings.database_url)
 
         async def in_transaction() -> None:
-            engine = create_engine(settings.database_url, pool_size=1)
+            engine = create_engine(
+                settings.database_url, pool_size=1, pooler=settings.database_pooler
+            )
             try:
                 async with TenantDatabase(engine).maintenance() as statements:
                     await action(statements, args)

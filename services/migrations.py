@@ -12,6 +12,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from services.core.db.engine import Pooler
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,7 +39,11 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade(database_url: str, revision: str = "heads") -> None:
+def upgrade(database_url: str, revision: str = "heads", *, pooler: Pooler = "none") -> None:
     """Brings the database to `revision` (default: the newest of every module).
-    Synchronous: Alembic's async env runs its own event loop."""
-    command.upgrade(alembic_config(database_url), revision)
+    Synchronous: Alembic's async env runs its own event loop. `pooler`: what the URL
+    goes through (services.core.db.engine.create_engine); migrations are best run
+    straight against the server, but run through a transaction pooler too."""
+    config = alembic_config(database_url)
+    config.attributes["database_pooler"] = pooler
+    command.upgrade(config, revision)

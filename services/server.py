@@ -111,6 +111,7 @@ class Application:
             settings.database_url,
             pool_size=settings.db_pool_size,
             connect_timeout=settings.db_connect_timeout,
+            pooler=settings.database_pooler,
         )
         self.database = TenantDatabase(
             self.engine, store_cache_seconds=settings.store_cache_seconds

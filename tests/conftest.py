@@ -5,7 +5,10 @@ Every test creates its own store, and every row is scoped to a store, so tests n
 see each other's data and need no cleanup between them.
 
 COMMERCE_TEST_BACKENDS=sqlite (or postgresql) limits the run to one database;
-COMMERCE_TEST_POSTGRES_URL points at another PostgreSQL server."""
+COMMERCE_TEST_POSTGRES_URL points at another PostgreSQL server; COMMERCE_TEST_POOLER_URL
+at a PgBouncer in pool_mode=transaction in front of it, which the servers (and the
+tests' own engines) then go through, with COMMERCE_DATABASE_POOLER=transaction in the
+environment (scripts/test-pgbouncer). Migrations and the admin commands go direct."""
 
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ POSTGRES_URL = os.environ.get(
     "COMMERCE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 BACKENDS = os.environ.get("COMMERCE_TEST_BACKENDS", "sqlite,postgresql").split(",")
+POOLER_URL = os.environ.get("COMMERCE_TEST_POOLER_URL", "")
 
 NODE_CLIENT = ROOT / "clients" / "node"
 
@@ -111,9 +115,17 @@ def database_url(
     url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     try:
         upgrade(url)
-        yield url
+        yield through_pooler(url)
     finally:
         asyncio.run(admin_command(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def through_pooler(url: str) -> str:
+    """`url`, through COMMERCE_TEST_POOLER_URL's PgBouncer when there is one."""
+    if not POOLER_URL:
+        return url
+    pooler = make_url(POOLER_URL)
+    return make_url(url).set(host=pooler.host, port=pooler.port).render_as_string(False)
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +163,7 @@ def settings(database_url: str) -> Settings:
 @pytest.fixture(scope="session")
 async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """Sessions for arranging and checking data directly in the database."""
-    engine = create_engine(settings.database_url, pool_size=2)
+    engine = create_engine(settings.database_url, pool_size=2, pooler=settings.database_pooler)
     yield create_session_factory(engine)
     await engine.dispose()
 
@@ -159,7 +171,9 @@ async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[Async
 @pytest.fixture(scope="session")
 async def database(settings: Settings) -> AsyncIterator[TenantDatabase]:
     """What service layers get, for tests that call them without gRPC."""
-    database = TenantDatabase(create_engine(settings.database_url, pool_size=5))
+    database = TenantDatabase(
+        create_engine(settings.database_url, pool_size=5, pooler=settings.database_pooler)
+    )
     # What mounting the modules would register.
     register_customer_events(database.event_encoders)
     register_order_events(database.event_encoders)

@@ -34,12 +34,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# Kept from this process's environment: the pooler a test run goes through
+# (scripts/test-pgbouncer), which the URLs the tests give their servers lead to.
+_KEPT = ("COMMERCE_DATABASE_POOLER",)
+
+
 def clean_environment(**settings: str) -> dict[str, str]:
-    """This process's environment without any commerce setting, plus `settings`."""
+    """This process's environment without any commerce setting (but _KEPT), plus
+    `settings`."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("COMMERCE_", "PROMETHEUS_")) and k != "DATABASE_URL"
+        if k in _KEPT or (not k.startswith(("COMMERCE_", "PROMETHEUS_")) and k != "DATABASE_URL")
     }
     env["COMMERCE_BCRYPT_ROUNDS"] = "4"
     return env | settings

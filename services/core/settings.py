@@ -33,6 +33,18 @@ class Settings(BaseSettings):
         description="database URL; postgresql:// and sqlite:// get their async driver "
         "(env DATABASE_URL works too)",
     )
+    database_pooler: Literal["none", "transaction"] = Field(
+        default="none",
+        description="what database_url reaches PostgreSQL through: 'none' (the server "
+        "itself) or 'transaction' (a pooler such as PgBouncer in pool_mode=transaction: "
+        "no prepared statements kept, every statement in a transaction, no LISTEN)",
+    )
+    database_listen_url: str = Field(
+        default="",
+        description="PostgreSQL URL to LISTEN for event notifications on, straight to the "
+        "server (empty: database_url, or polling every event_poll_seconds when "
+        "database_pooler is 'transaction')",
+    )
     listen_address: str = Field(default="127.0.0.1:50051", description="host:port to serve on")
     http_listen_address: str = Field(
         default="",
@@ -216,10 +228,10 @@ class Settings(BaseSettings):
         default="text", description="log lines as text or as one JSON object each"
     )
 
-    @field_validator("database_url", "read_database_url")
+    @field_validator("database_url", "read_database_url", "database_listen_url")
     @classmethod
     def _complete_driver(cls, url: str, info: ValidationInfo) -> str:
-        if not url and info.field_name == "read_database_url":  # empty: no replica
+        if not url and info.field_name != "database_url":  # empty: off
             return url
         scheme, separator, rest = url.partition("://")
         if not separator:
@@ -259,6 +271,8 @@ class Settings(BaseSettings):
             raise ValueError("several workers need a fixed port to share, not :0")
         if self.http_listen_address and self.http_listen_address == self.listen_address:
             raise ValueError("http_listen_address must differ from listen_address")
+        if self.database_listen_url and not self.database_listen_url.startswith("postgresql"):
+            raise ValueError("database_listen_url must be a PostgreSQL URL")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         if self.read_database_url and (

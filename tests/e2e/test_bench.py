@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bench.broker import nats_server_available
+from bench.pooler import pgbouncer_available
 from bench.replication import replication_available
 from tests.conftest import BACKENDS, POSTGRES_URL
 from tests.process import ROOT
@@ -306,3 +307,35 @@ def test_the_replica_kill_reports_no_failure_and_no_duplicate(tmp_path):
         assert row["created"] >= row["requests"] > 0, row
         assert row["ratio_to_spread"] > 0, row
         assert row["connections"], row  # the sampler saw the server at work
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not pgbouncer_available(), reason="scripts/setup-pgbouncer installs it")
+def test_the_pgbouncer_scenarios_report_their_figures(tmp_path):
+    """bench.pgbouncer, tiny and short: GetCustomer and CreateOrder served straight
+    and through both PgBouncers, each with its ratio to direct, and every order
+    h2load saw answered is in the database."""
+    database = f"commerce_bench_pgbouncer_smoke_{uuid.uuid4().hex[:8]}"
+    url = make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+    figures = tmp_path / "pgbouncer.json"
+    command = [sys.executable, "-m", "bench.pgbouncer", "--smoke", "--database-url", url]
+    command += ["--json", str(figures)]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
+        )
+    finally:
+        asyncio.run(_drop(database))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    rows = json.loads(figures.read_text())["rows"]
+    setups = ["direct", "pgbouncer, 4 server connections", "pgbouncer, 2 server connections"]
+    assert {(row["scenario"], row["target"]) for row in rows} == {
+        (scenario, setup) for scenario in ("GetCustomer", "CreateOrder") for setup in setups
+    }
+    for row in rows:
+        assert row["errors"] == 0, row
+        assert row["requests"] > 0, row
+        assert row["ratio_to_direct"] > 0, row
+        if row["scenario"] == "CreateOrder":
+            assert row["created"] >= row["requests"], row  # warm-up ones too

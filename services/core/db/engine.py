@@ -3,8 +3,9 @@ column types they have in common."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -62,7 +63,20 @@ def upsert_insert(dialect: str, table: type[Base]) -> postgresql.Insert | sqlite
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
-def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 10.0) -> AsyncEngine:
+# What stands between the server and PostgreSQL: nothing, or a pooler (PgBouncer) that
+# lends a server connection for one transaction at a time.
+Pooler = Literal["none", "transaction"]
+POOLER_OPTION = "commerce_pooler"
+
+
+def behind_pooler(engine: AsyncEngine) -> bool:
+    """Whether the engine reaches PostgreSQL through a transaction pooler."""
+    return engine.get_execution_options().get(POOLER_OPTION) == "transaction"
+
+
+def create_engine(
+    url: str, *, pool_size: int = 10, connect_timeout: float = 10.0, pooler: Pooler = "none"
+) -> AsyncEngine:
     """An engine for PostgreSQL (asyncpg) or the embedded SQLite default (aiosqlite).
 
     hide_parameters: a database error must never carry bound values (password hashes,
@@ -75,7 +89,9 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 10.
     first few custom ones; made while a store is small, such a plan (a scan of the
     whole store by store_id, or a GetCustomer through the e-mail index) stays in use
     as the store grows, until something analyzes the tables. Planning these short
-    statements costs the database a few tens of microseconds each."""
+    statements costs the database a few tens of microseconds each.
+
+    Behind a transaction pooler (`pooler="transaction"`): see _pooled_connect_args."""
     if not is_sqlite(url):
         return create_async_engine(
             url,
@@ -83,11 +99,17 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 10.
             max_overflow=0,
             pool_timeout=connect_timeout,
             pool_recycle=3600,
-            connect_args={
-                "timeout": connect_timeout,
-                "server_settings": {"plan_cache_mode": "force_custom_plan"},
-            },
+            connect_args=(
+                _pooled_connect_args(connect_timeout)
+                if pooler == "transaction"
+                else {
+                    "timeout": connect_timeout,
+                    "server_settings": {"plan_cache_mode": "force_custom_plan"},
+                }
+            ),
             hide_parameters=True,
+            # Read back by behind_pooler(): whoever gets the engine learns it too.
+            execution_options={POOLER_OPTION: pooler},
         )
     # SQLite allows one writer at a time, and two connections that both upgrade from a
     # read to a write lock fail at once instead of waiting. One shared connection
@@ -103,6 +125,33 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 10.
     )
     event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
     return engine
+
+
+def _pooled_connect_args(connect_timeout: float) -> dict[str, Any]:
+    """asyncpg's arguments behind a pooler that lends each transaction (or statement
+    outside one) whichever server connection is free: nothing may be left on a server
+    connection for a later one to find.
+
+    - No statement cache (statement_cache_size=0): asyncpg prepares each statement
+      unnamed and binds it in the same exchange (its Parse and Describe end with a
+      Flush, not a Sync, so the pooler keeps the server connection until the Bind's
+      Sync), inside a transaction or not. A cached, named statement would be missing
+      on the next server connection, or another process's of the same name found.
+    - SQLAlchemy's own statements (health probes, migrations, the tests' ORM) are
+      prepared under a unique name each, uncached, in their transaction.
+    - No session setting (plan_cache_mode): PgBouncer refuses unknown startup
+      parameters, and a SET would stay on one server connection. It is not needed:
+      an unnamed statement is planned for its parameters every time."""
+    return {
+        "timeout": connect_timeout,
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": _unique_statement_name,
+    }
+
+
+def _unique_statement_name() -> str:
+    return f"__commerce_{uuid.uuid4().hex}__"
 
 
 def create_sqlite_side_engine(url: str | URL) -> AsyncEngine:

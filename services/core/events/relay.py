@@ -35,9 +35,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, delete, or_, select, update
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.core.db.engine import UtcDateTime, create_engine, utc_now
+from services.core.db.engine import UtcDateTime, behind_pooler, create_engine, utc_now
 from services.core.db.outbox import EventRelayState, OutboxEvent
 from services.core.db.statements import (
     Row,
@@ -195,9 +197,9 @@ class EventRelay:
                 ack_timeout=min(ACK_TIMEOUT, settings.event_relay_lease_seconds / 3),
             )
         self.notifications: DatabaseNotifications | None = None
-        if database.engine.dialect.name == "postgresql":
+        if (listen_url := _listen_url(database.engine, settings)) is not None:
             self.notifications = DatabaseNotifications(
-                database.engine.url,
+                listen_url,
                 {OUTBOX_CHANNEL: events_committed.notify, FEED_CHANNEL: events_placed.notify},
                 connect_timeout=settings.db_connect_timeout,
             )
@@ -434,6 +436,17 @@ def _old_prefix(rows: Sequence[Row], before: datetime) -> int:
     return count
 
 
+def _listen_url(engine: AsyncEngine, settings: Settings) -> URL | None:
+    """Where to LISTEN for notifications; None: nowhere, poll. A transaction pooler
+    lends a connection for one transaction, so a LISTEN through it would not last
+    (and notifications would reach whichever client holds that connection next)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    if settings.database_listen_url:
+        return make_url(settings.database_listen_url)
+    return None if behind_pooler(engine) else engine.url
+
+
 async def relay_only(settings: Settings) -> None:
     """`commerce relay`: the relay alone, until SIGTERM or SIGINT."""
     stopping = asyncio.Event()
@@ -444,6 +457,7 @@ async def relay_only(settings: Settings) -> None:
         settings.database_url,
         pool_size=min(settings.db_pool_size, 2),
         connect_timeout=settings.db_connect_timeout,
+        pooler=settings.database_pooler,
     )
     relay = EventRelay(
         TenantDatabase(engine),
