@@ -22,9 +22,7 @@ Usage: python -m bench.hot_store [--database-url URL] [--smoke] [--json FILE]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import multiprocessing
 import sys
 import tempfile
@@ -32,7 +30,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -40,7 +38,7 @@ import bcrypt
 import grpc
 from commerce.orders.v1 import order_service_pb2_grpc as orders_grpc
 
-from bench import loadgen, servers
+from bench import loadgen, servers, study
 from bench.measure import Result, cpu_window
 from bench.run import Report, _ensure_database, _migrate, machine
 from bench.seed import BENCH_PASSWORD, seed_store
@@ -332,12 +330,11 @@ def render(report: Report) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.hot_store", description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="tiny and short: does it all work?")
-    parser.add_argument(
-        "--database-url",
-        default="postgresql://postgres@127.0.0.1:5432/commerce_bench_hot_store",
-        help="a PostgreSQL database for the benchmark (dropped and made anew)",
+    parser = study.arguments(
+        "hot_store",
+        __doc__,
+        database="commerce_bench_hot_store",
+        database_help="a PostgreSQL database for the benchmark (dropped and made anew)",
     )
     parser.add_argument("--workers", type=int, default=1, help="server processes")
     parser.add_argument(
@@ -346,15 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         help="drop the outbox's NOTIFY trigger first (events then wait for the relay's "
         "next poll): measures the stores without the lock every notifying commit takes",
     )
-    parser.add_argument("--json", help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     url = sqlalchemy_url(args.database_url)
-    scale = "smoke" if args.smoke else "full"
-    report = run(url, scale, workers=args.workers, notify=not args.without_notify)
-    print(render(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(asdict(report), indent=1))
-    return 0
+    report = run(url, study.scale(args), workers=args.workers, notify=not args.without_notify)
+    return study.publish(report, render(report), args.json)
 
 
 if __name__ == "__main__":

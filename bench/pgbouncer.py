@@ -22,8 +22,6 @@ Usage: python -m bench.pgbouncer [--database-url URL] [--smoke] [--json FILE]"""
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -33,7 +31,7 @@ from pathlib import Path
 
 from commerce.customers.v1 import customer_service_pb2 as customers_pb
 
-from bench import loadgen, servers
+from bench import loadgen, servers, study
 from bench.measure import Result
 from bench.pooler import PrivatePgBouncer
 from bench.run import Bench, Report, Scale, Unary, machine, prepared_store
@@ -162,21 +160,10 @@ def render(report: Report) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.pgbouncer", description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="tiny and short: does it all work?")
-    parser.add_argument(
-        "--database-url",
-        default="postgresql://postgres@127.0.0.1:5432/commerce_bench_pgbouncer",
-        help="a PostgreSQL database for the benchmark (created if missing; its store reused)",
-    )
-    parser.add_argument("--json", help="also write every figure to this JSON file")
+    parser = study.arguments("pgbouncer", __doc__, database="commerce_bench_pgbouncer")
     args = parser.parse_args(argv)
-    url = sqlalchemy_url(args.database_url)
-    report = run(url, "smoke" if args.smoke else "full")
-    print(render(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(asdict(report), indent=1))
-    return 0
+    report = run(sqlalchemy_url(args.database_url), study.scale(args))
+    return study.publish(report, render(report), args.json)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,7 @@ Usage: python -m bench.read_replica [--smoke] [--json FILE]"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import random
 import re
 import sys
@@ -48,7 +46,7 @@ from commerce.orders.v1 import customer_order_service_pb2_grpc as customer_order
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import servers
+from bench import servers, study
 from bench.replication import ReplicatedPair, replication_available, with_driver
 from bench.run import machine
 from bench.seed import SeededStore, seed_store
@@ -387,18 +385,12 @@ def render(report: Report) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.read_replica", description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="tiny and short: does it all work?")
-    parser.add_argument("--json", help="also write every figure to this JSON file")
-    args = parser.parse_args(argv)
+    args = study.arguments("read_replica", __doc__, database=None).parse_args(argv)
     if not replication_available():
         print("needs Debian's postgresql-common (pg_createcluster)", file=sys.stderr)
         return 2
-    report = run("smoke" if args.smoke else "full")
-    print(render(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(asdict(report), indent=1))
-    return 0
+    report = run(study.scale(args))
+    return study.publish(report, render(report), args.json)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ Usage: python -m bench.replica_kill [--database-url URL] [--smoke] [--json FILE]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -49,6 +47,7 @@ from commerce.orders.v1 import order_service_pb2 as orders_pb
 from commerce.orders.v1 import order_service_pb2_grpc as orders_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import study
 from bench.run import machine
 from bench.servers import COMMERCE, PAGE_TOKEN_SECRET, ROOT, environment, free_port
 from bench.urls import asyncpg_dsn, sqlalchemy_url
@@ -325,20 +324,15 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.replica_kill", description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="tiny and short: does it all work?")
-    parser.add_argument(
-        "--database-url",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
-        help="a PostgreSQL database to connect to; the run's own is created beside it",
+    parser = study.arguments(
+        "replica_kill",
+        __doc__,
+        database="postgres",
+        database_help="a PostgreSQL database to connect to; the run's own is created beside it",
     )
-    parser.add_argument("--json", help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
-    report = run(args.database_url, "smoke" if args.smoke else "full")
-    print(render(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
-    return 0
+    report = run(args.database_url, study.scale(args))
+    return study.publish(report, render(report), args.json)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ Usage: python -m bench.tags [--database-url URL] [--smoke] [--json FILE]"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
 import tempfile
 from dataclasses import asdict
@@ -27,7 +25,7 @@ import asyncpg
 from commerce.customers.v1 import customer_service_pb2 as customers_pb
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
-from bench import servers
+from bench import servers, study
 from bench.measure import Result
 from bench.run import Bench, Report, Scale, Unary, machine, prepared_store
 from bench.seed import SeededStore
@@ -233,21 +231,9 @@ def render(report: Report) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.tags", description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="tiny and short: does it all work?")
-    parser.add_argument(
-        "--database-url",
-        default="postgresql://postgres@127.0.0.1:5432/commerce_bench_tags",
-        help="a PostgreSQL database for the benchmark (created if missing; its store reused)",
-    )
-    parser.add_argument("--json", help="also write every figure to this JSON file")
-    args = parser.parse_args(argv)
-    url = sqlalchemy_url(args.database_url)
-    report = run(url, "smoke" if args.smoke else "full")
-    print(render(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(asdict(report), indent=1))
-    return 0
+    args = study.arguments("tags", __doc__, database="commerce_bench_tags").parse_args(argv)
+    report = run(sqlalchemy_url(args.database_url), study.scale(args))
+    return study.publish(report, render(report), args.json)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ Usage: python -m bench.tracing [--database-url URL] [--before REF] [--smoke] [--
 
 from __future__ import annotations
 
-import argparse
-import json
 import secrets
 import subprocess
 import sys
@@ -43,7 +41,7 @@ import grpc
 from commerce.customers.v1 import customer_service_pb2 as customers_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from bench import servers
+from bench import servers, study
 from bench.measure import GRPC_HEADERS, H2Load, Result, grpc_frame
 from bench.run import Report, Scale, Unary, machine, prepared_store
 from bench.urls import sqlalchemy_url
@@ -239,26 +237,15 @@ def render(report: Report) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.tracing", description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="tiny and short: does it all work?")
-    parser.add_argument(
-        "--database-url",
-        default="postgresql://postgres@127.0.0.1:5432/commerce_bench_tracing",
-        help="a PostgreSQL database for the benchmark (created if missing; its store reused)",
-    )
+    parser = study.arguments("tracing", __doc__, database="commerce_bench_tracing")
     parser.add_argument(
         "--before",
         help="git commit of the server before tracing (default: the parent of the commit "
         f"that added {TRACED_MODULE})",
     )
-    parser.add_argument("--json", help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
-    url = sqlalchemy_url(args.database_url)
-    report = run(url, "smoke" if args.smoke else "full", args.before)
-    print(render(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(asdict(report), indent=1))
-    return 0
+    report = run(sqlalchemy_url(args.database_url), study.scale(args), args.before)
+    return study.publish(report, render(report), args.json)
 
 
 if __name__ == "__main__":

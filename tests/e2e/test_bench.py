@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 import uuid
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -22,6 +24,32 @@ from tests.process import ROOT
 pytestmark = pytest.mark.skipif(
     "postgresql" not in BACKENDS, reason="the benchmark runs on PostgreSQL"
 )
+
+
+OWN = "own"  # _study's database: one of the run's own, dropped after it
+
+
+def _study(
+    module: str, tmp_path: Path, *, database: str | None = OWN, timeout: float = 540
+) -> tuple[Any, str]:
+    """Runs `python -m bench.<module> --smoke` on `database` of the local server (OWN:
+    a fresh one, dropped after; None: none given) and returns its JSON figures and
+    what it printed."""
+    figures = tmp_path / f"{module}.json"
+    command = [sys.executable, "-m", f"bench.{module}", "--smoke", "--json", str(figures)]
+    own = f"commerce_bench_{module}_smoke_{uuid.uuid4().hex[:8]}" if database == OWN else None
+    if database is not None:
+        url = make_url(POSTGRES_URL).set(database=own or database)
+        command += ["--database-url", url.render_as_string(hide_password=False)]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    finally:
+        if own is not None:
+            asyncio.run(_drop(own))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(figures.read_text()), done.stdout
 
 
 async def _drop(database: str) -> None:
@@ -110,16 +138,8 @@ def test_the_soak_reports_every_window_of_a_load_that_succeeds(tmp_path):
 @pytest.mark.skipif(not nats_server_available(), reason="needs nats-server (Debian's)")
 def test_the_event_scenarios_report_their_figures(tmp_path):
     """bench.events, tiny and short: every scenario measures something and says so."""
-    figures = tmp_path / "events.json"
-    admin = make_url(POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False)
-    command = [sys.executable, "-m", "bench.events", "--smoke", "--database-url", admin]
-    command += ["--json", str(figures)]
-    done = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    rows = json.loads(figures.read_text())["rows"]
+    report, _ = _study("events", tmp_path, database="postgres")
+    rows = report["rows"]
     creates = [row for row in rows if row["scenario"] == "CreateOrder"]
     assert {row["target"] for row in creates} >= {"events to NATS", "events, no NATS"}
     for row in creates:
@@ -144,20 +164,7 @@ def test_the_tag_filter_scenarios_report_their_figures(tmp_path):
     """bench.tags, tiny and short: each page with and without a tag is served (the
     bench checks each answer has customers, all with the tag) and gets its ratio,
     and the plan shown walks the tag index."""
-    database = f"commerce_bench_tags_smoke_{uuid.uuid4().hex[:8]}"
-    url = make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
-    figures = tmp_path / "tags.json"
-    command = [sys.executable, "-m", "bench.tags", "--smoke", "--database-url", url]
-    command += ["--json", str(figures)]
-    try:
-        done = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
-        )
-    finally:
-        asyncio.run(_drop(database))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    report = json.loads(figures.read_text())
+    report, _ = _study("tags", tmp_path)
     assert set(report["settings"]["tags"]) == {"vip", "rare"}
     rows = report["rows"]
     assert {(row["page"], row["tag"]) for row in rows} == {
@@ -202,12 +209,7 @@ def test_the_read_replica_scenarios_report_their_figures(tmp_path):
     """bench.read_replica, tiny and short: the mixed load is served without errors on
     the primary alone and with the replica, which serves the replica-tolerant reads;
     the replica stopped under load fails no call and its health turns NOT_SERVING."""
-    figures = tmp_path / "read_replica.json"
-    command = [sys.executable, "-m", "bench.read_replica", "--smoke", "--json", str(figures)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=540)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    report = json.loads(figures.read_text())
+    report, _ = _study("read_replica", tmp_path, database=None)
     alone, with_replica = report["loads"]["primary only"], report["loads"]["with replica"]
     for figures_of_one in (alone, with_replica):
         assert figures_of_one["errors"] == {}
@@ -225,20 +227,8 @@ def test_the_read_replica_scenarios_report_their_figures(tmp_path):
 def test_the_tracing_scenarios_report_their_figures(tmp_path):
     """bench.tracing, tiny and short: the server before tracing, with it off and with
     it on each serve GetCustomer; on, the stand-in collector receives the spans."""
-    database = f"commerce_bench_tracing_smoke_{uuid.uuid4().hex[:8]}"
-    url = make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
-    figures = tmp_path / "tracing.json"
-    command = [sys.executable, "-m", "bench.tracing", "--smoke", "--database-url", url]
-    command += ["--json", str(figures)]
-    try:
-        done = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
-        )
-    finally:
-        asyncio.run(_drop(database))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    rows = {row["target"]: row for row in json.loads(figures.read_text())["rows"]}
+    report, _ = _study("tracing", tmp_path)
+    rows = {row["target"]: row for row in report["rows"]}
     assert set(rows) == {"before", "off", "on"}
     for row in rows.values():
         assert row["errors"] == 0, row
@@ -253,20 +243,8 @@ def test_the_hot_store_scenarios_report_their_figures(tmp_path):
     """bench.hot_store, tiny and short: every creator's orders are served in the hot
     store and spread out, each load gets its ratio and what the server's connections
     were doing."""
-    database = f"commerce_bench_hot_smoke_{uuid.uuid4().hex[:8]}"
-    url = make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
-    figures = tmp_path / "hot_store.json"
-    command = [sys.executable, "-m", "bench.hot_store", "--smoke", "--database-url", url]
-    command += ["--json", str(figures)]
-    try:
-        done = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
-        )
-    finally:
-        asyncio.run(_drop(database))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    rows = json.loads(figures.read_text())["rows"]
+    report, _ = _study("hot_store", tmp_path)
+    rows = report["rows"]
     assert [row["load"] for row in rows] == ["hot", "spread"]
     for row in rows:
         assert row["errors"] == 0, row
@@ -280,17 +258,8 @@ def test_the_hot_store_scenarios_report_their_figures(tmp_path):
 def test_the_replica_kill_reports_no_failure_and_no_duplicate(tmp_path):
     """bench.replica_kill, tiny and short: three replicas, one killed under load; the
     figures are there, and the calls the client may retry neither failed nor ran twice."""
-    figures = tmp_path / "replica_kill.json"
-    admin = make_url(POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False)
-    command = [sys.executable, "-m", "bench.replica_kill", "--smoke", "--database-url", admin]
-    command += ["--json", str(figures)]
-    done = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "| failed calls | 0 |" in done.stdout
-
-    report = json.loads(figures.read_text())
+    report, printed = _study("replica_kill", tmp_path, database="postgres", timeout=240)
+    assert "| failed calls | 0 |" in printed
     assert report["failed"] == {}
     assert report["duplicates"] == 0
     assert report["unanswered_creates"] == 0
@@ -299,15 +268,6 @@ def test_the_replica_kill_reports_no_failure_and_no_duplicate(tmp_path):
     assert report["per_second_after"] > 0
     assert "recovery_s" in report  # None when the short smoke run has no second for it
 
-    rows = json.loads(figures.read_text())["rows"]
-    assert [row["load"] for row in rows] == ["hot", "spread"]
-    for row in rows:
-        assert row["errors"] == 0, row
-        # Counted in the database: the warm-up's orders too.
-        assert row["created"] >= row["requests"] > 0, row
-        assert row["ratio_to_spread"] > 0, row
-        assert row["connections"], row  # the sampler saw the server at work
-
 
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(not pgbouncer_available(), reason="scripts/setup-pgbouncer installs it")
@@ -315,20 +275,8 @@ def test_the_pgbouncer_scenarios_report_their_figures(tmp_path):
     """bench.pgbouncer, tiny and short: GetCustomer and CreateOrder served straight
     and through both PgBouncers, each with its ratio to direct, and every order
     h2load saw answered is in the database."""
-    database = f"commerce_bench_pgbouncer_smoke_{uuid.uuid4().hex[:8]}"
-    url = make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
-    figures = tmp_path / "pgbouncer.json"
-    command = [sys.executable, "-m", "bench.pgbouncer", "--smoke", "--database-url", url]
-    command += ["--json", str(figures)]
-    try:
-        done = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
-        )
-    finally:
-        asyncio.run(_drop(database))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    rows = json.loads(figures.read_text())["rows"]
+    report, _ = _study("pgbouncer", tmp_path)
+    rows = report["rows"]
     setups = ["direct", "pgbouncer, 4 server connections", "pgbouncer, 2 server connections"]
     assert {(row["scenario"], row["target"]) for row in rows} == {
         (scenario, setup) for scenario in ("GetCustomer", "CreateOrder") for setup in setups
