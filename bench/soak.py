@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import multiprocessing
 import os
 import random
 import sys
@@ -144,7 +145,10 @@ def _run_process(plan: Plan, process: int) -> Outcome:
 
 
 def _load(plan: Plan, processes: int) -> Outcome:
-    with ProcessPoolExecutor(processes) as pool:
+    # Spawned, not forked: the parent has gRPC's threads by now (it probed the server),
+    # and a child forked from them can hang on a lock one of them held.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=spawn) as pool:
         outcomes = list(pool.map(_run_process, [plan] * processes, range(processes)))
     total = Outcome([0] * _buckets(plan))
     for outcome in outcomes:
