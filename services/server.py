@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from sqlalchemy import text
+from sqlalchemy import literal, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
@@ -28,7 +28,7 @@ from services.core.db.engine import create_engine, is_sqlite, utc_now
 from services.core.db.idempotency import forget_expired
 from services.core.db.replica import ReadReplica
 from services.core.db.retention import Purge, RetentionRegistry
-from services.core.db.statements import Transaction
+from services.core.db.statements import Statement, Transaction
 from services.core.db.unit_of_work import TenantDatabase
 from services.core.domain.customer_metrics import CustomerMetricsRegistry
 from services.core.domain.pagination import PageTokenCodec
@@ -85,6 +85,10 @@ def module_problem(names: Sequence[str] | None) -> str | None:
     if not unknown:
         return None
     return f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}"
+
+
+# What the health service asks the database.
+_PROBE = Statement(select(literal(1)))
 
 
 class Application:
@@ -324,8 +328,11 @@ class Application:
     async def database_reachable(self) -> bool:
         try:
             async with asyncio.timeout(self.settings.db_connect_timeout):
-                async with self.engine.connect() as connection:
-                    await connection.execute(text("SELECT 1"))
+                # The statements' own path: behind a transaction pooler a statement
+                # through SQLAlchemy is prepared under a name of its own, which every
+                # probe would leave on a server connection.
+                async with self.database.maintenance(transaction=False) as statements:
+                    await statements.scalar(_PROBE, {})
         except Exception as error:  # any failure means "not reachable now"
             logger.debug("database probe failed: %r", error)
             return False
