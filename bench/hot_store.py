@@ -29,9 +29,11 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import bcrypt
@@ -112,18 +114,11 @@ async def _drive(plan: Plan) -> loadgen.Tally:
 
         async def creator(store_id: int, customer_id: int) -> None:
             request = loadgen.order_request(store_id, customer_id)
-            while (began := time.time()) < stop_at:
-                try:
-                    await orders.CreateOrder(request, timeout=30)
-                    failed = None
-                except grpc.aio.AioRpcError as error:
-                    failed = error.code().name
-                ended = time.time()
-                if began >= measure_from and ended <= stop_at:
-                    if failed is None:
-                        tally.latencies_ms.append((ended - began) * 1000)
-                    else:
-                        tally.errors[failed] = tally.errors.get(failed, 0) + 1
+
+            def create() -> Awaitable[Any]:
+                return orders.CreateOrder(request, timeout=30)
+
+            await tally.keep_calling(lambda: create, measure_from, stop_at)
 
         await asyncio.gather(*(creator(*slot) for slot in plan.slots))
     return tally

@@ -58,6 +58,27 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
 
+    async def keep_calling(
+        self, next_call: Callable[[], Call | None], measure_from: float, stop_at: float
+    ) -> None:
+        """Makes the calls `next_call` gives (until it gives None) one after the other
+        until `stop_at`, tallying those that began and ended in the measured window."""
+        while (began := time.time()) < stop_at:
+            call = next_call()
+            if call is None:
+                return
+            try:
+                await call()
+                failed = None
+            except grpc.aio.AioRpcError as error:
+                failed = error.code().name
+            ended = time.time()
+            if began >= measure_from and ended <= stop_at:
+                if failed is None:
+                    self.latencies_ms.append((ended - began) * 1000)
+                else:
+                    self.errors[failed] = self.errors.get(failed, 0) + 1
+
     def add(self, other: Tally) -> None:
         self.latencies_ms += other.latencies_ms
         for code, count in other.errors.items():
@@ -170,24 +191,9 @@ async def _drive(plan: Plan, process: int) -> Tally:
         next_call = _calls(plan, channel, process)
         await asyncio.sleep(max(0.0, plan.start_at - time.time()))
 
-        async def loop() -> None:
-            while (began := time.time()) < stop_at:
-                call = next_call()
-                if call is None:
-                    return
-                try:
-                    await call()
-                    failed = None
-                except grpc.aio.AioRpcError as error:
-                    failed = error.code().name
-                ended = time.time()
-                if began >= measure_from and ended <= stop_at:
-                    if failed is None:
-                        tally.latencies_ms.append((ended - began) * 1000)
-                    else:
-                        tally.errors[failed] = tally.errors.get(failed, 0) + 1
-
-        await asyncio.gather(*(loop() for _ in range(plan.concurrency)))
+        await asyncio.gather(
+            *(tally.keep_calling(next_call, measure_from, stop_at) for _ in range(plan.concurrency))
+        )
     return tally
 
 
