@@ -333,11 +333,13 @@ def _store_command(action: StoreAction) -> Command:
             engine = create_engine(
                 settings.database_url, pool_size=1, pooler=settings.database_pooler
             )
+            database = TenantDatabase(engine)
             try:
-                async with TenantDatabase(engine).maintenance() as statements:
+                async with database.maintenance() as statements:
                     await action(statements, args)
                     await statements.commit()
             finally:
+                database.close()
                 await engine.dispose()
 
         asyncio.run(in_transaction())

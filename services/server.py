@@ -317,6 +317,7 @@ class Application:
             await self._gateway_channel.close()
         if self._private_directory:
             shutil.rmtree(self._private_directory, ignore_errors=True)
+        self.database.close()
         await self.engine.dispose()
         if self.replica is not None:
             await self.replica.close()
@@ -504,6 +505,7 @@ async def serve(settings: Settings, *, share_port: bool = False) -> None:
     try:
         await app.start()
     except BaseException:
+        app.database.close()
         await app.engine.dispose()
         if app.replica is not None:
             await app.replica.close()

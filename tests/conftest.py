@@ -179,6 +179,7 @@ async def database(settings: Settings) -> AsyncIterator[TenantDatabase]:
     register_order_events(database.event_encoders)
     register_loyalty_events(database.event_encoders)
     yield database
+    database.close()
     await database.engine.dispose()
 
 

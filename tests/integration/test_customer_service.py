@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 import bcrypt
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
+from sqlalchemy.engine import Dialect
 
+from services.core.db.statements import Row, Statement, Transaction
 from services.core.domain.errors import (
     Aborted,
     AlreadyExists,
@@ -214,24 +218,44 @@ async def test_a_missing_customer_is_named_in_its_store_without_grpc(service, st
     assert raised.value.resource_name == f"stores/{store_id}/customers/404"
 
 
-async def test_a_batch_reads_its_customers_in_one_statement(service, database, store_id, backend):
-    if backend != "sqlite":
-        pytest.skip("counted through SQLAlchemy's events, which PostgreSQL's fast path skips")
+class CountedStatements(Transaction):
+    """Statements of a transaction, the SQL of each (compiled for its database) kept
+    in `seen` as they pass."""
+
+    def __init__(self, statements: Transaction, dialect: Dialect, seen: list[str]) -> None:
+        self._statements = statements
+        self._dialect = dialect
+        self.dialect = statements.dialect
+        self._seen = seen
+
+    def _saw(self, statement: Statement) -> None:
+        self._seen.append(str(statement.statement.compile(dialect=self._dialect)))  # type: ignore[attr-defined]
+
+    async def commit(self) -> None:
+        await self._statements.commit()
+
+    async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Row]:
+        self._saw(statement)
+        return await self._statements.fetch(statement, params)
+
+    async def execute_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._saw(statement)
+        await self._statements.execute_many(statement, rows)
+
+
+async def test_a_batch_reads_its_customers_in_one_statement(service, database, store_id):
     ids = [
         (await service.create_customer(store_id, NewCustomer(f"b{i}@example.com"))).customer_id
         for i in range(3)
     ]
-    statements: list[str] = []
-
-    def count(_connection, _cursor, statement, *_args) -> None:
-        if "FROM customers" in statement:
-            statements.append(statement)
-
-    engine = database.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", count)
+    seen: list[str] = []
+    # The seam tracing wraps every unit of work's statements with.
+    database.trace_statements = lambda statements, dialect: CountedStatements(
+        statements, dialect, seen
+    )
     try:
         found = await service.batch_get_customers(store_id, [*ids, ids[0]])
     finally:
-        event.remove(engine, "before_cursor_execute", count)
+        database.trace_statements = None
     assert [customer.customer_id for customer in found] == [*ids, ids[0]]
-    assert len(statements) == 1
+    assert len([sql for sql in seen if "FROM customers" in sql]) == 1

@@ -11,7 +11,7 @@ import random
 import secrets
 
 import pytest
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from services.core import deadlines
@@ -262,4 +262,79 @@ async def test_a_snapshot_reads_one_state_of_the_database_and_keeps_nothing(
         async with database.reading(store_id) as uow:
             assert await uow.scalar(COUNTER_VALUE, seen) == 1
     finally:
+        elsewhere.close()
         await elsewhere.engine.dispose()
+
+
+async def test_reads_are_answered_while_a_write_transaction_is_open(database, store_id):
+    """A read does not wait for a write in progress, and does not see it. (On SQLite
+    every unit of work once shared one connection: a read waited for each open write
+    transaction to end.)"""
+    row = {"name": "written-meanwhile", "value": 1}
+    written = asyncio.Event()
+    release = asyncio.Event()
+
+    async def write() -> None:
+        async with database.writing(store_id) as uow:
+            await uow.execute(NEW_COUNTER, row)
+            written.set()
+            await release.wait()
+            await uow.commit()
+
+    async def read() -> object:
+        async with database.reading(store_id) as uow:
+            return await uow.scalar(COUNTER_VALUE, {"name": row["name"]})
+
+    writing = asyncio.ensure_future(write())
+    try:
+        await written.wait()
+        # The bound only turns a read stuck behind the write into a failure.
+        async with asyncio.timeout(10):
+            seen = await asyncio.gather(*(read() for _ in range(8)))
+        assert seen == [None] * 8
+    finally:
+        release.set()
+        await writing
+    assert await read() == 1
+
+
+BUMP_COUNTER = Statement(
+    update(StoreCounter)
+    .where(StoreCounter.store_id == bindparam("store_id"), StoreCounter.name == bindparam("name"))
+    .values(value=StoreCounter.value + 1)
+)
+
+
+async def test_concurrent_writers_that_read_first_all_commit(database, settings, store_id):
+    """Writes that read before they write, from many tasks and from two connections
+    to the database at once (another process's, say), interleaved with reads: every
+    one commits, none is refused as "database is locked". (On SQLite a transaction
+    that read first and then found another writer's commit could never upgrade to a
+    write: hence BEGIN IMMEDIATE, which waits for the write lock at BEGIN.)"""
+    elsewhere = TenantDatabase(create_engine(settings.database_url, pool_size=2))
+    name = {"name": "bumped"}
+    async with database.writing(store_id) as uow:
+        await uow.execute(NEW_COUNTER, name | {"value": 0})
+        await uow.commit()
+
+    async def bump(through: TenantDatabase) -> None:
+        async with through.writing(store_id) as uow:
+            # A read first: the other writers run while it waits for its answer.
+            assert await uow.scalar(COUNTER_VALUE, name) is not None
+            await uow.execute(BUMP_COUNTER, name)
+            await uow.commit()
+
+    async def read(through: TenantDatabase) -> None:
+        async with through.reading(store_id) as uow:
+            assert await uow.scalar(COUNTER_VALUE, name) is not None
+
+    try:
+        await asyncio.gather(
+            *(bump(through) for _ in range(40) for through in (database, elsewhere)),
+            *(read(through) for _ in range(40) for through in (database, elsewhere)),
+        )
+    finally:
+        elsewhere.close()
+        await elsewhere.engine.dispose()
+    async with database.reading(store_id) as uow:
+        assert await uow.scalar(COUNTER_VALUE, name) == 80

@@ -111,10 +111,11 @@ def create_engine(
             # Read back by behind_pooler(): whoever gets the engine learns it too.
             execution_options={POOLER_OPTION: pooler},
         )
-    # SQLite allows one writer at a time, and two connections that both upgrade from a
-    # read to a write lock fail at once instead of waiting. One shared connection
-    # serialises every transaction, which is correct and fast enough for the embedded
-    # default; PostgreSQL is the production database.
+    # The server's units of work do not use this engine's pool on SQLite: they have a
+    # writer and readers of their own (services.core.db.sqlite). It serves what goes
+    # through SQLAlchemy (migrations, the tests' ORM); one connection keeps those
+    # transactions, which SQLAlchemy begins deferred, from upgrading to a write
+    # beside each other, which SQLite refuses at once instead of waiting.
     engine = create_async_engine(
         url,
         pool_size=1,

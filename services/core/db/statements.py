@@ -9,8 +9,11 @@ through a small `Transaction` interface:
 - on PostgreSQL, `DriverTransaction` sends each statement, compiled once by
   SQLAlchemy, straight to the pooled asyncpg connection, which prepares it once per
   connection and returns rows with the right Python types;
-- on SQLite (the embedded default), `CoreTransaction` runs the same statements
-  through SQLAlchemy Core, whose type processing that database needs.
+- on SQLite (the embedded default), `SqliteTransaction` (services.core.db.sqlite)
+  does the same on the sqlite3 connection, converting values with SQLAlchemy's
+  type processing, which that database needs; `CoreTransaction` runs statements
+  through SQLAlchemy Core, for SQLite connections opened by SQLAlchemy (a feed
+  snapshot's).
 
 The queries are written once against `Transaction`; rows are read-only mappings from
 column name to value."""
@@ -56,6 +59,8 @@ class Statement:
         self.statement = statement
         self._for_asyncpg: tuple[str, tuple[str, ...], dict[str, Any]] | None = None
         self._for_core: tuple[Executable, Mapping[str, str] | None] | None = None
+        # The statement as services.core.db.sqlite runs it, made there on first use.
+        self.for_sqlite: object | None = None
 
     def for_asyncpg(self, dialect: Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """The SQL text with $1, $2..., the parameter names in that order, and the

@@ -29,6 +29,7 @@ from sqlalchemy.pool import QueuePool
 from services.core import consistency, deadlines
 from services.core.db.outbox import DomainEvent, EventEncoders, Redaction, append, redact
 from services.core.db.replica import SERVED_BY_PRIMARY, SERVED_BY_REPLICA, ReadReplica
+from services.core.db.sqlite import SqliteDatabase
 from services.core.db.statements import (
     CoreTransaction,
     DriverTransaction,
@@ -164,10 +165,20 @@ class TenantDatabase:
         # reads that need no transaction.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._on_asyncpg = engine.dialect.driver == "asyncpg"
+        pool = engine.pool
+        # How long a call waits for a free connection before it is refused.
+        self._pool_timeout: float = pool.timeout() if isinstance(pool, QueuePool) else 30.0
+        # SQLite's units of work do not use the engine's pool: a writer and readers
+        # of their own (services.core.db.sqlite).
+        self._sqlite: SqliteDatabase | None = None
+        if engine.dialect.name == "sqlite":
+            self._sqlite = SqliteDatabase(engine.url.database or "", engine.dialect)
         # Calls beyond the pool's connections wait for one; those whose deadline the
         # wait would pass are refused at once (services.core.domain.admission).
-        pool = engine.pool
-        connections = pool.size() if isinstance(pool, QueuePool) else 1
+        if self._sqlite is not None:
+            connections = max(1, self._sqlite.readers)
+        else:
+            connections = pool.size() if isinstance(pool, QueuePool) else 1
         self.queue = WorkQueue("database work", connections, seconds_each=0.005)
         # How the modules' events become payloads (they register while mounting).
         self.event_encoders = EventEncoders()
@@ -179,6 +190,12 @@ class TenantDatabase:
         # With tracing on (services.core.tracing), what wraps each transaction so that
         # its statements get spans; None (off) costs the statements nothing.
         self.trace_statements: Callable[[Transaction, Dialect], Transaction] | None = None
+
+    def close(self) -> None:
+        """Closes the connections of its own (SQLite's), after the calls given to
+        them; the engine's pool is its owner's to dispose of."""
+        if self._sqlite is not None:
+            self._sqlite.close()
 
     def traced(self, statements: Transaction) -> Transaction:
         """`statements`, their spans made when tracing is on."""
@@ -284,6 +301,17 @@ class TenantDatabase:
         (stores themselves, expired request_ids). With `transaction`, one transaction
         bounded by the caller's deadline, rolled back unless committed; on PostgreSQL
         `before` runs ahead of it on the same connection, each statement on its own."""
+        if self._sqlite is not None:
+            # Statements on their own only read (the health probe, the relay's
+            # reads): a reader, never waiting for the writer.
+            opened = (
+                self._sqlite.writing(self._pool_timeout)
+                if transaction
+                else self._sqlite.reading(self._pool_timeout)
+            )
+            async with opened as statements:
+                yield self.traced(statements)
+            return
         if not self._on_asyncpg:
             async with (self.engine if transaction else self._autocommit).connect() as connection:
                 if not transaction:

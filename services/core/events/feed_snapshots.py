@@ -19,9 +19,9 @@ takes the snapshot exactly there:
   ONLY transaction; then A commits. B sees exactly what A saw: every event of it is
   placed at or before A's last position, and every event B does not see was
   unplaced for A, so it is placed after that position, by the relay, once A commits.
-- SQLite (one pooled connection, services.core.db.engine): A is the pooled
-  connection, whose first statement writes and so takes SQLite's write lock: no
-  other commit can come until A ends. A places and records as above; B, a connection
+- SQLite (one writer connection, services.core.db.sqlite): A is the writer, whose
+  transaction takes SQLite's write lock as it begins: no other commit can come
+  until A ends. A places and records as above; B, a connection
   of its own beside the pool, begins and reads once, which fixes its WAL snapshot at
   the last commit (without A's uncommitted writes, which a snapshot of the data
   does not need); then A commits.

@@ -459,8 +459,9 @@ async def relay_only(settings: Settings) -> None:
         connect_timeout=settings.db_connect_timeout,
         pooler=settings.database_pooler,
     )
+    database = TenantDatabase(engine)
     relay = EventRelay(
-        TenantDatabase(engine),
+        database,
         settings,
         events_committed=Signal(),
         events_placed=Signal(),
@@ -471,5 +472,6 @@ async def relay_only(settings: Settings) -> None:
         await stopping.wait()
     finally:
         await relay.stop()
+        database.close()
         await engine.dispose()
     logger.info("event relay stopped")
