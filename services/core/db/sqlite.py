@@ -169,8 +169,9 @@ class SqliteDatabase:
                 yield SqliteTransaction(link, self.dialect)
                 return
             statements = SqliteTransaction(link, self.dialect, in_transaction=True)
-            await link.run(_begin)
+            began = link.submit(_begin)
             try:
+                await began
                 yield statements
             finally:
                 if not statements.committed:
