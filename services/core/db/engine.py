@@ -156,10 +156,11 @@ def _unique_statement_name() -> str:
 
 
 def create_sqlite_side_engine(url: str | URL) -> AsyncEngine:
-    """Connections to the same SQLite database beside the pool's one, each opened for
-    one use and closed after it: for a read that holds its snapshot (a transaction)
-    open for long, which on the pool's only connection would make every other call
-    wait for it. In WAL mode such a reader blocks no writer."""
+    """Connections to the same SQLite database beside the units of work's (their
+    writer and readers, services.core.db.sqlite), each opened for one use and closed
+    after it: for a read that holds its snapshot (a transaction) open for long, which
+    would keep one of the few readers from every other call. In WAL mode such a
+    reader blocks no writer."""
     engine = create_async_engine(
         url, poolclass=NullPool, connect_args={"timeout": 30}, hide_parameters=True
     )
