@@ -41,8 +41,9 @@ from services.core.db.statements import Row, Statement, Transaction
 
 T = TypeVar("T")
 
-# Reader connections beside the writer: reads are short and the GIL runs one thread
-# at a time, so a few keep every core busy; more would only hold more memory.
+# Reader connections beside the writer. sqlite3 lets go of the GIL while SQLite
+# works, so reads run beside the event loop; reads take tens of microseconds, so a
+# few are enough, and each holds a page cache of its own.
 READERS = 4
 # How long a statement waits for another process's write lock (the busy timeout),
 # as SQLAlchemy's connections to the same file wait.

@@ -300,7 +300,8 @@ class TenantDatabase:
         """Statements outside any store: the operator's commands and housekeeping
         (stores themselves, expired request_ids). With `transaction`, one transaction
         bounded by the caller's deadline, rolled back unless committed; on PostgreSQL
-        `before` runs ahead of it on the same connection, each statement on its own."""
+        `before` runs ahead of it on the same connection, each statement on its own.
+        Without `transaction`, on SQLite, the statements may only read."""
         if self._sqlite is not None:
             # Statements on their own only read (the health probe, the relay's
             # reads): a reader, never waiting for the writer.
