@@ -148,6 +148,36 @@ class OrderRevision(Base):
     )
 
 
+class CustomerOrderStatistics(Base):
+    """Each customer's order statistics per currency, kept exact by the orders that
+    move them, in their own transaction (services.orders.queries): a read is one small
+    index range whatever the customer's history. Only orders that count (not
+    cancelled) are in them; a (customer, currency) without such orders has no row.
+
+    Orders own it, as they own the link to customers: the foreign key points from here
+    to customers, never the reverse."""
+
+    __tablename__ = "customer_order_stats"
+
+    store_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    currency_code: Mapped[str] = mapped_column(String(3), primary_key=True)
+    order_count: Mapped[int] = mapped_column(BigInteger)
+    # The sum of the counted orders' totals.
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    first_order_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_order_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["store_id", "customer_id"], ["customers.store_id", "customers.customer_id"]
+        ),
+        # Zero only for a moment: the change that takes the count to zero deletes the row.
+        CheckConstraint("order_count >= 0", name="order_count_not_negative"),
+        CheckConstraint("total_minor >= 0", name="total_not_negative"),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class LineItemSnapshot(RowSnapshot):
     """A line as the queries return it: OrderLineItem's fields, without the ORM."""

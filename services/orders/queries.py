@@ -21,6 +21,7 @@ from sqlalchemy import (
     ColumnElement,
     Table,
     bindparam,
+    delete,
     func,
     or_,
     select,
@@ -30,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 
-from services.core.db.engine import UtcDateTime, utc_now
+from services.core.db.engine import UtcDateTime, upsert_insert, utc_now
 from services.core.db.retention import delete_oldest
 from services.core.db.statements import (
     DIALECTS,
@@ -47,6 +48,7 @@ from services.customers.models import Customer
 from services.orders.models import (
     LINE_ITEM_COLUMNS,
     ORDER_COLUMNS,
+    CustomerOrderStatistics,
     LineItemSnapshot,
     Order,
     OrderLineItem,
@@ -60,6 +62,7 @@ from services.orders.rules import (
     OrderFilter,
     PageRequest,
     sources_of,
+    statistics_change,
     stats_of,
 )
 
@@ -451,10 +454,11 @@ async def count_customer_orders(
     return int(await uow.scalar(_COUNT_WITH_STATUS, params))
 
 
-def _statistics_statement() -> Statement:
-    """One round trip: the customer LEFT JOIN its counted orders aggregated per
-    currency. No row: no such customer. One row with a NULL currency: a customer
-    without orders.
+def _aggregated_statistics_statement() -> Statement:
+    """The statistics from scratch, in one round trip: the customer LEFT JOIN its
+    counted orders aggregated per currency. No row: no such customer. One row with a
+    NULL currency: a customer without orders. What customer_order_stats keeps, read
+    only to check it (and by the tests).
 
     The orders are aggregated in a subquery of their own, not through the join: the
     planner then sees how many orders it reads and hashes them into their few
@@ -482,16 +486,187 @@ def _statistics_statement() -> Statement:
     )
 
 
-_STATISTICS = _statistics_statement()
+_AGGREGATED_STATISTICS = _aggregated_statistics_statement()
+
+
+def _kept_statistics_statement() -> Statement:
+    """The same answer from customer_order_stats: the customer LEFT JOIN its rows
+    there, one per currency (a range of the primary key), however many orders."""
+    kept = (
+        select(
+            CustomerOrderStatistics.currency_code,
+            CustomerOrderStatistics.order_count,
+            CustomerOrderStatistics.total_minor,
+            CustomerOrderStatistics.first_order_at.label("first_time"),
+            CustomerOrderStatistics.last_order_at.label("last_time"),
+        )
+        .where(*in_store(CustomerOrderStatistics, "customer_id"))
+        .subquery()
+    )
+    return Statement(
+        select(kept)
+        .select_from(Customer)
+        .outerjoin(kept, true())
+        .where(*in_store(Customer, "customer_id"))
+        .order_by(kept.c.currency_code)
+    )
+
+
+_STATISTICS = _kept_statistics_statement()
 
 
 async def customer_order_stats(uow: UnitOfWork, customer_id: int) -> CustomerOrderStats:
-    """The customer's order statistics, aggregated by the database; NOT_FOUND when the
-    store has no such customer."""
+    """The customer's order statistics as kept (customer_order_stats); NOT_FOUND when
+    the store has no such customer."""
     rows = await uow.fetch(_STATISTICS, {"customer_id": customer_id})
     if not rows:
         raise NotFound("customer", str(customer_id))
     return stats_of(uow.store_id, customer_id, rows)
+
+
+async def aggregated_order_stats(uow: UnitOfWork, customer_id: int) -> CustomerOrderStats:
+    """The customer's order statistics aggregated from every order (what the kept
+    ones must equal); NOT_FOUND when the store has no such customer."""
+    rows = await uow.fetch(_AGGREGATED_STATISTICS, {"customer_id": customer_id})
+    if not rows:
+        raise NotFound("customer", str(customer_id))
+    return stats_of(uow.store_id, customer_id, rows)
+
+
+# -- keeping the statistics: every change that moves them, in its own transaction ------------
+
+_STATS = CustomerOrderStatistics
+_STATS_KEY = in_store(_STATS, "customer_id", "currency_code")
+
+
+def _add_to_statistics(dialect: str) -> Statement:
+    """Counts orders into their customer's row of the currency, made if missing: one
+    atomic INSERT .. ON CONFLICT DO UPDATE, so concurrent orders of a customer each
+    add theirs (no lost update) and wait for each other only from here to their
+    commit. The earliest and latest times are the least and greatest of the row's and
+    the order's (SQLite's two-argument min() and max())."""
+    insert = upsert_insert(dialect, _STATS)
+    excluded = insert.excluded
+    least, greatest = (
+        (func.least, func.greatest) if dialect == "postgresql" else (func.min, func.max)
+    )
+    return Statement(
+        insert.values(
+            {
+                column: bindparam(column)
+                for column in (
+                    "store_id",
+                    "customer_id",
+                    "currency_code",
+                    "order_count",
+                    "total_minor",
+                    "first_order_at",
+                    "last_order_at",
+                )
+            }
+        ).on_conflict_do_update(
+            index_elements=["store_id", "customer_id", "currency_code"],
+            set_={
+                "order_count": _STATS.order_count + excluded.order_count,
+                "total_minor": _STATS.total_minor + excluded.total_minor,
+                "first_order_at": least(_STATS.first_order_at, excluded.first_order_at),
+                "last_order_at": greatest(_STATS.last_order_at, excluded.last_order_at),
+            },
+        )
+    )
+
+
+_ADD_TO_STATISTICS = {dialect: _add_to_statistics(dialect) for dialect in DIALECTS}
+# Takes one order out; returns what is left, to see whether the row is now empty
+# or lost its earliest or latest order.
+_TAKE_FROM_STATISTICS = Statement(
+    update(_STATS)
+    .where(*_STATS_KEY)
+    .values(
+        order_count=_STATS.order_count - 1,
+        total_minor=_STATS.total_minor - bindparam("order_total", type_=BigInteger()),
+    )
+    .returning(_STATS.order_count, _STATS.first_order_at, _STATS.last_order_at)
+)
+_DROP_EMPTY_STATISTICS = Statement(delete(_STATS).where(*_STATS_KEY, _STATS.order_count == 0))
+
+
+def _end_of_counted(newest: bool) -> Any:
+    """The created_at of the customer's earliest (latest) counted order in the
+    currency: the first entry of ix_orders_customer's range from that end that
+    matches (on PostgreSQL the index's INCLUDE columns hold the currency and status)."""
+    order = (
+        (Order.created_at.desc(), Order.order_id.desc())
+        if newest
+        else (
+            Order.created_at,
+            Order.order_id,
+        )
+    )
+    return (
+        select(Order.created_at)
+        .where(
+            *_OF_CUSTOMER,
+            Order.currency_code == bindparam("currency_code"),
+            Order.status != OrderStatus.CANCELLED.value,
+        )
+        .order_by(*order)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+# After an order that was the earliest or latest stopped counting. Its own statement,
+# run once the row is locked (by _TAKE_FROM_STATISTICS): on PostgreSQL its snapshot
+# then holds every order whose statistics change committed before ours.
+_RECOUNT_ENDS = Statement(
+    update(_STATS)
+    .where(*_STATS_KEY)
+    .values(first_order_at=_end_of_counted(False), last_order_at=_end_of_counted(True))
+)
+
+
+async def count_in_statistics(uow: UnitOfWork, order: OrderSnapshot) -> None:
+    """Adds the order to its customer's statistics (nothing for a guest order). Best
+    run last before the commit: the customer's row stays locked from here to it."""
+    if order.customer_id is None:
+        return
+    await uow.execute(
+        _ADD_TO_STATISTICS[uow.dialect],
+        {
+            "customer_id": order.customer_id,
+            "currency_code": order.currency_code,
+            "order_count": 1,
+            "total_minor": order.total_minor,
+            "first_order_at": order.created_at,
+            "last_order_at": order.created_at,
+        },
+    )
+
+
+async def uncount_in_statistics(uow: UnitOfWork, order: OrderSnapshot) -> None:
+    """Takes the order out of its customer's statistics (it counted until now): the
+    row goes with its last order; its earliest or latest time is found again among
+    the orders when it was this one's."""
+    if order.customer_id is None:
+        return
+    key = {"customer_id": order.customer_id, "currency_code": order.currency_code}
+    left = await uow.fetch_one(_TAKE_FROM_STATISTICS, {**key, "order_total": order.total_minor})
+    if left is None:  # no row: drifted (the operators' check reports it)
+        return
+    if left["order_count"] <= 0:
+        await uow.execute(_DROP_EMPTY_STATISTICS, key)
+    elif order.created_at in (left["first_order_at"], left["last_order_at"]):
+        await uow.execute(_RECOUNT_ENDS, key)
+
+
+async def follow_status_change(uow: UnitOfWork, moved: Moved) -> None:
+    """What a status change does to the order's customer's statistics."""
+    change = statistics_change(moved.old_status, OrderStatus(moved.order.status))
+    if change > 0:
+        await count_in_statistics(uow, moved.order)
+    elif change < 0:
+        await uncount_in_statistics(uow, moved.order)
 
 
 # -- erasure (EraseCustomer, through the orders module's customer eraser) ------------------

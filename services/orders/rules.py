@@ -338,6 +338,19 @@ class CustomerOrderStats:
         return sum(totals.order_count for totals in self.currencies)
 
 
+def counted(status: OrderStatus) -> bool:
+    """Whether an order of `status` counts in its customer's statistics."""
+    return status is not OrderStatus.CANCELLED
+
+
+def statistics_change(old: OrderStatus, new: OrderStatus) -> int:
+    """What a status change does to its customer's statistics: 1 when the order
+    starts counting, -1 when it stops, 0 when neither (every change but into
+    CANCELLED today; the status machine lets no order leave it, but should one,
+    it counts again)."""
+    return int(counted(new)) - int(counted(old))
+
+
 def stats_of(
     store_id: int, customer_id: int, per_currency: Sequence[Mapping[str, Any]]
 ) -> CustomerOrderStats:
