@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, NamedTuple, cast
@@ -23,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal,
     or_,
     select,
     true,
@@ -59,8 +60,11 @@ from services.orders.models import (
 from services.orders.rules import (
     MAX_STATUS_FILTERS,
     CustomerOrderStats,
+    KeptTotals,
     OrderFilter,
     PageRequest,
+    StatisticsDrift,
+    drifts_of,
     sources_of,
     statistics_change,
     stats_of,
@@ -667,6 +671,112 @@ async def follow_status_change(uow: UnitOfWork, moved: Moved) -> None:
         await count_in_statistics(uow, moved.order)
     elif change < 0:
         await uncount_in_statistics(uow, moved.order)
+
+
+# -- checking the kept statistics against the orders (commerce order-stats check) -----------
+
+_IN_RANGE = (bindparam("after", type_=BigInteger()), bindparam("through", type_=BigInteger()))
+
+
+def _statistics_of_range() -> Statement:
+    """The statistics of the store's customers after `after` up to `through`, both as
+    the orders say (source "expected") and as kept ("kept"), in one statement: one
+    snapshot, so a change that commits meanwhile is in both or in neither."""
+    after, through = _IN_RANGE
+    expected = (
+        select(
+            literal("expected").label("source"),
+            Order.customer_id,
+            Order.currency_code,
+            func.count(Order.order_id).label("order_count"),
+            func.sum(Order.total_minor).label("total_minor"),
+            func.min(Order.created_at, type_=UtcDateTime()).label("first_order_at"),
+            func.max(Order.created_at, type_=UtcDateTime()).label("last_order_at"),
+        )
+        .where(
+            *in_store(Order),
+            Order.customer_id > after,
+            Order.customer_id <= through,
+            Order.status != OrderStatus.CANCELLED.value,
+        )
+        .group_by(Order.customer_id, Order.currency_code)
+    )
+    kept = select(
+        literal("kept"),
+        _STATS.customer_id,
+        _STATS.currency_code,
+        _STATS.order_count,
+        _STATS.total_minor,
+        _STATS.first_order_at,
+        _STATS.last_order_at,
+    ).where(*in_store(_STATS), _STATS.customer_id > after, _STATS.customer_id <= through)
+    return Statement(union_all(expected, kept))
+
+
+_STATISTICS_OF_RANGE = _statistics_of_range()
+_HIGHEST_CUSTOMER = Statement(select(func.max(Customer.customer_id)).where(*in_store(Customer)))
+# The repair's locks: the customer (its creates share-lock it: those in flight end
+# first, new ones wait) and its kept rows (its cancels in flight end first).
+_LOCK_CUSTOMER = Statement(
+    select(Customer.customer_id).where(*in_store(Customer, "customer_id")).with_for_update()
+)
+_LOCK_KEPT = Statement(
+    select(_STATS.currency_code).where(*in_store(_STATS, "customer_id")).with_for_update()
+)
+_DELETE_KEPT = Statement(delete(_STATS).where(*_STATS_KEY))
+
+
+def _set_kept(dialect: str) -> Statement:
+    insert = upsert_insert(dialect, _STATS)
+    columns = [column.name for column in cast(Table, _STATS.__table__).c]
+    return Statement(
+        insert.values({name: bindparam(name) for name in columns}).on_conflict_do_update(
+            index_elements=["store_id", "customer_id", "currency_code"],
+            set_={name: insert.excluded[name] for name in columns[3:]},
+        )
+    )
+
+
+_SET_KEPT = {dialect: _set_kept(dialect) for dialect in DIALECTS}
+
+
+async def highest_customer_id(uow: UnitOfWork) -> int:
+    """The store's highest customer id (0 without customers)."""
+    return int(await uow.scalar(_HIGHEST_CUSTOMER) or 0)
+
+
+async def statistics_drift(uow: UnitOfWork, after: int, through: int) -> list[StatisticsDrift]:
+    """The kept statistics of the customers in (after, through] that differ from
+    their orders'."""
+    rows = await uow.fetch(_STATISTICS_OF_RANGE, {"after": after, "through": through})
+    sides: dict[str, dict[tuple[int, str], KeptTotals]] = {"expected": {}, "kept": {}}
+    for row in rows:
+        sides[row["source"]][row["customer_id"], row["currency_code"]] = KeptTotals(
+            int(row["order_count"]),
+            int(row["total_minor"]),  # PostgreSQL's sum(bigint) is numeric
+            row["first_order_at"],
+            row["last_order_at"],
+        )
+    return drifts_of(uow.store_id, sides["expected"], sides["kept"])
+
+
+async def repair_statistics(uow: UnitOfWork, customer_id: int) -> list[StatisticsDrift]:
+    """Makes the customer's kept statistics what their orders say, in the unit of
+    work's transaction, the customer and their kept rows locked first (on PostgreSQL
+    the orders are then read in a snapshot that holds every change whose statistics
+    change committed, and the changes after wait for this one). Returns the drift
+    it found and mended."""
+    params = {"customer_id": customer_id}
+    await uow.fetch(_LOCK_CUSTOMER, params)
+    await uow.fetch(_LOCK_KEPT, params)
+    drifts = await statistics_drift(uow, customer_id - 1, customer_id)
+    for drift in drifts:
+        key = {"customer_id": customer_id, "currency_code": drift.currency_code}
+        if drift.expected is None:
+            await uow.execute(_DELETE_KEPT, key)
+        else:
+            await uow.execute(_SET_KEPT[uow.dialect], {**key, **asdict(drift.expected)})
+    return drifts
 
 
 # -- erasure (EraseCustomer, through the orders module's customer eraser) ------------------

@@ -369,3 +369,52 @@ def stats_of(
         first_order_time=min((row["first_time"] for row in counted), default=None),
         last_order_time=max((row["last_time"] for row in counted), default=None),
     )
+
+
+@dataclass(frozen=True)
+class KeptTotals:
+    """One customer's statistics in one currency: as kept, or as the orders say."""
+
+    order_count: int
+    total_minor: int
+    first_order_at: datetime
+    last_order_at: datetime
+
+    def __str__(self) -> str:
+        return (
+            f"{self.order_count} orders, total {self.total_minor}, "
+            f"first {self.first_order_at.isoformat()}, last {self.last_order_at.isoformat()}"
+        )
+
+
+@dataclass(frozen=True)
+class StatisticsDrift:
+    """A customer's kept statistics in a currency that differ from their orders'
+    (None: no row, or no counted order)."""
+
+    store_id: int
+    customer_id: int
+    currency_code: str
+    expected: KeptTotals | None
+    kept: KeptTotals | None
+
+    def __str__(self) -> str:
+        return (
+            f"store {self.store_id} customer {self.customer_id} {self.currency_code}: "
+            f"expected {self.expected or 'none'}; kept {self.kept or 'none'}"
+        )
+
+
+def drifts_of(
+    store_id: int,
+    expected: Mapping[tuple[int, str], KeptTotals],
+    kept: Mapping[tuple[int, str], KeptTotals],
+) -> list[StatisticsDrift]:
+    """Where the kept statistics differ from the expected ones, by customer and
+    currency."""
+    return [
+        StatisticsDrift(store_id, customer_id, currency, expected.get(key), kept.get(key))
+        for key in sorted(expected.keys() | kept.keys())
+        for customer_id, currency in (key,)
+        if expected.get(key) != kept.get(key)
+    ]
