@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    SmallInteger,
     Table,
     bindparam,
     delete,
@@ -49,6 +50,7 @@ from services.customers.models import Customer
 from services.orders.models import (
     LINE_ITEM_COLUMNS,
     ORDER_COLUMNS,
+    STATISTICS_SLOTS,
     CustomerOrderStatistics,
     LineItemSnapshot,
     Order,
@@ -56,6 +58,7 @@ from services.orders.models import (
     OrderRevision,
     OrderSnapshot,
     OrderStatus,
+    statistics_slot,
 )
 from services.orders.rules import (
     MAX_STATUS_FILTERS,
@@ -491,20 +494,23 @@ def _aggregated_statistics_statement() -> Statement:
 
 
 _AGGREGATED_STATISTICS = _aggregated_statistics_statement()
+_STATS = CustomerOrderStatistics
 
 
 def _kept_statistics_statement() -> Statement:
     """The same answer from customer_order_stats: the customer LEFT JOIN its rows
-    there, one per currency (a range of the primary key), however many orders."""
+    there, the slots of each currency added up (one range of the primary key, at
+    most STATISTICS_SLOTS rows per currency), however many orders."""
     kept = (
         select(
-            CustomerOrderStatistics.currency_code,
-            CustomerOrderStatistics.order_count,
-            CustomerOrderStatistics.total_minor,
-            CustomerOrderStatistics.first_order_at.label("first_time"),
-            CustomerOrderStatistics.last_order_at.label("last_time"),
+            _STATS.currency_code,
+            func.sum(_STATS.order_count).label("order_count"),
+            func.sum(_STATS.total_minor).label("total_minor"),
+            func.min(_STATS.first_order_at, type_=UtcDateTime()).label("first_time"),
+            func.max(_STATS.last_order_at, type_=UtcDateTime()).label("last_time"),
         )
-        .where(*in_store(CustomerOrderStatistics, "customer_id"))
+        .where(*in_store(_STATS, "customer_id"))
+        .group_by(_STATS.currency_code)
         .subquery()
     )
     return Statement(
@@ -539,12 +545,11 @@ async def aggregated_order_stats(uow: UnitOfWork, customer_id: int) -> CustomerO
 
 # -- keeping the statistics: every change that moves them, in its own transaction ------------
 
-_STATS = CustomerOrderStatistics
-_STATS_KEY = in_store(_STATS, "customer_id", "currency_code")
+_STATS_KEY = in_store(_STATS, "customer_id", "currency_code", "slot")
 
 
 def _add_to_statistics(dialect: str) -> Statement:
-    """Counts orders into their customer's row of the currency, made if missing: one
+    """Counts orders into their customer's row of the currency and slot, made if missing: one
     atomic INSERT .. ON CONFLICT DO UPDATE, so concurrent orders of a customer each
     add theirs (no lost update) and wait for each other only from here to their
     commit. The earliest and latest times are the least and greatest of the row's and
@@ -562,6 +567,7 @@ def _add_to_statistics(dialect: str) -> Statement:
                     "store_id",
                     "customer_id",
                     "currency_code",
+                    "slot",
                     "order_count",
                     "total_minor",
                     "first_order_at",
@@ -569,7 +575,7 @@ def _add_to_statistics(dialect: str) -> Statement:
                 )
             }
         ).on_conflict_do_update(
-            index_elements=["store_id", "customer_id", "currency_code"],
+            index_elements=["store_id", "customer_id", "currency_code", "slot"],
             set_={
                 "order_count": _STATS.order_count + excluded.order_count,
                 "total_minor": _STATS.total_minor + excluded.total_minor,
@@ -597,8 +603,9 @@ _DROP_EMPTY_STATISTICS = Statement(delete(_STATS).where(*_STATS_KEY, _STATS.orde
 
 def _end_of_counted(newest: bool) -> Any:
     """The created_at of the customer's earliest (latest) counted order in the
-    currency: the first entry of ix_orders_customer's range from that end that
-    matches (on PostgreSQL the index's INCLUDE columns hold the currency and status)."""
+    currency and slot: the first entry of ix_orders_customer's range from that end
+    that matches (on PostgreSQL the index's INCLUDE columns hold the currency and
+    status; about one entry in STATISTICS_SLOTS is of the slot)."""
     order = (
         (Order.created_at.desc(), Order.order_id.desc())
         if newest
@@ -613,6 +620,7 @@ def _end_of_counted(newest: bool) -> Any:
             *_OF_CUSTOMER,
             Order.currency_code == bindparam("currency_code"),
             Order.status != OrderStatus.CANCELLED.value,
+            Order.order_id % STATISTICS_SLOTS == bindparam("slot", type_=SmallInteger()),
         )
         .order_by(*order)
         .limit(1)
@@ -640,6 +648,7 @@ async def count_in_statistics(uow: UnitOfWork, order: OrderSnapshot) -> None:
         {
             "customer_id": order.customer_id,
             "currency_code": order.currency_code,
+            "slot": statistics_slot(order.order_id),
             "order_count": 1,
             "total_minor": order.total_minor,
             "first_order_at": order.created_at,
@@ -654,7 +663,11 @@ async def uncount_in_statistics(uow: UnitOfWork, order: OrderSnapshot) -> None:
     the orders when it was this one's."""
     if order.customer_id is None:
         return
-    key = {"customer_id": order.customer_id, "currency_code": order.currency_code}
+    key = {
+        "customer_id": order.customer_id,
+        "currency_code": order.currency_code,
+        "slot": statistics_slot(order.order_id),
+    }
     left = await uow.fetch_one(_TAKE_FROM_STATISTICS, {**key, "order_total": order.total_minor})
     if left is None:  # no row: drifted (the operators' check reports it)
         return
@@ -679,15 +692,18 @@ _IN_RANGE = (bindparam("after", type_=BigInteger()), bindparam("through", type_=
 
 
 def _statistics_of_range() -> Statement:
-    """The statistics of the store's customers after `after` up to `through`, both as
-    the orders say (source "expected") and as kept ("kept"), in one statement: one
-    snapshot, so a change that commits meanwhile is in both or in neither."""
+    """The statistics of the store's customers after `after` up to `through`, per
+    currency and slot, both as the orders say (source "expected") and as kept
+    ("kept"), in one statement: one snapshot, so a change that commits meanwhile is in
+    both or in neither."""
     after, through = _IN_RANGE
+    slot = Order.order_id % STATISTICS_SLOTS
     expected = (
         select(
             literal("expected").label("source"),
             Order.customer_id,
             Order.currency_code,
+            slot.label("slot"),
             func.count(Order.order_id).label("order_count"),
             func.sum(Order.total_minor).label("total_minor"),
             func.min(Order.created_at, type_=UtcDateTime()).label("first_order_at"),
@@ -699,12 +715,13 @@ def _statistics_of_range() -> Statement:
             Order.customer_id <= through,
             Order.status != OrderStatus.CANCELLED.value,
         )
-        .group_by(Order.customer_id, Order.currency_code)
+        .group_by(Order.customer_id, Order.currency_code, slot)
     )
     kept = select(
         literal("kept"),
         _STATS.customer_id,
         _STATS.currency_code,
+        _STATS.slot,
         _STATS.order_count,
         _STATS.total_minor,
         _STATS.first_order_at,
@@ -731,8 +748,8 @@ def _set_kept(dialect: str) -> Statement:
     columns = [column.name for column in cast(Table, _STATS.__table__).c]
     return Statement(
         insert.values({name: bindparam(name) for name in columns}).on_conflict_do_update(
-            index_elements=["store_id", "customer_id", "currency_code"],
-            set_={name: insert.excluded[name] for name in columns[3:]},
+            index_elements=["store_id", "customer_id", "currency_code", "slot"],
+            set_={name: insert.excluded[name] for name in columns[4:]},
         )
     )
 
@@ -749,9 +766,10 @@ async def statistics_drift(uow: UnitOfWork, after: int, through: int) -> list[St
     """The kept statistics of the customers in (after, through] that differ from
     their orders'."""
     rows = await uow.fetch(_STATISTICS_OF_RANGE, {"after": after, "through": through})
-    sides: dict[str, dict[tuple[int, str], KeptTotals]] = {"expected": {}, "kept": {}}
+    sides: dict[str, dict[tuple[int, str, int], KeptTotals]] = {"expected": {}, "kept": {}}
     for row in rows:
-        sides[row["source"]][row["customer_id"], row["currency_code"]] = KeptTotals(
+        key = (row["customer_id"], row["currency_code"], int(row["slot"]))
+        sides[row["source"]][key] = KeptTotals(
             int(row["order_count"]),
             int(row["total_minor"]),  # PostgreSQL's sum(bigint) is numeric
             row["first_order_at"],
@@ -771,7 +789,11 @@ async def repair_statistics(uow: UnitOfWork, customer_id: int) -> list[Statistic
     await uow.fetch(_LOCK_KEPT, params)
     drifts = await statistics_drift(uow, customer_id - 1, customer_id)
     for drift in drifts:
-        key = {"customer_id": customer_id, "currency_code": drift.currency_code}
+        key = {
+            "customer_id": customer_id,
+            "currency_code": drift.currency_code,
+            "slot": drift.slot,
+        }
         if drift.expected is None:
             await uow.execute(_DELETE_KEPT, key)
         else:

@@ -361,9 +361,10 @@ def stats_of(
     return CustomerOrderStats(
         store_id=store_id,
         customer_id=customer_id,
-        # PostgreSQL's sum(bigint) is numeric: back to int, exactly.
+        # PostgreSQL's sum(bigint) is numeric (the kept slots' counts are summed too):
+        # back to int, exactly.
         currencies=[
-            CurrencyTotals(row["currency_code"], row["order_count"], int(row["total_minor"]))
+            CurrencyTotals(row["currency_code"], int(row["order_count"]), int(row["total_minor"]))
             for row in counted
         ],
         first_order_time=min((row["first_time"] for row in counted), default=None),
@@ -395,26 +396,27 @@ class StatisticsDrift:
     store_id: int
     customer_id: int
     currency_code: str
+    slot: int
     expected: KeptTotals | None
     kept: KeptTotals | None
 
     def __str__(self) -> str:
         return (
-            f"store {self.store_id} customer {self.customer_id} {self.currency_code}: "
+            f"store {self.store_id} customer {self.customer_id} {self.currency_code}"
+            f" (slot {self.slot}): "
             f"expected {self.expected or 'none'}; kept {self.kept or 'none'}"
         )
 
 
 def drifts_of(
     store_id: int,
-    expected: Mapping[tuple[int, str], KeptTotals],
-    kept: Mapping[tuple[int, str], KeptTotals],
+    expected: Mapping[tuple[int, str, int], KeptTotals],
+    kept: Mapping[tuple[int, str, int], KeptTotals],
 ) -> list[StatisticsDrift]:
-    """Where the kept statistics differ from the expected ones, by customer and
-    currency."""
+    """Where the kept statistics differ from the expected ones, by customer, currency
+    and slot."""
     return [
-        StatisticsDrift(store_id, customer_id, currency, expected.get(key), kept.get(key))
+        StatisticsDrift(store_id, *key, expected.get(key), kept.get(key))
         for key in sorted(expected.keys() | kept.keys())
-        for customer_id, currency in (key,)
         if expected.get(key) != kept.get(key)
     ]

@@ -20,7 +20,12 @@ from services.core.domain.passwords import PasswordHasher
 from services.customers.service import CustomerService, NewCustomer
 from services.orders import queries
 from services.orders.customer_orders import OrderMetricsProvider
-from services.orders.models import CustomerOrderStatistics, OrderStatus
+from services.orders.models import (
+    STATISTICS_SLOTS,
+    CustomerOrderStatistics,
+    OrderStatus,
+    statistics_slot,
+)
 from services.orders.rules import CustomerOrderStats, NewLineItem, NewOrder, StatusChange
 from services.orders.service import OrderService
 from tests.conftest import new_store
@@ -161,16 +166,14 @@ async def test_cancelling_the_earliest_and_latest_finds_the_next(
     cid = (
         await customer_service.create_customer(store_id, NewCustomer("a@example.com"))
     ).customer_id
-    placed = [
-        await orders.create_order(store_id, new_order(cid, price, currency))
-        for price, currency in (
-            (100, "EUR"),
-            (200, "USD"),
-            (300, "EUR"),
-            (400, "EUR"),
-            (500, "USD"),
-        )
-    ]
+    placed = []
+    for price, currency in ((100, "EUR"), (200, "USD"), (300, "EUR"), (400, "EUR"), (500, "USD")):
+        placed.append(await orders.create_order(store_id, new_order(cid, price, currency)))
+        # Guests between them, so that all of the customer's orders share a slot
+        # (one row per currency, whose earliest and latest must be found again).
+        for _ in range(STATISTICS_SLOTS - 1):
+            await orders.create_order(store_id, new_order(0, 1))
+    assert len({statistics_slot(order.order_id) for order in placed}) == 1
     cancel = OrderStatus.CANCELLED
     await orders.update_status(store_id, placed[2].order_id, cancel)  # a middle one
     await orders.update_status(store_id, placed[0].order_id, cancel)  # the earliest EUR

@@ -33,14 +33,16 @@ DEFAULT_BATCH = 5_000
 
 _STORES = sa.text("SELECT DISTINCT store_id FROM customers ORDER BY store_id")
 _HIGHEST_CUSTOMER = sa.text("SELECT max(customer_id) FROM customers WHERE store_id = :store_id")
+# An order's slot is order_id % 16 (services.orders.models.statistics_slot, as it
+# was when this migration was written).
 _BACKFILL = sa.text(
-    "INSERT INTO customer_order_stats (store_id, customer_id, currency_code, order_count,"
-    " total_minor, first_order_at, last_order_at)"
-    " SELECT store_id, customer_id, currency_code, count(*), sum(total_minor),"
-    " min(created_at), max(created_at)"
+    "INSERT INTO customer_order_stats (store_id, customer_id, currency_code, slot,"
+    " order_count, total_minor, first_order_at, last_order_at)"
+    " SELECT store_id, customer_id, currency_code, order_id % 16, count(*),"
+    " sum(total_minor), min(created_at), max(created_at)"
     " FROM orders WHERE store_id = :store_id AND customer_id > :after"
     " AND customer_id <= :through AND status <> 'cancelled'"
-    " GROUP BY store_id, customer_id, currency_code"
+    " GROUP BY store_id, customer_id, currency_code, order_id % 16"
 )
 
 
@@ -50,6 +52,7 @@ def upgrade() -> None:
         sa.Column("store_id", sa.BigInteger(), nullable=False),
         sa.Column("customer_id", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("currency_code", sa.String(length=3), nullable=False),
+        sa.Column("slot", sa.SmallInteger(), autoincrement=False, nullable=False),
         sa.Column("order_count", sa.BigInteger(), nullable=False),
         sa.Column("total_minor", sa.BigInteger(), nullable=False),
         sa.Column("first_order_at", UtcDateTime(), nullable=False),
@@ -66,7 +69,11 @@ def upgrade() -> None:
             name=op.f("fk_customer_order_stats_store_id_customer_id_customers"),
         ),
         sa.PrimaryKeyConstraint(
-            "store_id", "customer_id", "currency_code", name=op.f("pk_customer_order_stats")
+            "store_id",
+            "customer_id",
+            "currency_code",
+            "slot",
+            name=op.f("pk_customer_order_stats"),
         ),
     )
     batch = int(context.config.attributes.get(BATCH_OPTION, DEFAULT_BATCH))
