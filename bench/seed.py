@@ -17,6 +17,7 @@ What it makes, and why it looks that way:
   range, so its history and statistics read K index entries; about 0.5% are guest
   orders; statuses are spread over all five, currencies are mostly EUR, some USD;
 - one or two line items per order, whose totals add up to the order's total;
+- each customer's order statistics (customer_order_stats), aggregated from them;
 - the store's counters at the largest ids, so creates through the server go on after.
 
 Usage: python -m bench.seed --database-url URL --customers N --orders M
@@ -231,6 +232,21 @@ FROM (
 ) AS l
 """
 
+# $1 store, $2..$3 the customer id range: the statistics the orders module keeps
+# (services/orders/queries.py), aggregated from the orders just loaded, so a seeded
+# store's statistics are exact; 16 is services.orders.models.STATISTICS_SLOTS.
+_INSERT_STATISTICS = """
+INSERT INTO customer_order_stats (
+    store_id, customer_id, currency_code, slot, order_count, total_minor, first_order_at,
+    last_order_at
+)
+SELECT $1, customer_id, currency_code, order_id % 16, count(*), sum(total_minor),
+       min(created_at), max(created_at)
+FROM orders
+WHERE store_id = $1 AND customer_id BETWEEN $2 AND $3 AND status <> 'cancelled'
+GROUP BY customer_id, currency_code, order_id % 16
+"""
+
 # The counters services/core/stores.py next_store_number() reads: "customer" and
 # "customer_address" (services/customers/service.py), "order"
 # (services/orders/service.py). No addresses are seeded: their counter starts at 0.
@@ -257,6 +273,7 @@ _MAINTENANCE = (
     "VACUUM (ANALYZE) customers",
     "VACUUM (ANALYZE) orders",
     "VACUUM (ANALYZE) order_line_items",
+    "VACUUM (ANALYZE) customer_order_stats",
     "ANALYZE stores",
     "ANALYZE store_counters",
 )
@@ -355,6 +372,9 @@ async def seed_store(
                 )
                 await connection.execute(_INSERT_LINE_ITEMS, store_id, low, high)
                 report(f"orders and their lines {high:,}/{orders:,}")
+            for low, high in _chunks(customers):
+                await connection.execute(_INSERT_STATISTICS, store_id, low, high)
+                report(f"order statistics of customers {high:,}/{customers:,}")
             await connection.execute(_INSERT_COUNTERS, store_id, customers, orders)
             typical_customer_id = await _typical_customer(
                 connection, store_id, customers, orders - big_customer_orders

@@ -20,7 +20,7 @@ from services.core.db.engine import create_engine
 from services.core.db.statements import Transaction
 from services.core.db.stores import create_store, list_stores, set_store_active
 from services.core.db.unit_of_work import TenantDatabase
-from services.core.domain.errors import DomainError
+from services.core.domain.errors import DomainError, NotFound
 from services.core.logs import configure_logging
 from services.core.rpc.callers import load_callers, new_token, parse_scopes, token_digest
 from services.core.settings import Settings, env_name
@@ -190,6 +190,27 @@ def _parser() -> argparse.ArgumentParser:
         toggle.add_argument("store_id", type=int)
         toggle.set_defaults(run=_store_command(_set_active), active=active)
 
+    order_stats = commands.add_parser(
+        "order-stats", help="check (and repair) the customers' kept order statistics"
+    )
+    order_stats_commands = order_stats.add_subparsers(
+        required=True, metavar="ACTION", action=_Commands
+    )
+    check = order_stats_commands.add_parser(
+        "check",
+        help="compare each customer's kept order statistics with their orders",
+        description="Recomputes each customer's order statistics from their orders, a "
+        "range of customers at a time, and prints each customer and currency whose kept "
+        "statistics differ (after a change to the tables by hand, say). Exits 1 when any "
+        "differ, unless --repair made them what the orders say.",
+    )
+    check.add_argument("--store", type=int, help="only this store (default: every store)")
+    check.add_argument("--repair", action="store_true", help="rewrite the statistics that differ")
+    check.add_argument(
+        "--batch", type=int, default=1000, help="customer ids per statement (default 1000)"
+    )
+    check.set_defaults(run=_check_order_stats)
+
     callers = commands.add_parser("callers", help="make tokens for caller authentication")
     caller_commands = callers.add_subparsers(required=True, metavar="ACTION", action=_Commands)
     new_caller = caller_commands.add_parser(
@@ -311,6 +332,38 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     upgrade(settings.database_url, pooler=settings.database_pooler)
     print("database is up to date")
     return 0
+
+
+def _check_order_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from services.orders.customer_orders import check_statistics  # late, as serve's
+
+    if args.batch < 1:
+        args.parser.error("--batch must be at least 1")
+    _require_sqlite_directory(settings.database_url)
+
+    async def check() -> int:
+        engine = create_engine(settings.database_url, pool_size=1, pooler=settings.database_pooler)
+        database = TenantDatabase(engine)
+        try:
+            async with database.maintenance(transaction=False) as statements:
+                stores = [store.id for store in await list_stores(statements)]
+            if args.store is not None:
+                if args.store not in stores:
+                    raise NotFound("store", str(args.store))
+                stores = [args.store]
+            drifted = 0
+            for store_id in stores:
+                drifted += await check_statistics(
+                    database, store_id, repair=args.repair, batch=args.batch, found=print
+                )
+        finally:
+            await engine.dispose()
+        done = " (repaired)" if args.repair and drifted else ""
+        print(f"checked {len(stores)} stores: {drifted} customers drifted{done}")
+        return drifted
+
+    drifted = asyncio.run(check())
+    return 1 if drifted and not args.repair else 0
 
 
 def _require_sqlite_directory(url: str) -> None:

@@ -5,7 +5,7 @@ customers never asks for it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 
 from services.core.db.idempotency import erase_fingerprints
@@ -22,6 +22,7 @@ from services.orders.rules import (
     CustomerOrderStats,
     OrderFilter,
     OrderPage,
+    StatisticsDrift,
     cut_page,
     page_request,
 )
@@ -146,6 +147,46 @@ class OrderEraser:
         order_ids = await queries.erase_customer_orders(uow, customer_id)
         await erase_fingerprints(uow, CREATE_ORDER, order_ids)
         uow.redact_events(MODULE, [order_subject(order_id) for order_id in order_ids])
+
+
+# Customer ids per statement of the statistics check: one range of ix_orders_customer
+# and of customer_order_stats each.
+CHECK_BATCH = 1_000
+
+
+async def check_statistics(
+    database: TenantDatabase,
+    store_id: int,
+    *,
+    repair: bool = False,
+    batch: int = CHECK_BATCH,
+    found: Callable[[StatisticsDrift], None] = lambda drift: None,
+) -> int:
+    """Compares the store's kept order statistics with their orders', `batch`
+    customer ids at a time, and tells `found` of each customer and currency that
+    differ; with `repair`, makes them what the orders say, each range's in one
+    transaction (what changed meanwhile is judged again under lock). Returns how many
+    customers drifted. For operators, after a change to the tables by hand."""
+    async with database.maintenance(transaction=False) as statements:
+        highest = await queries.highest_customer_id(UnitOfWork(store_id, statements))
+    drifted = 0
+    for after in range(0, highest, batch):
+        async with database.maintenance(transaction=False) as statements:
+            uow = UnitOfWork(store_id, statements)
+            drifts = await queries.statistics_drift(uow, after, after + batch)
+        if drifts and repair:
+            async with database.maintenance() as statements:
+                uow = UnitOfWork(store_id, statements)
+                drifts = [
+                    drift
+                    for customer_id in sorted({drift.customer_id for drift in drifts})
+                    for drift in await queries.repair_statistics(uow, customer_id)
+                ]
+                await uow.commit()
+        for drift in drifts:
+            found(drift)
+        drifted += len({drift.customer_id for drift in drifts})
+    return drifted
 
 
 async def customer_order_batches(

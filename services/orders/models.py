@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    SmallInteger,
     String,
     UniqueConstraint,
     text,
@@ -145,6 +146,52 @@ class OrderRevision(Base):
         ),
         # Expired revisions are found by age across every store (purge_expired_revisions).
         Index("ix_order_revisions_updated_at", "updated_at"),
+    )
+
+
+# How many rows a customer's statistics in one currency are spread over. Stored
+# meaning: the slot of an order is order_id % STATISTICS_SLOTS, and the kept rows
+# follow it (changing it needs the rows rebuilt: `commerce order-stats check --repair`).
+STATISTICS_SLOTS = 16
+
+
+def statistics_slot(order_id: int) -> int:
+    return order_id % STATISTICS_SLOTS
+
+
+class CustomerOrderStatistics(Base):
+    """Each customer's order statistics per currency (over STATISTICS_SLOTS rows),
+    kept exact by the orders that move them, in their own transaction
+    (services.orders.queries): a read is one small index range whatever the
+    customer's history. Only orders that count (not cancelled) are in them; a
+    (customer, currency, slot) without such orders has no row.
+
+    Orders own it, as they own the link to customers: the foreign key points from here
+    to customers, never the reverse."""
+
+    __tablename__ = "customer_order_stats"
+
+    store_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    currency_code: Mapped[str] = mapped_column(String(3), primary_key=True)
+    # The customer's orders in a currency are spread over STATISTICS_SLOTS rows by
+    # order id (statistics_slot): concurrent orders of one customer (consecutive ids)
+    # lock different rows from their statistics change to their commit, instead of
+    # queueing on one, one commit (one WAL flush) at a time. A read sums the slots.
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    order_count: Mapped[int] = mapped_column(BigInteger)
+    # The sum of the counted orders' totals.
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    first_order_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_order_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["store_id", "customer_id"], ["customers.store_id", "customers.customer_id"]
+        ),
+        # Zero only for a moment: the change that takes the count to zero deletes the row.
+        CheckConstraint("order_count >= 0", name="order_count_not_negative"),
+        CheckConstraint("total_minor >= 0", name="total_not_negative"),
     )
 
 

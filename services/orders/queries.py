@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, NamedTuple, cast
@@ -19,9 +19,12 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    SmallInteger,
     Table,
     bindparam,
+    delete,
     func,
+    literal,
     or_,
     select,
     true,
@@ -30,7 +33,7 @@ from sqlalchemy import (
     update,
 )
 
-from services.core.db.engine import UtcDateTime, utc_now
+from services.core.db.engine import UtcDateTime, upsert_insert, utc_now
 from services.core.db.retention import delete_oldest
 from services.core.db.statements import (
     DIALECTS,
@@ -47,19 +50,26 @@ from services.customers.models import Customer
 from services.orders.models import (
     LINE_ITEM_COLUMNS,
     ORDER_COLUMNS,
+    STATISTICS_SLOTS,
+    CustomerOrderStatistics,
     LineItemSnapshot,
     Order,
     OrderLineItem,
     OrderRevision,
     OrderSnapshot,
     OrderStatus,
+    statistics_slot,
 )
 from services.orders.rules import (
     MAX_STATUS_FILTERS,
     CustomerOrderStats,
+    KeptTotals,
     OrderFilter,
     PageRequest,
+    StatisticsDrift,
+    drifts_of,
     sources_of,
+    statistics_change,
     stats_of,
 )
 
@@ -451,10 +461,11 @@ async def count_customer_orders(
     return int(await uow.scalar(_COUNT_WITH_STATUS, params))
 
 
-def _statistics_statement() -> Statement:
-    """One round trip: the customer LEFT JOIN its counted orders aggregated per
-    currency. No row: no such customer. One row with a NULL currency: a customer
-    without orders.
+def _aggregated_statistics_statement() -> Statement:
+    """The statistics from scratch, in one round trip: the customer LEFT JOIN its
+    counted orders aggregated per currency. No row: no such customer. One row with a
+    NULL currency: a customer without orders. What customer_order_stats keeps, read
+    only to check it (and by the tests).
 
     The orders are aggregated in a subquery of their own, not through the join: the
     planner then sees how many orders it reads and hashes them into their few
@@ -482,16 +493,312 @@ def _statistics_statement() -> Statement:
     )
 
 
-_STATISTICS = _statistics_statement()
+_AGGREGATED_STATISTICS = _aggregated_statistics_statement()
+_STATS = CustomerOrderStatistics
+
+
+def _kept_statistics_statement() -> Statement:
+    """The same answer from customer_order_stats: the customer LEFT JOIN its rows
+    there, the slots of each currency added up (one range of the primary key, at
+    most STATISTICS_SLOTS rows per currency), however many orders."""
+    kept = (
+        select(
+            _STATS.currency_code,
+            func.sum(_STATS.order_count).label("order_count"),
+            func.sum(_STATS.total_minor).label("total_minor"),
+            func.min(_STATS.first_order_at, type_=UtcDateTime()).label("first_time"),
+            func.max(_STATS.last_order_at, type_=UtcDateTime()).label("last_time"),
+        )
+        .where(*in_store(_STATS, "customer_id"))
+        .group_by(_STATS.currency_code)
+        .subquery()
+    )
+    return Statement(
+        select(kept)
+        .select_from(Customer)
+        .outerjoin(kept, true())
+        .where(*in_store(Customer, "customer_id"))
+        .order_by(kept.c.currency_code)
+    )
+
+
+_STATISTICS = _kept_statistics_statement()
 
 
 async def customer_order_stats(uow: UnitOfWork, customer_id: int) -> CustomerOrderStats:
-    """The customer's order statistics, aggregated by the database; NOT_FOUND when the
-    store has no such customer."""
+    """The customer's order statistics as kept (customer_order_stats); NOT_FOUND when
+    the store has no such customer."""
     rows = await uow.fetch(_STATISTICS, {"customer_id": customer_id})
     if not rows:
         raise NotFound("customer", str(customer_id))
     return stats_of(uow.store_id, customer_id, rows)
+
+
+async def aggregated_order_stats(uow: UnitOfWork, customer_id: int) -> CustomerOrderStats:
+    """The customer's order statistics aggregated from every order (what the kept
+    ones must equal); NOT_FOUND when the store has no such customer."""
+    rows = await uow.fetch(_AGGREGATED_STATISTICS, {"customer_id": customer_id})
+    if not rows:
+        raise NotFound("customer", str(customer_id))
+    return stats_of(uow.store_id, customer_id, rows)
+
+
+# -- keeping the statistics: every change that moves them, in its own transaction ------------
+
+_STATS_KEY = in_store(_STATS, "customer_id", "currency_code", "slot")
+
+
+def _add_to_statistics(dialect: str) -> Statement:
+    """Counts orders into their customer's row of the currency and slot, made if missing: one
+    atomic INSERT .. ON CONFLICT DO UPDATE, so concurrent orders of a customer each
+    add theirs (no lost update) and wait for each other only from here to their
+    commit. The earliest and latest times are the least and greatest of the row's and
+    the order's (SQLite's two-argument min() and max())."""
+    insert = upsert_insert(dialect, _STATS)
+    excluded = insert.excluded
+    least, greatest = (
+        (func.least, func.greatest) if dialect == "postgresql" else (func.min, func.max)
+    )
+    return Statement(
+        insert.values(
+            {
+                column: bindparam(column)
+                for column in (
+                    "store_id",
+                    "customer_id",
+                    "currency_code",
+                    "slot",
+                    "order_count",
+                    "total_minor",
+                    "first_order_at",
+                    "last_order_at",
+                )
+            }
+        ).on_conflict_do_update(
+            index_elements=["store_id", "customer_id", "currency_code", "slot"],
+            set_={
+                "order_count": _STATS.order_count + excluded.order_count,
+                "total_minor": _STATS.total_minor + excluded.total_minor,
+                "first_order_at": least(_STATS.first_order_at, excluded.first_order_at),
+                "last_order_at": greatest(_STATS.last_order_at, excluded.last_order_at),
+            },
+        )
+    )
+
+
+_ADD_TO_STATISTICS = {dialect: _add_to_statistics(dialect) for dialect in DIALECTS}
+# Takes one order out; returns what is left, to see whether the row is now empty
+# or lost its earliest or latest order.
+_TAKE_FROM_STATISTICS = Statement(
+    update(_STATS)
+    .where(*_STATS_KEY)
+    .values(
+        order_count=_STATS.order_count - 1,
+        total_minor=_STATS.total_minor - bindparam("order_total", type_=BigInteger()),
+    )
+    .returning(_STATS.order_count, _STATS.first_order_at, _STATS.last_order_at)
+)
+_DROP_EMPTY_STATISTICS = Statement(delete(_STATS).where(*_STATS_KEY, _STATS.order_count == 0))
+
+
+def _end_of_counted(newest: bool) -> Any:
+    """The created_at of the customer's earliest (latest) counted order in the
+    currency and slot: the first entry of ix_orders_customer's range from that end
+    that matches (on PostgreSQL the index's INCLUDE columns hold the currency and
+    status; about one entry in STATISTICS_SLOTS is of the slot)."""
+    order = (
+        (Order.created_at.desc(), Order.order_id.desc())
+        if newest
+        else (
+            Order.created_at,
+            Order.order_id,
+        )
+    )
+    return (
+        select(Order.created_at)
+        .where(
+            *_OF_CUSTOMER,
+            Order.currency_code == bindparam("currency_code"),
+            Order.status != OrderStatus.CANCELLED.value,
+            Order.order_id % STATISTICS_SLOTS == bindparam("slot", type_=SmallInteger()),
+        )
+        .order_by(*order)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+# After an order that was the earliest or latest stopped counting. Its own statement,
+# run once the row is locked (by _TAKE_FROM_STATISTICS): on PostgreSQL its snapshot
+# then holds every order whose statistics change committed before ours.
+_RECOUNT_ENDS = Statement(
+    update(_STATS)
+    .where(*_STATS_KEY)
+    .values(first_order_at=_end_of_counted(False), last_order_at=_end_of_counted(True))
+)
+
+
+async def count_in_statistics(uow: UnitOfWork, order: OrderSnapshot) -> None:
+    """Adds the order to its customer's statistics (nothing for a guest order). Best
+    run last before the commit: the customer's row stays locked from here to it."""
+    if order.customer_id is None:
+        return
+    await uow.execute(
+        _ADD_TO_STATISTICS[uow.dialect],
+        {
+            "customer_id": order.customer_id,
+            "currency_code": order.currency_code,
+            "slot": statistics_slot(order.order_id),
+            "order_count": 1,
+            "total_minor": order.total_minor,
+            "first_order_at": order.created_at,
+            "last_order_at": order.created_at,
+        },
+    )
+
+
+async def uncount_in_statistics(uow: UnitOfWork, order: OrderSnapshot) -> None:
+    """Takes the order out of its customer's statistics (it counted until now): the
+    row goes with its last order; its earliest or latest time is found again among
+    the orders when it was this one's."""
+    if order.customer_id is None:
+        return
+    key = {
+        "customer_id": order.customer_id,
+        "currency_code": order.currency_code,
+        "slot": statistics_slot(order.order_id),
+    }
+    left = await uow.fetch_one(_TAKE_FROM_STATISTICS, {**key, "order_total": order.total_minor})
+    if left is None:  # no row: drifted (the operators' check reports it)
+        return
+    if left["order_count"] <= 0:
+        await uow.execute(_DROP_EMPTY_STATISTICS, key)
+    elif order.created_at in (left["first_order_at"], left["last_order_at"]):
+        await uow.execute(_RECOUNT_ENDS, key)
+
+
+async def follow_status_change(uow: UnitOfWork, moved: Moved) -> None:
+    """What a status change does to the order's customer's statistics."""
+    change = statistics_change(moved.old_status, OrderStatus(moved.order.status))
+    if change > 0:
+        await count_in_statistics(uow, moved.order)
+    elif change < 0:
+        await uncount_in_statistics(uow, moved.order)
+
+
+# -- checking the kept statistics against the orders (commerce order-stats check) -----------
+
+_IN_RANGE = (bindparam("after", type_=BigInteger()), bindparam("through", type_=BigInteger()))
+
+
+def _statistics_of_range() -> Statement:
+    """The statistics of the store's customers after `after` up to `through`, per
+    currency and slot, both as the orders say (source "expected") and as kept
+    ("kept"), in one statement: one snapshot, so a change that commits meanwhile is in
+    both or in neither."""
+    after, through = _IN_RANGE
+    slot = Order.order_id % STATISTICS_SLOTS
+    expected = (
+        select(
+            literal("expected").label("source"),
+            Order.customer_id,
+            Order.currency_code,
+            slot.label("slot"),
+            func.count(Order.order_id).label("order_count"),
+            func.sum(Order.total_minor).label("total_minor"),
+            func.min(Order.created_at, type_=UtcDateTime()).label("first_order_at"),
+            func.max(Order.created_at, type_=UtcDateTime()).label("last_order_at"),
+        )
+        .where(
+            *in_store(Order),
+            Order.customer_id > after,
+            Order.customer_id <= through,
+            Order.status != OrderStatus.CANCELLED.value,
+        )
+        .group_by(Order.customer_id, Order.currency_code, slot)
+    )
+    kept = select(
+        literal("kept"),
+        _STATS.customer_id,
+        _STATS.currency_code,
+        _STATS.slot,
+        _STATS.order_count,
+        _STATS.total_minor,
+        _STATS.first_order_at,
+        _STATS.last_order_at,
+    ).where(*in_store(_STATS), _STATS.customer_id > after, _STATS.customer_id <= through)
+    return Statement(union_all(expected, kept))
+
+
+_STATISTICS_OF_RANGE = _statistics_of_range()
+_HIGHEST_CUSTOMER = Statement(select(func.max(Customer.customer_id)).where(*in_store(Customer)))
+# The repair's locks: the customer (its creates share-lock it: those in flight end
+# first, new ones wait) and its kept rows (its cancels in flight end first).
+_LOCK_CUSTOMER = Statement(
+    select(Customer.customer_id).where(*in_store(Customer, "customer_id")).with_for_update()
+)
+_LOCK_KEPT = Statement(
+    select(_STATS.currency_code).where(*in_store(_STATS, "customer_id")).with_for_update()
+)
+_DELETE_KEPT = Statement(delete(_STATS).where(*_STATS_KEY))
+
+
+def _set_kept(dialect: str) -> Statement:
+    insert = upsert_insert(dialect, _STATS)
+    columns = [column.name for column in cast(Table, _STATS.__table__).c]
+    return Statement(
+        insert.values({name: bindparam(name) for name in columns}).on_conflict_do_update(
+            index_elements=["store_id", "customer_id", "currency_code", "slot"],
+            set_={name: insert.excluded[name] for name in columns[4:]},
+        )
+    )
+
+
+_SET_KEPT = {dialect: _set_kept(dialect) for dialect in DIALECTS}
+
+
+async def highest_customer_id(uow: UnitOfWork) -> int:
+    """The store's highest customer id (0 without customers)."""
+    return int(await uow.scalar(_HIGHEST_CUSTOMER) or 0)
+
+
+async def statistics_drift(uow: UnitOfWork, after: int, through: int) -> list[StatisticsDrift]:
+    """The kept statistics of the customers in (after, through] that differ from
+    their orders'."""
+    rows = await uow.fetch(_STATISTICS_OF_RANGE, {"after": after, "through": through})
+    sides: dict[str, dict[tuple[int, str, int], KeptTotals]] = {"expected": {}, "kept": {}}
+    for row in rows:
+        key = (row["customer_id"], row["currency_code"], int(row["slot"]))
+        sides[row["source"]][key] = KeptTotals(
+            int(row["order_count"]),
+            int(row["total_minor"]),  # PostgreSQL's sum(bigint) is numeric
+            row["first_order_at"],
+            row["last_order_at"],
+        )
+    return drifts_of(uow.store_id, sides["expected"], sides["kept"])
+
+
+async def repair_statistics(uow: UnitOfWork, customer_id: int) -> list[StatisticsDrift]:
+    """Makes the customer's kept statistics what their orders say, in the unit of
+    work's transaction, the customer and their kept rows locked first (on PostgreSQL
+    the orders are then read in a snapshot that holds every change whose statistics
+    change committed, and the changes after wait for this one). Returns the drift
+    it found and mended."""
+    params = {"customer_id": customer_id}
+    await uow.fetch(_LOCK_CUSTOMER, params)
+    await uow.fetch(_LOCK_KEPT, params)
+    drifts = await statistics_drift(uow, customer_id - 1, customer_id)
+    for drift in drifts:
+        key = {
+            "customer_id": customer_id,
+            "currency_code": drift.currency_code,
+            "slot": drift.slot,
+        }
+        if drift.expected is None:
+            await uow.execute(_DELETE_KEPT, key)
+        else:
+            await uow.execute(_SET_KEPT[uow.dialect], {**key, **asdict(drift.expected)})
+    return drifts
 
 
 # -- erasure (EraseCustomer, through the orders module's customer eraser) ------------------

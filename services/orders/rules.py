@@ -338,6 +338,19 @@ class CustomerOrderStats:
         return sum(totals.order_count for totals in self.currencies)
 
 
+def counted(status: OrderStatus) -> bool:
+    """Whether an order of `status` counts in its customer's statistics."""
+    return status is not OrderStatus.CANCELLED
+
+
+def statistics_change(old: OrderStatus, new: OrderStatus) -> int:
+    """What a status change does to its customer's statistics: 1 when the order
+    starts counting, -1 when it stops, 0 when neither (every change but into
+    CANCELLED today; the status machine lets no order leave it, but should one,
+    it counts again)."""
+    return int(counted(new)) - int(counted(old))
+
+
 def stats_of(
     store_id: int, customer_id: int, per_currency: Sequence[Mapping[str, Any]]
 ) -> CustomerOrderStats:
@@ -348,11 +361,62 @@ def stats_of(
     return CustomerOrderStats(
         store_id=store_id,
         customer_id=customer_id,
-        # PostgreSQL's sum(bigint) is numeric: back to int, exactly.
+        # PostgreSQL's sum(bigint) is numeric (the kept slots' counts are summed too):
+        # back to int, exactly.
         currencies=[
-            CurrencyTotals(row["currency_code"], row["order_count"], int(row["total_minor"]))
+            CurrencyTotals(row["currency_code"], int(row["order_count"]), int(row["total_minor"]))
             for row in counted
         ],
         first_order_time=min((row["first_time"] for row in counted), default=None),
         last_order_time=max((row["last_time"] for row in counted), default=None),
     )
+
+
+@dataclass(frozen=True)
+class KeptTotals:
+    """One customer's statistics in one currency: as kept, or as the orders say."""
+
+    order_count: int
+    total_minor: int
+    first_order_at: datetime
+    last_order_at: datetime
+
+    def __str__(self) -> str:
+        return (
+            f"{self.order_count} orders, total {self.total_minor}, "
+            f"first {self.first_order_at.isoformat()}, last {self.last_order_at.isoformat()}"
+        )
+
+
+@dataclass(frozen=True)
+class StatisticsDrift:
+    """A customer's kept statistics in a currency that differ from their orders'
+    (None: no row, or no counted order)."""
+
+    store_id: int
+    customer_id: int
+    currency_code: str
+    slot: int
+    expected: KeptTotals | None
+    kept: KeptTotals | None
+
+    def __str__(self) -> str:
+        return (
+            f"store {self.store_id} customer {self.customer_id} {self.currency_code}"
+            f" (slot {self.slot}): "
+            f"expected {self.expected or 'none'}; kept {self.kept or 'none'}"
+        )
+
+
+def drifts_of(
+    store_id: int,
+    expected: Mapping[tuple[int, str, int], KeptTotals],
+    kept: Mapping[tuple[int, str, int], KeptTotals],
+) -> list[StatisticsDrift]:
+    """Where the kept statistics differ from the expected ones, by customer, currency
+    and slot."""
+    return [
+        StatisticsDrift(store_id, *key, expected.get(key), kept.get(key))
+        for key in sorted(expected.keys() | kept.keys())
+        if expected.get(key) != kept.get(key)
+    ]

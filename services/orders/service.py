@@ -94,6 +94,9 @@ class OrderService:
             created = await queries.insert_order(uow, order, lines, customer)
             uow.record(OrderCreated(created))
             await remember(uow, key, order_id)
+            # Last: the customer's statistics row stays locked from here to the
+            # commit, so the customer's concurrent orders queue on it only this long.
+            await queries.count_in_statistics(uow, created)
             await uow.commit()
         return created
 
@@ -128,8 +131,9 @@ class OrderService:
         async with self._db.writing(store_id) as uow:
             check_order_id(order_id)
             moved = await _move(uow, StatusChange(order_id, status))
+            await queries.follow_status_change(uow, moved)
             await uow.commit()
-        return moved
+        return moved.order
 
     async def change_status(
         self, store_id: int, change: StatusChange, *, request_id: str = ""
@@ -145,19 +149,20 @@ class OrderService:
             if (revision := await claim(uow, key)) is not None:
                 return await queries.order_at_revision(uow, change.order_id, revision)
             moved = await _move(uow, replace(change, **_stored(values)))
-            await remember(uow, key, moved.revision)
+            await remember(uow, key, moved.order.revision)
+            await queries.follow_status_change(uow, moved)  # last, as in create_order
             await uow.commit()
-        return moved
+        return moved.order
 
 
 def _stored(values: dict[str, Any]) -> dict[str, Any]:
     return {name: values[name] for name in ("tracking_reference", "cancel_reason")}
 
 
-async def _move(uow: UnitOfWork, change: StatusChange) -> OrderSnapshot:
+async def _move(uow: UnitOfWork, change: StatusChange) -> queries.Moved:
     """Makes the change and records its event, or raises why not: NOT_FOUND, ABORTED
     for a stale etag (checked first), FAILED_PRECONDITION when the order's status
-    cannot become the new one."""
+    cannot become the new one. The caller follows it in the statistics."""
     moved = await queries.move_order(
         uow,
         change.order_id,
@@ -168,7 +173,7 @@ async def _move(uow: UnitOfWork, change: StatusChange) -> OrderSnapshot:
     )
     if moved is not None:
         uow.record(OrderStatusChanged(moved.order, old_status=moved.old_status))
-        return moved.order
+        return moved
     current = await queries.order_state(uow, change.order_id)
     if current is None:
         raise NotFound("order", str(change.order_id))

@@ -151,6 +151,9 @@ _FILL_STORE = (
     """INSERT INTO orders SELECT $1, o, 'O' || o, 1 + o % {customers}, 'paid', 'EUR', 1000, '',
         now() - ({orders} - o) * interval '1 second', now()
     FROM generate_series(1, {orders}) AS o""",
+    """INSERT INTO customer_order_stats SELECT $1, customer_id, currency_code, order_id % 16,
+        count(*), sum(total_minor), min(created_at), max(created_at)
+    FROM orders WHERE store_id = $1 GROUP BY customer_id, currency_code, order_id % 16""",
     """INSERT INTO order_line_items SELECT $1, o, l, 'SKU', 'Item', 1, 500, 500
     FROM generate_series(1, {orders}) AS o, generate_series(1, 2) AS l""",
     """INSERT INTO order_revisions SELECT $1, o, 2, 'paid', '', '', now()
