@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import multiprocessing
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,8 @@ from commerce.orders.v1 import order_service_pb2_grpc as orders_grpc
 from google.protobuf import field_mask_pb2
 
 Call = Callable[[], Awaitable[Any]]
+# How long a load process waits for the others to start before giving up.
+READY_TIMEOUT = 120.0
 # The statuses an order of UpdateOrderStatus goes through, one pass of the orders each.
 STATUS_PASSES = (order_pb2.ORDER_STATUS_PAID, order_pb2.ORDER_STATUS_SHIPPED)
 
@@ -265,13 +269,39 @@ def _run_process(plan: Plan, process: int) -> Tally:
     return asyncio.run(_drive(plan, process))
 
 
-def run(plan: Plan, processes: int) -> Tally:
-    """Runs the plan in `processes` processes; blocks until they are done."""
-    total = Tally()
-    # fork would copy this process's gRPC state; a fresh interpreter is safe.
-    import multiprocessing
+def _arrive(ready: Any) -> None:
+    """A load process's start: it has imported what it runs (this module) and waits
+    until every other has too."""
+    ready.wait(timeout=READY_TIMEOUT)
 
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+
+def _nothing(_: int) -> None:
+    """A task that makes the pool start a process (each waits for all in _arrive)."""
+
+
+@contextmanager
+def ready_pool(processes: int) -> Iterator[ProcessPoolExecutor]:
+    """`processes` load processes, each started and ready: a fresh interpreter (spawned,
+    as forking would copy this process's gRPC state) takes seconds to import gRPC on a
+    busy machine, so a plan's start time is set once they are, not before."""
+    spawn = multiprocessing.get_context("spawn")
+    ready = spawn.Barrier(processes)
+    with ProcessPoolExecutor(
+        processes, mp_context=spawn, initializer=_arrive, initargs=(ready,)
+    ) as pool:
+        # One task a process: the pool starts a process for each task it has no idle
+        # process for, and none is idle before the barrier lets them all go.
+        list(pool.map(_nothing, range(processes)))
+        yield pool
+
+
+def run(plan: Plan, processes: int, pool: ProcessPoolExecutor | None = None) -> Tally:
+    """Runs the plan in `processes` processes (those of `pool`, from ready_pool, when
+    given); blocks until they are done."""
+    total = Tally()
+    with ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(ready_pool(processes))
         for tally in pool.map(_run_process, [plan] * processes, range(processes)):
             total.add(tally)
     return total
