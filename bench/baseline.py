@@ -1,6 +1,6 @@
 """The bare baseline of the benchmark: the cheapest server that does the same work.
 
-It serves ten RPCs of the real server with the same generated protobuf messages and
+It serves twelve RPCs of the real server with the same generated protobuf messages and
 the same SQL statements, but through nothing except grpc.aio and an asyncpg pool:
 no SQLAlchemy, no interceptors, no per-call logging, no metrics. Measuring both under
 the same load shows what the real server's layers cost on top of the unavoidable
@@ -8,7 +8,8 @@ work (HTTP/2 and protobuf, the database round trips, bcrypt).
 
   commerce.customers.v1.CustomerService    GetCustomer, ListCustomers, UpdateCustomer,
                                            AuthenticateCustomer, CreateCustomer
-  commerce.orders.v1.OrderService          CreateOrder, GetOrder, UpdateOrderStatus
+  commerce.orders.v1.OrderService          CreateOrder, GetOrder, ListOrders,
+                                           UpdateOrderStatus, CancelOrder
   commerce.orders.v1.CustomerOrderService  GetCustomerOrderStats, ListCustomerOrders
 
 Every other method of these services is UNIMPLEMENTED. The responses fill the same
@@ -42,6 +43,11 @@ What it skips, and why the comparison stays fair:
   filter is UNIMPLEMENTED here.
 - UpdateCustomer changes the first name only (the benchmark's update), and takes
   no etag.
+- ListOrders serves only the unfiltered listing of the store's orders; a filter is
+  UNIMPLEMENTED here. CancelOrder takes no etag and no request_id.
+- Order statistics are aggregated from the orders on every GetCustomerOrderStats,
+  as the real server first did: the baseline keeps no table of them, so its order
+  changes write less and its statistics read more.
 
 Run it on a migrated database beside, or instead of, the real server:
 
@@ -168,7 +174,7 @@ INSERT_LINE_ITEM = (
 )
 _ORDER_COLUMNS = (
     " store_id, order_id, order_number, customer_id, status, currency_code,"
-    " total_minor, contact_email, created_at, updated_at"
+    " total_minor, contact_email, created_at, updated_at, revision, cancel_reason"
 )
 _ORDER_ROW = "SELECT" + _ORDER_COLUMNS + " FROM orders WHERE store_id = $1 AND customer_id = $2"
 GET_ORDER = "SELECT" + _ORDER_COLUMNS + " FROM orders WHERE store_id = $1 AND order_id = $2"
@@ -177,11 +183,31 @@ ORDER_LINE_ITEMS = (
     " line_total_minor FROM order_line_items WHERE store_id = $1 AND order_id = $2"
     " ORDER BY line_number"
 )
-# One conditional UPDATE: the transition is checked and made atomically.
+# services/orders/queries.py _move_order: one conditional UPDATE, the transition
+# checked and made atomically, the revision counted up. Into a status more than one
+# status may precede (CANCELLED), PostgreSQL joins the order's row as locked, to
+# return the status the order came from.
 MOVE_ORDER = (
-    "UPDATE orders SET status = $3, updated_at = $4"  # noqa: S608 - fixed text
-    " WHERE store_id = $1 AND order_id = $2 AND status = ANY($5::varchar[])"
-    " RETURNING" + _ORDER_COLUMNS
+    "UPDATE orders SET status = $3, updated_at = $4,"  # noqa: S608 - fixed text
+    " revision = orders.revision + 1 WHERE store_id = $1 AND order_id = $2"
+    " AND status = ANY($5::varchar[]) RETURNING" + _ORDER_COLUMNS
+)
+CANCEL_ORDER = (
+    "UPDATE orders SET status = 'cancelled', updated_at = $3,"  # noqa: S608 - fixed text
+    " revision = orders.revision + 1, cancel_reason = $4"
+    " FROM (SELECT locked_order.order_id AS locked_order_id, locked_order.status AS old_status"
+    " FROM orders AS locked_order WHERE locked_order.store_id = $1"
+    " AND locked_order.order_id = $2 FOR UPDATE) AS locked"
+    " WHERE orders.store_id = $1 AND orders.order_id = $2"
+    " AND (orders.status = 'pending' OR orders.status = 'paid')"
+    " AND orders.order_id = locked.locked_order_id RETURNING"
+    + _ORDER_COLUMNS
+    + ", locked.old_status"
+)
+# What a status change left: the row a request_id's retry answers from.
+INSERT_REVISION = (
+    "INSERT INTO order_revisions (store_id, order_id, revision, status,"
+    " tracking_reference, cancel_reason, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
 )
 _NEWEST_FIRST = " ORDER BY created_at DESC, order_id DESC"
 CUSTOMER_ORDERS = _ORDER_ROW + _NEWEST_FIRST + " LIMIT $3"
@@ -192,6 +218,28 @@ CUSTOMER_ORDERS_AFTER = (
     + " AND (created_at, order_id) < ($3::timestamptz, $4::bigint)"
     + _NEWEST_FIRST
     + " LIMIT $5"
+)
+# services/orders/queries.py orders_page without filters: the store's orders newest
+# first by the keyset (created_at, order_id); then the page's lines and customers by
+# the page's own keys, each key a probe of its index (rows_of_keys).
+STORE_ORDERS = (
+    "SELECT" + _ORDER_COLUMNS + " FROM orders WHERE store_id = $1" + _NEWEST_FIRST + " LIMIT $2"
+)
+STORE_ORDERS_AFTER = (
+    "SELECT" + _ORDER_COLUMNS + " FROM orders WHERE store_id = $1"
+    " AND ($2::timestamptz, $3::bigint) > (created_at, order_id)" + _NEWEST_FIRST + " LIMIT $4"
+)
+LINES_OF_ORDERS = (
+    "SELECT found.* FROM unnest($1::bigint[]) AS wanted(order_id) JOIN LATERAL"
+    " (SELECT store_id, order_id, line_number, sku, name, quantity, unit_price_minor,"
+    " line_total_minor FROM order_line_items WHERE store_id = $2"
+    " AND order_id = wanted.order_id OFFSET 0) AS found ON true"
+    " ORDER BY found.order_id, found.line_number"
+)
+CUSTOMERS_OF_KEYS = (
+    "SELECT found.* FROM unnest($1::bigint[]) AS wanted(customer_id) JOIN LATERAL"  # noqa: S608 - fixed text
+    " (SELECT" + _CUSTOMER_COLUMNS + " FROM customers WHERE store_id = $2"
+    " AND customer_id = wanted.customer_id OFFSET 0) AS found ON true"
 )
 # services/orders/statistics.py: the customer LEFT JOIN its counted orders,
 # aggregated per currency in a subquery. No row: no such customer; one row with a
@@ -321,7 +369,7 @@ def stats_to_proto(
 
 
 class Baseline:
-    """The ten RPCs, each straight from request to SQL to response."""
+    """The twelve RPCs, each straight from request to SQL to response."""
 
     def __init__(
         self,
@@ -483,7 +531,89 @@ class Baseline:
                     f"order {request.order_id} cannot become {target}",
                 )
             message = await _order_message(connection, order)
+            await _record_revision(connection, order)
         return order_service_pb2.UpdateOrderStatusResponse(order=message)
+
+    async def CancelOrder(
+        self, request: order_service_pb2.CancelOrderRequest, context: Context
+    ) -> order_service_pb2.CancelOrderResponse:
+        async with self._pool.acquire() as connection, connection.transaction():
+            order = await connection.fetchrow(
+                CANCEL_ORDER,
+                request.store_id,
+                request.order_id,
+                datetime.now(UTC),
+                request.reason.strip(),
+            )
+            if order is None:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"order {request.order_id} cannot become cancelled",
+                )
+            message = await _order_message(connection, order)
+            await _record_revision(connection, order)
+        return order_service_pb2.CancelOrderResponse(order=message)
+
+    async def ListOrders(
+        self, request: order_service_pb2.ListOrdersRequest, context: Context
+    ) -> order_service_pb2.ListOrdersResponse:
+        if (
+            request.status
+            or request.statuses
+            or request.customer_id
+            or request.HasField("create_time_start")
+            or request.HasField("create_time_end")
+        ):
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, "the baseline lists orders unfiltered only"
+            )
+        store_id = request.store_id
+        # services/orders/service.py _page_scope of an unfiltered listing.
+        scope = {
+            "list": "orders",
+            "store_id": store_id,
+            "status": "None",
+            "customer_id": "0",
+            "created_from": "None",
+            "created_before": "None",
+        }
+        size, position = await _page(context, self._page_tokens, request, scope)
+        async with self._pool.acquire() as connection:
+            if position:
+                created_at, order_id = position
+                orders = await connection.fetch(
+                    STORE_ORDERS_AFTER,
+                    store_id,
+                    datetime.fromisoformat(created_at),
+                    order_id,
+                    size + 1,
+                )
+            else:
+                orders = await connection.fetch(STORE_ORDERS, store_id, size + 1)
+            lines: dict[int, list[Row]] = {}
+            customers: dict[int, customer_pb2.Customer] = {}
+            if orders:
+                order_ids = [order["order_id"] for order in orders]
+                for line in await connection.fetch(LINES_OF_ORDERS, order_ids, store_id):
+                    lines.setdefault(line["order_id"], []).append(line)
+                customer_ids = sorted({order["customer_id"] for order in orders} - {None})
+                if customer_ids:
+                    for row in await connection.fetch(CUSTOMERS_OF_KEYS, customer_ids, store_id):
+                        customers[row["customer_id"]] = customer_to_proto(row)
+        # As the real server, the lines and customers of the one row past the page
+        # are read too: the page is cut after.
+        page, token = self._page_tokens.cut(
+            orders, size, scope, lambda last: [last["created_at"].isoformat(), last["order_id"]]
+        )
+        return order_service_pb2.ListOrdersResponse(
+            orders=[
+                order_to_proto(
+                    order, lines.get(order["order_id"], ()), customers.get(order["customer_id"])
+                )
+                for order in page
+            ],
+            next_page_token=token,
+        )
 
     async def CreateOrder(
         self, request: order_service_pb2.CreateOrderRequest, context: Context
@@ -664,6 +794,16 @@ class Baseline:
                     order_service_pb2.UpdateOrderStatusRequest,
                     order_service_pb2.UpdateOrderStatusResponse,
                 ),
+                "CancelOrder": (
+                    self.CancelOrder,
+                    order_service_pb2.CancelOrderRequest,
+                    order_service_pb2.CancelOrderResponse,
+                ),
+                "ListOrders": (
+                    self.ListOrders,
+                    order_service_pb2.ListOrdersRequest,
+                    order_service_pb2.ListOrdersResponse,
+                ),
             },
             customer_order_service_pb2.DESCRIPTOR.services_by_name["CustomerOrderService"]: {
                 "GetCustomerOrderStats": (
@@ -744,6 +884,20 @@ async def _order_message(connection: PoolConnection, order: Row) -> order_pb2.Or
     return order_to_proto(order, lines, customer)
 
 
+async def _record_revision(connection: PoolConnection, order: Row) -> None:
+    """services/orders/queries.py move_order: what a status change left, by revision."""
+    await connection.execute(
+        INSERT_REVISION,
+        order["store_id"],
+        order["order_id"],
+        order["revision"],
+        order["status"],
+        "",  # the benchmark ships nothing: no tracking reference
+        order["cancel_reason"],
+        order["updated_at"],
+    )
+
+
 async def _customer_not_found(context: Context, customer_id: int) -> Never:
     await context.abort(grpc.StatusCode.NOT_FOUND, f"customer {customer_id} not found")
 
@@ -760,7 +914,7 @@ async def _email_taken(context: Context) -> Never:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.baseline",
-        description="The benchmark's bare baseline: ten RPCs of the real server on raw "
+        description="The benchmark's bare baseline: twelve RPCs of the real server on raw "
         "asyncpg, without its layers.",
     )
     parser.add_argument(

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import multiprocessing
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +34,23 @@ from commerce.orders.v1 import order_service_pb2_grpc as orders_grpc
 from google.protobuf import field_mask_pb2
 
 Call = Callable[[], Awaitable[Any]]
+# How long a load process waits for the others to start before giving up.
+READY_TIMEOUT = 120.0
 # The statuses an order of UpdateOrderStatus goes through, one pass of the orders each.
 STATUS_PASSES = (order_pb2.ORDER_STATUS_PAID, order_pb2.ORDER_STATUS_SHIPPED)
+
+
+# The mix of the "mixed_writes" scenario, each call's share (they add up to 1): 10%
+# writes that move statistics, 1% statistics of the store's biggest customer.
+MIXED_WRITES_SHARES = {
+    "GetCustomer": 0.50,
+    "GetOrder": 0.10,
+    "ListCustomerOrders": 0.15,
+    "GetCustomerOrderStats": 0.14,
+    "GetCustomerOrderStats, the biggest customer": 0.01,
+    "CreateOrder": 0.05,
+    "CancelOrder": 0.05,
+}
 
 
 @dataclass(frozen=True)
@@ -46,8 +63,9 @@ class Plan:
     warmup: float
     duration: float
     concurrency: int
-    # The seeded store (ids, emails: see bench.seed), and for UpdateOrderStatus
-    # "pending_orders": one list of PENDING order ids for each process.
+    # The seeded store (ids, emails: see bench.seed), and for UpdateOrderStatus and
+    # mixed_writes (CancelOrder) "pending_orders": one list of PENDING order ids for
+    # each process.
     data: dict[str, Any]
 
 
@@ -173,12 +191,62 @@ def _calls(plan: Plan, channel: grpc.aio.Channel, process: int) -> Callable[[], 
             )
         return lambda: orders.CreateOrder(order_request(store, customer))
 
+    # This process's PENDING orders for CancelOrder, each cancelled once.
+    to_cancel = iter(own_orders)
+
+    def cancel_or_create() -> Call:
+        order_id = next(to_cancel, None)
+        if order_id is None:  # every order dealt out is cancelled: write on with creates
+            return lambda: orders.CreateOrder(order_request(store, a_customer()))
+        request = orders_pb.CancelOrderRequest(
+            store_id=store, order_id=order_id, reason="Changed my mind"
+        )
+        return lambda: orders.CancelOrder(request)
+
+    def mixed_writes() -> Call:
+        # Reads of customers, orders and statistics, and one call in ten a write that
+        # moves a customer's statistics: a new order, or a pending one cancelled. A
+        # small share asks for the statistics of the customer with the most orders.
+        roll = rng.random()
+        if roll < MIXED_WRITES_SHARES["GetCustomer"]:
+            return get_customer()
+        customer = a_customer()
+        roll -= MIXED_WRITES_SHARES["GetCustomer"]
+        if roll < MIXED_WRITES_SHARES["GetOrder"]:
+            order_request_ = orders_pb.GetOrderRequest(
+                store_id=store, order_id=rng.randint(1, data["orders"])
+            )
+            return lambda: orders.GetOrder(order_request_)
+        roll -= MIXED_WRITES_SHARES["GetOrder"]
+        if roll < MIXED_WRITES_SHARES["ListCustomerOrders"]:
+            return lambda: history.ListCustomerOrders(
+                history_pb.ListCustomerOrdersRequest(
+                    store_id=store, customer_id=customer, page_size=10
+                )
+            )
+        roll -= MIXED_WRITES_SHARES["ListCustomerOrders"]
+        if roll < MIXED_WRITES_SHARES["GetCustomerOrderStats"]:
+            return lambda: history.GetCustomerOrderStats(
+                history_pb.GetCustomerOrderStatsRequest(store_id=store, customer_id=customer)
+            )
+        roll -= MIXED_WRITES_SHARES["GetCustomerOrderStats"]
+        if roll < MIXED_WRITES_SHARES["GetCustomerOrderStats, the biggest customer"]:
+            big = history_pb.GetCustomerOrderStatsRequest(
+                store_id=store, customer_id=data["big_customer_id"]
+            )
+            return lambda: history.GetCustomerOrderStats(big)
+        roll -= MIXED_WRITES_SHARES["GetCustomerOrderStats, the biggest customer"]
+        if roll < MIXED_WRITES_SHARES["CreateOrder"]:
+            return lambda: orders.CreateOrder(order_request(store, customer))
+        return cancel_or_create()
+
     scenarios: dict[str, Callable[[], Call | None]] = {
         "create_customer": create_customer,
         "get_customer": get_customer,
         "update_customer": update_customer,
         "update_order_status": update_order_status,
         "mixed": mixed,
+        "mixed_writes": mixed_writes,
     }
     return scenarios[plan.scenario]
 
@@ -201,13 +269,39 @@ def _run_process(plan: Plan, process: int) -> Tally:
     return asyncio.run(_drive(plan, process))
 
 
-def run(plan: Plan, processes: int) -> Tally:
-    """Runs the plan in `processes` processes; blocks until they are done."""
-    total = Tally()
-    # fork would copy this process's gRPC state; a fresh interpreter is safe.
-    import multiprocessing
+def _arrive(ready: Any) -> None:
+    """A load process's start: it has imported what it runs (this module) and waits
+    until every other has too."""
+    ready.wait(timeout=READY_TIMEOUT)
 
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+
+def _nothing(_: int) -> None:
+    """A task that makes the pool start a process (each waits for all in _arrive)."""
+
+
+@contextmanager
+def ready_pool(processes: int) -> Iterator[ProcessPoolExecutor]:
+    """`processes` load processes, each started and ready: a fresh interpreter (spawned,
+    as forking would copy this process's gRPC state) takes seconds to import gRPC on a
+    busy machine, so a plan's start time is set once they are, not before."""
+    spawn = multiprocessing.get_context("spawn")
+    ready = spawn.Barrier(processes)
+    with ProcessPoolExecutor(
+        processes, mp_context=spawn, initializer=_arrive, initargs=(ready,)
+    ) as pool:
+        # One task a process: the pool starts a process for each task it has no idle
+        # process for, and none is idle before the barrier lets them all go.
+        list(pool.map(_nothing, range(processes)))
+        yield pool
+
+
+def run(plan: Plan, processes: int, pool: ProcessPoolExecutor | None = None) -> Tally:
+    """Runs the plan in `processes` processes (those of `pool`, from ready_pool, when
+    given); blocks until they are done."""
+    total = Tally()
+    with ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(ready_pool(processes))
         for tally in pool.map(_run_process, [plan] * processes, range(processes)):
             total.add(tally)
     return total

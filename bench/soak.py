@@ -263,9 +263,12 @@ async def _count_orders(url: str, store_id: int) -> int:
         await connection.close()
 
 
+HEADING = "## Soak: a mixed load on a store that starts empty"
+
+
 def render(report: SoakReport) -> str:
     lines = [
-        "## Soak: a mixed load on a store that starts empty",
+        HEADING,
         "",
         f"{CALLERS} calls in flight for {report.minutes:g} minutes against one server"
         f" process, on a database that starts with {CUSTOMERS} customers and no order,"

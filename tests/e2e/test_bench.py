@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from sqlalchemy.engine import make_url
 from bench.broker import nats_server_available
 from bench.pooler import pgbouncer_available
 from bench.replication import replication_available
+from bench.run import MIXED, MIXED_WRITES, SQLITE_VERSUS, TYPICAL_STATS
+from bench.soak import HEADING as SOAK_HEADING
 from tests.conftest import BACKENDS, POSTGRES_URL
 from tests.process import ROOT
 
@@ -61,36 +65,59 @@ async def _drop(database: str) -> None:
         await connection.close()
 
 
-@pytest.mark.timeout(600)
-def test_every_scenario_is_served_by_every_server(tmp_path):
+@dataclass(frozen=True)
+class SmokeRun:
+    """`scripts/bench --smoke` in two runs with its soak: its JSON and its page."""
+
+    figures: Path
+    report: dict[str, Any]
+    page: Path
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
+    """The whole benchmark, tiny and short, once for the tests of what it reports."""
+    folder = tmp_path_factory.mktemp("bench")
     database = f"commerce_bench_smoke_{uuid.uuid4().hex[:8]}"
     url = make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
-    figures, page = tmp_path / "figures.json", tmp_path / "benchmarks.md"
+    figures, page = folder / "figures.json", folder / "benchmarks.md"
     command = [sys.executable, "-m", "bench.run", "--smoke", "--database-url", url]
-    command += ["--output", str(page), "--json", str(figures)]
+    command += ["--runs", "2", "--output", str(page), "--json", str(figures)]
     try:
         done = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
+            command, cwd=ROOT, capture_output=True, text=True, timeout=840, check=False
         )
     finally:
-        asyncio.run(_drop(database))
+        for name in (database, f"{database}_soak", f"{database}_sqlite_seed"):
+            asyncio.run(_drop(name))
+        for stale in (ROOT / ".bench").glob(f"{database}*"):
+            stale.unlink()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return SmokeRun(figures, json.loads(figures.read_text()), page)
 
-    rows = json.loads(figures.read_text())["rows"]
-    served = {(row["scenario"], row["target"]) for row in rows}
-    for scenario in (
-        "GetCustomer",
-        "CreateOrder",
-        "GetOrder",
-        "UpdateCustomer",
-        "UpdateOrderStatus",
-        "AuthenticateCustomer",
-        "CreateCustomer",
-    ):
-        assert (scenario, "suite-1w") in served
-        assert (scenario, "baseline") in served
-    assert ("GetCustomer", "rest-peer") in served
-    assert ("GetCustomer, 2 worker processes", "suite-2w") in served
+
+@pytest.mark.timeout(900)
+def test_every_scenario_is_served_by_every_server(smoke_run):
+    rows = smoke_run.report["rows"]
+    served = {(row["scenario"], row["target"], row["run"]) for row in rows}
+    for run in (1, 2):
+        for scenario in (
+            "GetCustomer",
+            "CreateOrder",
+            "GetOrder",
+            "ListOrders, page 1",
+            TYPICAL_STATS,
+            "UpdateCustomer",
+            "UpdateOrderStatus",
+            "CreateCustomer",
+            MIXED,
+            MIXED_WRITES,
+        ):
+            assert (scenario, "suite-1w", run) in served, (scenario, run)
+            assert (scenario, "baseline", run) in served, (scenario, run)
+        assert ("GetCustomer", "rest-peer", run) in served
+    assert ("AuthenticateCustomer", "suite-1w", 1) in served
+    assert ("GetCustomer, 2 worker processes", "suite-2w", 1) in served
     for row in rows:
         assert row["errors"] == 0, row
         assert row["per_second"] > 0, row
@@ -99,9 +126,107 @@ def test_every_scenario_is_served_by_every_server(tmp_path):
             # h2load reads no gRPC status: the database's new orders prove the calls
             # worked (the count includes the warm-up's).
             assert row["created"] >= row["requests"] > 0, row
-    table = page.read_text()
+        if row["scenario"] == MIXED_WRITES:
+            # One call in ten writes: some orders were made, some cancelled.
+            assert row["created"] > 0, row
+            assert row["cancelled"] > 0, row
+    table = smoke_run.page.read_text()
     assert "| GetCustomer | " in table
     assert "throughput ratio" in table
+
+
+@pytest.mark.timeout(900)
+def test_the_suite_on_sqlite_is_measured_against_itself_on_postgresql(smoke_run):
+    served = {(row["scenario"], row["target"], row["run"]) for row in smoke_run.report["rows"]}
+    for run in (1, 2):
+        for scenario in ("GetCustomer", "CreateOrder"):
+            assert (scenario + SQLITE_VERSUS, "suite-1w", run) in served
+            assert (scenario + SQLITE_VERSUS, "suite-sqlite", run) in served
+    store = smoke_run.report["settings"]["sqlite_store"]
+    assert store["rows"]["orders"] == store["orders"] > 0
+    assert store["rows"]["customers"] == store["customers"] > 0
+    assert store["file_mb"] > 0
+    table = smoke_run.page.read_text()
+    sqlite = _section(table, "## SQLite, the embedded default")
+    assert any(line.startswith("| GetCustomer | ") for line in sqlite), sqlite
+    assert any(line.startswith("| CreateOrder | ") for line in sqlite), sqlite
+    assert f"{store['customers']:,} customers and {store['orders']:,} orders" in table
+
+
+@pytest.mark.timeout(900)
+def test_the_report_gives_each_ratio_with_the_spread_of_the_runs(smoke_run):
+    assert smoke_run.report["runs"] == 2
+    ratios = _section(smoke_run.page.read_text(), "## Against the baseline and the REST peer")
+    # The median, then the least and the greatest run in brackets.
+    spread = re.compile(r"^\| GetCustomer \| [\d,.]+ \| [\d,.]+ \| [\d.]+ \([\d.]+-[\d.]+\) \|")
+    assert any(spread.match(line) for line in ratios), ratios
+
+
+@pytest.mark.timeout(900)
+def test_the_soak_runs_with_the_benchmark_and_is_reported(smoke_run):
+    soak = smoke_run.report["soak"]
+    assert len(soak["per_second"]) == 3  # 6 s in windows of 2 s
+    assert all(rate > 0 for rate in soak["per_second"])
+    assert soak["errors"] == {}
+    windows = _section(smoke_run.page.read_text(), SOAK_HEADING)
+    assert sum(line.startswith("| 0 to 2 s |") for line in windows) == 1
+
+
+@pytest.mark.timeout(900)
+def test_the_report_says_which_goal_is_met(smoke_run):
+    goals = _section(smoke_run.page.read_text(), "## Goals")
+    verdicts = [line.rsplit("|", 2)[1].strip() for line in goals if line.startswith("| ")][1:]
+    # The main scenarios, two statistics, two SQLite, CreateOrder before/after, runs.
+    assert len(verdicts) == 7 + 2 + 2 + 1 + 1, goals
+    assert set(verdicts) <= {"met", "**not met**", "not measured"}
+    assert verdicts.count("not measured") == 1  # CreateOrder: no earlier run given
+    (runs,) = [line for line in goals if line.startswith("| 3 runs")]
+    assert runs.endswith("| 2 run(s) | **not met** |")
+
+
+@pytest.mark.timeout(900)
+def test_the_benchmark_draws_its_charts(smoke_run):
+    table = smoke_run.page.read_text()
+    for chart in ("ratios", "soak"):
+        assert f"(benchmarks/{chart}.png)" in table
+        width, height = _png_size(smoke_run.page.parent / "benchmarks" / f"{chart}.png")
+        assert 400 <= width <= 2000, (chart, width)
+        assert 200 <= height <= 3000, (chart, height)
+
+
+@pytest.mark.timeout(900)
+def test_an_earlier_run_is_set_beside_this_one(smoke_run, tmp_path):
+    """Rendered again from its JSON with an earlier run's (here the same one): before
+    and after, and the goal of CreateOrder judged."""
+    again = tmp_path / "again.md"
+    command = [sys.executable, "-m", "bench.run", "--from-json", str(smoke_run.figures)]
+    command += ["--before", str(smoke_run.figures), "--output", str(again)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rendered = again.read_text()
+    compared = _section(rendered, "## Before and after")
+    assert any(line.startswith("| ListOrders, page 1 | ") for line in compared), compared
+    goals = _section(rendered, "## Goals")
+    (create_order,) = [line for line in goals if line.startswith("| CreateOrder with statistics")]
+    assert "| 1.00 (ratio to the baseline" in create_order
+    assert (tmp_path / "again" / "ratios.png").exists()
+
+
+def _section(markdown: str, heading: str) -> list[str]:
+    """The lines of a section of the Markdown, up to the next heading."""
+    lines = markdown.splitlines()
+    start = lines.index(heading) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """A PNG's width and height, from its header (and proof it is one)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert data[12:16] == b"IHDR", path
+    assert b"tIME" not in data  # no time stamp: the same figures draw the same bytes
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 @pytest.mark.timeout(300)
