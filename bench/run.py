@@ -365,6 +365,9 @@ MIXED_WRITES = (
 # The suite on its embedded default against itself on PostgreSQL.
 SQLITE = "suite-sqlite"
 SQLITE_VERSUS = ", SQLite against PostgreSQL"
+# The suite of an earlier revision, one that keeps no order statistics (--without-statistics).
+WITHOUT_STATISTICS = "suite-without-statistics"
+CREATE_WITHOUT_STATISTICS = "CreateOrder, statistics kept against not"
 
 
 def big_stats_name(scale: Scale) -> str:
@@ -541,10 +544,13 @@ def run(
     reseed: bool,
     runs: int | None = None,
     soak_minutes: float | None = None,
+    without_statistics: str | None = None,
 ) -> Report:
     """Every measurement of the benchmark: the comparisons `runs` times over (default:
     the scale's), then what is measured once (logins, two workers), then the soak
-    (`soak_minutes`, default the scale's; 0: none)."""
+    (`soak_minutes`, default the scale's; 0: none). With `without_statistics` (a git
+    revision that keeps no order statistics), each run also sets CreateOrder beside
+    that revision's, served from a checkout of it on the same database."""
     scale = SCALES[scale_name]
     runs = scale.runs if runs is None else runs
     soak_minutes = scale.soak_minutes if soak_minutes is None else soak_minutes
@@ -607,11 +613,27 @@ def run(
             )
         )
         _check_deep_token(calls, store, ours)
+        without = None
+        if without_statistics:
+            checkout = stack.enter_context(_checkout(without_statistics))
+            without = stack.enter_context(
+                servers.suite(
+                    url,
+                    probe,
+                    log_dir,
+                    bcrypt_rounds=scale.bcrypt_rounds,
+                    name=WITHOUT_STATISTICS,
+                    settings={"PYTHONPATH": str(checkout)},
+                )
+            )
 
         for number in range(1, runs + 1):
             bench.number = number
             print(f"run {number} of {runs}", flush=True)
             _comparisons(bench, calls, sqlite_calls, ours, base, rest, embedded)
+            if without is not None:
+                # What keeping the statistics costs CreateOrder: the same load, in turns.
+                bench.unary_pair(CREATE_WITHOUT_STATISTICS, calls["CreateOrder"], ours, without)
 
         bench.number = 1  # what follows is measured once
         # Logins: bcrypt at the production cost on every core is the ceiling.
@@ -668,6 +690,22 @@ def _comparisons(
         bench.generated("UpdateOrderStatus", "update_order_status", server, concurrency=16)
         bench.generated(MIXED, "mixed", server, concurrency=16)
         bench.generated(MIXED_WRITES, "mixed_writes", server, concurrency=16)
+
+
+@contextmanager
+def _checkout(revision: str) -> Iterator[Path]:
+    """A temporary checkout of `revision` of this repository, its code importable
+    from the folder given (PYTHONPATH) ahead of the installed one."""
+    with tempfile.TemporaryDirectory(prefix="bench-checkout-") as parent:
+        folder = Path(parent) / "code"
+        git = ["git", "-C", str(ROOT), "worktree"]
+        subprocess.run(  # noqa: S603 - git, on this repository
+            [*git, "add", "--quiet", "--detach", str(folder), revision], check=True
+        )
+        try:
+            yield folder
+        finally:
+            subprocess.run([*git, "remove", "--force", str(folder)], check=False)  # noqa: S603
 
 
 def _check_deep_token(calls: dict[str, Unary], store: SeededStore, ours: servers.Running) -> None:
@@ -737,6 +775,12 @@ def main(argv: list[str] | None = None) -> int:
         help="an earlier run's --json (say, of the code before a change): the report "
         "sets this run's figures beside it",
     )
+    parser.add_argument(
+        "--without-statistics",
+        metavar="REVISION",
+        help="a git revision whose suite keeps no order statistics: each run sets "
+        "CreateOrder beside it (what keeping them costs)",
+    )
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -758,6 +802,7 @@ def main(argv: list[str] | None = None) -> int:
         reseed=args.reseed or args.smoke,
         runs=args.runs,
         soak_minutes=args.soak_minutes,
+        without_statistics=args.without_statistics,
     )
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(report), indent=1))

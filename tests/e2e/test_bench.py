@@ -20,7 +20,14 @@ from sqlalchemy.engine import make_url
 from bench.broker import nats_server_available
 from bench.pooler import pgbouncer_available
 from bench.replication import replication_available
-from bench.run import MIXED, MIXED_WRITES, SQLITE_VERSUS, TYPICAL_STATS
+from bench.run import (
+    CREATE_WITHOUT_STATISTICS,
+    MIXED,
+    MIXED_WRITES,
+    SQLITE_VERSUS,
+    TYPICAL_STATS,
+    WITHOUT_STATISTICS,
+)
 from bench.soak import HEADING as SOAK_HEADING
 from tests.conftest import BACKENDS, POSTGRES_URL
 from tests.process import ROOT
@@ -83,6 +90,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
     figures, page = folder / "figures.json", folder / "benchmarks.md"
     command = [sys.executable, "-m", "bench.run", "--smoke", "--database-url", url]
     command += ["--runs", "2", "--output", str(page), "--json", str(figures)]
+    # The code as it is stands in for a revision without statistics: the mechanism.
+    command += ["--without-statistics", "HEAD"]
     try:
         done = subprocess.run(
             command, cwd=ROOT, capture_output=True, text=True, timeout=840, check=False
@@ -116,6 +125,7 @@ def test_every_scenario_is_served_by_every_server(smoke_run):
             assert (scenario, "suite-1w", run) in served, (scenario, run)
             assert (scenario, "baseline", run) in served, (scenario, run)
         assert ("GetCustomer", "rest-peer", run) in served
+        assert (CREATE_WITHOUT_STATISTICS, WITHOUT_STATISTICS, run) in served
     assert ("AuthenticateCustomer", "suite-1w", 1) in served
     assert ("GetCustomer, 2 worker processes", "suite-2w", 1) in served
     for row in rows:
@@ -179,7 +189,9 @@ def test_the_report_says_which_goal_is_met(smoke_run):
     # The main scenarios, two statistics, two SQLite, CreateOrder before/after, runs.
     assert len(verdicts) == 7 + 2 + 2 + 1 + 1, goals
     assert set(verdicts) <= {"met", "**not met**", "not measured"}
-    assert verdicts.count("not measured") == 1  # CreateOrder: no earlier run given
+    assert "not measured" not in verdicts
+    (kept,) = [line for line in goals if line.startswith("| CreateOrder with statistics")]
+    assert "--without-statistics" in kept, kept
     (runs,) = [line for line in goals if line.startswith("| 3 runs")]
     assert runs.endswith("| 2 run(s) | **not met** |")
 
@@ -197,10 +209,18 @@ def test_the_benchmark_draws_its_charts(smoke_run):
 @pytest.mark.timeout(900)
 def test_an_earlier_run_is_set_beside_this_one(smoke_run, tmp_path):
     """Rendered again from its JSON with an earlier run's (here the same one): before
-    and after, and the goal of CreateOrder judged."""
+    and after, and the goal of CreateOrder judged on the two (the run's own pair of
+    CreateOrder with and without statistics left out)."""
+    figures = smoke_run.report | {
+        "rows": [
+            row for row in smoke_run.report["rows"] if row["scenario"] != CREATE_WITHOUT_STATISTICS
+        ]
+    }
+    alone = tmp_path / "figures.json"
+    alone.write_text(json.dumps(figures))
     again = tmp_path / "again.md"
-    command = [sys.executable, "-m", "bench.run", "--from-json", str(smoke_run.figures)]
-    command += ["--before", str(smoke_run.figures), "--output", str(again)]
+    command = [sys.executable, "-m", "bench.run", "--from-json", str(alone)]
+    command += ["--before", str(alone), "--output", str(again)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rendered = again.read_text()
