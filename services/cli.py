@@ -334,6 +334,10 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _many(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _check_order_stats(args: argparse.Namespace, settings: Settings) -> int:
     from services.orders.customer_orders import check_statistics  # late, as serve's
 
@@ -357,9 +361,10 @@ def _check_order_stats(args: argparse.Namespace, settings: Settings) -> int:
                     database, store_id, repair=args.repair, batch=args.batch, found=print
                 )
         finally:
+            database.close()
             await engine.dispose()
         done = " (repaired)" if args.repair and drifted else ""
-        print(f"checked {len(stores)} stores: {drifted} customers drifted{done}")
+        print(f"checked {_many(len(stores), 'store')}: {_many(drifted, 'customer')} drifted{done}")
         return drifted
 
     drifted = asyncio.run(check())

@@ -65,7 +65,7 @@ async def test_the_check_reports_drift_and_repairs_it(
     env = clean_environment(DATABASE_URL=database_url)
     check = ("order-stats", "check", "--store", str(store_id), "--batch", "2")
     clean = commerce(*check, env=env)
-    assert clean.stdout.splitlines() == ["checked 1 stores: 0 customers drifted"]
+    assert clean.stdout.splitlines() == ["checked 1 store: 0 customers drifted"]
 
     before = [
         await stats_and_aggregate(customer_orders, database, store_id, customer_id)
@@ -89,7 +89,7 @@ async def test_the_check_reports_drift_and_repairs_it(
     found = commerce(*check, env=env, check=False)
     assert found.returncode == 1
     lines = found.stdout.splitlines()
-    assert lines[-1] == "checked 1 stores: 2 customers drifted"
+    assert lines[-1] == "checked 1 store: 2 customers drifted"
     assert [entry.split(" (slot")[0] for entry in lines[:-1]] == [
         f"store {store_id} customer {second} USD",
         f"store {store_id} customer {fourth} EUR",
@@ -102,7 +102,7 @@ async def test_the_check_reports_drift_and_repairs_it(
     repaired = commerce(*check, "--repair", env=env)
     assert repaired.stdout.splitlines() == [
         *lines[:-1],
-        "checked 1 stores: 2 customers drifted (repaired)",
+        "checked 1 store: 2 customers drifted (repaired)",
     ]
     assert commerce(*check, env=env).stdout.splitlines() == clean.stdout.splitlines()
     after = [
