@@ -112,6 +112,34 @@ def test_one_log_line_per_rpc_without_secrets(tmp_path, sqlite_env):
     assert "$2b$" not in everything
 
 
+def test_the_lines_per_rpc_survive_sigterm_whole_and_in_order(tmp_path, sqlite_env):
+    """The lines per RPC are written in batches (services.core.logs): each still
+    shows while the server runs, and a SIGTERM right after a burst of calls loses none
+    of them nor changes their order, before the shutdown's own line. (Calls that
+    succeed: a failed call's line is written just after its status is sent.)"""
+    with running_server(tmp_path, sqlite_env) as server:
+        customers = stub(server.target)
+        created = customers.CreateCustomer(
+            pb.CreateCustomerRequest(store_id=1, email="burst@example.com"), timeout=10
+        ).customer
+        wait_for(lambda: "CustomerService/CreateCustomer store_id=1 code=OK" in server.output())
+        burst = ["GetCustomer", "ListCustomers", "GetCustomer"] * 100
+        for method in burst:
+            if method == "GetCustomer":
+                customers.GetCustomer(
+                    pb.GetCustomerRequest(store_id=1, customer_id=created.customer_id), timeout=10
+                )
+            else:
+                customers.ListCustomers(pb.ListCustomersRequest(store_id=1), timeout=10)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+    lines = server.output().splitlines()
+    calls = [re.search(r"CustomerService/(\w+) store_id=1 code=OK", line) for line in lines]
+    assert [call[1] for call in calls if call] == ["CreateCustomer", *burst]
+    last_call = max(index for index, call in enumerate(calls) if call)
+    assert "shutting down" in "".join(lines[last_call + 1 :])
+
+
 def test_no_secret_reaches_any_log_line_even_at_debug(tmp_path, sqlite_env):
     """Every password-bearing RPC, succeeding and failing in every way it can, with
     the server logging at DEBUG: no line holds a password or a bcrypt hash."""

@@ -363,8 +363,14 @@ def test_the_otel_variables_configure_the_exporter(tmp_path: Path) -> None:
                 metadata=caller.metadata,
                 timeout=30,
             )
-        # The console exporter prints one span after another, the call's last.
-        wait_for(lambda: f'"name": "{CUSTOMERS}/CreateCustomer"' in server.output())
+        # The console exporter prints one span after another, the call's last; the
+        # lines per RPC are written in batches (services.core.logs), within 0.1 s.
+        wait_for(
+            lambda: (
+                f'"name": "{CUSTOMERS}/CreateCustomer"' in server.output()
+                and '"logger": "commerce.rpc"' in server.output()
+            )
+        )
         output = server.output()
     trace_id = f"{caller.trace_id:032x}"
     assert f'"trace_id": "0x{trace_id}"' in output

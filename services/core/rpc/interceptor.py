@@ -18,6 +18,7 @@ from grpc._cython import cygrpc  # type: ignore[attr-defined]  # no public name 
 
 from services.core import consistency, deadlines
 from services.core.domain.errors import DomainError
+from services.core.logs import ACCESS_LOGGER
 from services.core.rpc import metrics
 from services.core.rpc.requests import Refusal, tolerant
 from services.core.rpc.statuses import (
@@ -31,7 +32,7 @@ from services.core.rpc.statuses import (
 )
 
 logger = logging.getLogger(__name__)
-rpc_logger = logging.getLogger("commerce.rpc")
+rpc_logger = logging.getLogger(ACCESS_LOGGER)
 
 # Generic only in the type stubs, hence the quotes.
 Behavior: TypeAlias = "Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]"
