@@ -24,6 +24,7 @@ no connection is ever left mid-statement or in a transaction for the next caller
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -111,11 +112,24 @@ def _serve(calls: queue.SimpleQueue[Any], path: str, read_only: bool) -> None:
                 raise opening_error or sqlite3.OperationalError("database not open")
             result = call(connection)
         except BaseException as error:  # handed to the caller, whatever it is
-            loop.call_soon_threadsafe(_fail, future, error)
+            _hand_back(loop, _fail, future, error)
         else:
-            loop.call_soon_threadsafe(_settle, future, result)
+            _hand_back(loop, _settle, future, result)
     if connection is not None:
         connection.close()
+
+
+def _hand_back(
+    loop: asyncio.AbstractEventLoop,
+    deliver: Callable[[asyncio.Future[Any], Any], None],
+    future: asyncio.Future[Any],
+    outcome: Any,
+) -> None:
+    """Delivers a call's outcome on its caller's loop, unless that loop is closed: a
+    rollback queued by a unit of work that ended as its program did has nobody left
+    to tell (and an error raised here would be printed from this thread)."""
+    with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+        loop.call_soon_threadsafe(deliver, future, outcome)
 
 
 def _settle(future: asyncio.Future[Any], result: Any) -> None:
