@@ -11,10 +11,10 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -40,7 +40,7 @@ from services.core.http.gateway import gateway_app
 from services.core.http.listener import HttpListener, HttpTls
 from services.core.modules import ModuleContext, MountFunction
 from services.core.rpc.callers import CallerAuthInterceptor, load_callers
-from services.core.rpc.interceptor import RpcInterceptor, write_stream
+from services.core.rpc.interceptor import guarded_handler, write_stream
 from services.core.rpc.metrics import serve_metrics
 from services.core.rpc.reflection import enable_reflection
 from services.core.rpc.statuses import retry_status
@@ -140,23 +140,24 @@ class Application:
         self.database.events_committed = self.events_committed.notify
         self.passwords = PasswordHasher(settings.bcrypt_rounds, settings.password_hash_workers)
         self.health = health.aio.HealthServicer()
-        self.drain = DrainInterceptor()
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            self.drain,
-            RpcInterceptor(finish_abandoned_calls=is_sqlite(settings.database_url)),
-        ]
+        # The guard and the drain wrap each handler as it is registered (start()):
+        # without interceptors, gRPC finds a call's handler without an interceptor
+        # chain, which costs more per call than either wrapper.
+        self.drain = Drain()
+        self._finish_abandoned_calls = is_sqlite(settings.database_url)
+        interceptors: list[grpc.aio.ServerInterceptor] = []
         self.tracing = _tracing(settings, tracing)
         if self.tracing is not None:
             self.database.trace_statements = self.tracing.transaction
             self.passwords.trace_work = self.tracing.work
-            # Outside the RpcInterceptor: the span covers its error mapping and log line.
-            interceptors.insert(1, _tracing_interceptor(self.tracing))
+            # Around the guarded handler: the span covers its error mapping and log line.
+            interceptors.append(_tracing_interceptor(self.tracing))
         if settings.caller_tokens_file:
             # First, so that a refused call reaches no servicer.
             interceptors.insert(0, CallerAuthInterceptor(load_callers(settings.caller_tokens_file)))
         self.share_port = share_port
         self.server = grpc.aio.server(
-            interceptors=interceptors,
+            interceptors=interceptors or None,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=server_options(settings, share_port=share_port),
         )
@@ -185,10 +186,12 @@ class Application:
             retention=self.retention,
             events_placed=self.events_placed,
         )
+        # Typed as the server its callers expect: they only add handlers to it.
+        registered = cast(grpc.aio.Server, GuardedRegistration(self.server, self._guarded))
         for name in self.module_names:
-            self.service_names += MODULES[name](self.server, context)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        enable_reflection(self.server, [*self.service_names, HEALTH_SERVICE])
+            self.service_names += MODULES[name](registered, context)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registered)
+        enable_reflection(registered, [*self.service_names, HEALTH_SERVICE])
         address = address or self.settings.listen_address
         credentials = server_credentials(self.settings)
         if not self.share_port:
@@ -325,6 +328,13 @@ class Application:
         if self.tracing is not None:
             # Exports what is still queued: in a thread, its deadline the exporters'.
             await asyncio.to_thread(self.tracing.close)
+
+    def _guarded(self, method: str, handler: Handler) -> Handler:
+        """A method's handler as the server serves it: the guard (deadline, statuses,
+        metrics, the log line) around its behaviour, the drain around the guard."""
+        return self.drain.wrap(
+            method, guarded_handler(method, handler, finish=self._finish_abandoned_calls)
+        )
 
     async def database_reachable(self) -> bool:
         try:
@@ -529,11 +539,63 @@ DRAINING_RETRY_AFTER = timedelta(seconds=1)
 QUIET_SECONDS = 0.25
 
 
-class DrainInterceptor(grpc.aio.ServerInterceptor):
+def _aio(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    """A streaming behaviour as grpc.aio registers it (the stubs type the sync API's)."""
+    return cast(Callable[..., AsyncIterator[Any]], behavior)
+
+
+class GuardedRegistration:
+    """The gRPC server as modules, health and reflection add their handlers to it:
+    each method's handler is wrapped once, as it is added, by `wrap` (the method's
+    full name and its handler in, the handler to serve out)."""
+
+    def __init__(self, server: grpc.aio.Server, wrap: Callable[[str, Handler], Handler]) -> None:
+        self._server = server
+        self._wrap = wrap
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            [_WrappedGenericHandler(handler, self._wrap) for handler in handlers]
+        )
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
+        self._server.add_registered_method_handlers(
+            service,
+            {name: self._wrap(f"/{service}/{name}", handler) for name, handler in handlers.items()},
+        )
+
+
+# What registers handlers checks that it was given an asyncio server (reflection then
+# serves its asyncio servicer): this is one, for that purpose.
+grpc.aio.Server.register(GuardedRegistration)
+
+
+class _WrappedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers are wrapped, each once, when first found."""
+
+    def __init__(self, handler: grpc.GenericRpcHandler, wrap: Callable[[str, Handler], Handler]):
+        self._handler = handler
+        self._wrap = wrap
+        self._wrapped: dict[str, Handler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            # Only methods it has are remembered: callers choose the names asked for.
+            handler = self._handler.service(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
+
+
+class Drain:
     """Counts the calls in flight and, once draining, refuses new ones with
     UNAVAILABLE and a RetryInfo (health checks still answer: NOT_SERVING). Server
     streams (EventService.StreamEvents) would never end by themselves: the drain ends
-    them at once, UNAVAILABLE, telling the caller to resume from its last cursor."""
+    them at once, UNAVAILABLE, telling the caller to resume from its last cursor.
+    It wraps each method's handler as it is registered (`wrap`)."""
 
     def __init__(self) -> None:
         self.draining = False
@@ -542,64 +604,31 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = asyncio.Event()
-        self._wrapped: dict[str, Handler] = {}
-        self._refusals: dict[str, Handler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        method = handler_call_details.method
-        if not method.startswith("/grpc.health."):  # probes are answered while draining
-            self._last_arrival = asyncio.get_running_loop().time()
-            if self.draining:
-                return await self._refusal(method, continuation, handler_call_details)
-        wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """`handler`, counted, and refused while draining; health's probes are
+        answered while draining (NOT_SERVING)."""
+        probe = method.startswith("/grpc.health.")
+        serialized = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
         if handler.unary_unary is not None:
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                self._counted(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+            return grpc.unary_unary_rpc_method_handler(
+                self._counted(handler.unary_unary, refused=not probe), **serialized
             )
-        elif handler.unary_stream is not None and method.startswith("/commerce."):
-            wrapped = grpc.unary_stream_rpc_method_handler(
-                self._ended_by_drain(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+        if handler.unary_stream is not None and method.startswith("/commerce."):
+            return grpc.unary_stream_rpc_method_handler(
+                self._ended_by_drain(handler.unary_stream), **serialized
             )
-        else:
-            return handler  # reflection's own streams end with their connections
-        self._wrapped[method] = wrapped
-        return wrapped
+        if handler.stream_stream is not None and not probe:  # reflection's: ends on its own
+            return grpc.stream_stream_rpc_method_handler(
+                self._refused_or_streamed(_aio(handler.stream_stream)), **serialized
+            )
+        return handler
 
-    async def _refusal(
-        self,
-        method: str,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        """A refusing handler of the same kind as the method's (a stream call
-        answered by a unary handler would not end with the refusal's status)."""
-        refusal = self._refusals.get(method)
-        if refusal is not None:
-            return refusal
-        handler = await continuation(handler_call_details)
-        if handler is not None and handler.unary_stream is not None:
-            refusal = grpc.unary_stream_rpc_method_handler(self._refuse)
-        elif handler is not None and handler.stream_unary is not None:
-            refusal = grpc.stream_unary_rpc_method_handler(self._refuse)
-        elif handler is not None and handler.stream_stream is not None:
-            refusal = grpc.stream_stream_rpc_method_handler(self._refuse)
-        else:
-            refusal = grpc.unary_unary_rpc_method_handler(self._refuse)
-        self._refusals[method] = refusal
-        return refusal
+    def _arrived(self) -> None:
+        self._last_arrival = asyncio.get_running_loop().time()
 
     def _enter(self) -> None:
         self.in_flight += 1
@@ -610,8 +639,17 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         if self.in_flight == 0:
             self._idle.set()
 
-    def _counted(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def _counted(
+        self, behavior: Callable[..., Awaitable[Any]], *, refused: bool
+    ) -> Callable[..., Awaitable[Any]]:
+        """`behavior` counted in flight; with `refused`, refused while draining (and
+        its arrival keeps the drain from ending for a quiet moment)."""
+
         async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if refused:
+                self._arrived()
+                if self.draining:
+                    await self._refuse(request, context)
             self._enter()
             try:
                 return await behavior(request, context)
@@ -622,6 +660,9 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
 
     def _ended_by_drain(self, behavior: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
         async def ended(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            self._arrived()
+            if self.draining:
+                await self._refuse(request, context)
             self._enter()
             try:
                 stream = asyncio.ensure_future(write_stream(behavior(request, context), context))
@@ -650,6 +691,23 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(status.code, status.details, status.trailing_metadata)
 
         return ended
+
+    def _refused_or_streamed(
+        self, behavior: Callable[..., AsyncIterator[Any]]
+    ) -> Callable[..., AsyncIterator[Any]]:
+        """A stream that is not the API's (reflection): refused while draining, else
+        left to end on its own."""
+
+        async def streamed(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            self._arrived()
+            if self.draining:
+                await self._refuse(request, context)
+            async for message in behavior(request, context):
+                yield message
+
+        return streamed
 
     @staticmethod
     async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:

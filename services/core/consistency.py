@@ -2,7 +2,7 @@
 
 Reads that may be served by the read replica (services.core.db.replica) can lag the
 primary by up to read_replica_max_lag_seconds. A caller that sends the request
-metadata `x-commerce-consistency: strong` reads the primary instead; the interceptor
+metadata `x-commerce-consistency: strong` reads the primary instead; the RPC guard
 records that for the duration of the call."""
 
 from __future__ import annotations

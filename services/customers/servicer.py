@@ -259,7 +259,7 @@ class CustomerServicer(customer_service_pb2_grpc.CustomerServiceServicer):
     async def ExportCustomers(
         self, request: pb.ExportCustomersRequest, context: Context
     ) -> AsyncIterator[pb.ExportCustomersResponse]:
-        # Each message is yielded once the caller took the last (the interceptor
+        # Each message is yielded once the caller took the last (the RPC guard
         # awaits every write), so the next batch is read only then.
         async with (
             self._service.export_customers(

@@ -199,3 +199,37 @@ async def test_a_bug_is_internal_without_detail(caplog):
         assert "RuntimeError: secret internals" in caplog.text
     finally:
         await server.stop(0)
+
+
+async def test_while_draining_every_call_but_health_is_refused_with_a_retry(settings):
+    """Once the drain began, a unary call and reflection's stream are refused with
+    UNAVAILABLE, SHUTTING_DOWN and a RetryInfo, before any servicer runs; health
+    still answers (load balancers read NOT_SERVING there)."""
+    async with serving(settings, ["customers"]) as (app, channel):
+        drain = asyncio.create_task(app.drain.drain(grace=60))
+        try:
+            customers = customer_service_pb2_grpc.CustomerServiceStub(channel)
+            refused = await rpc_error(
+                customers.GetCustomer(pb.GetCustomerRequest(store_id=1, customer_id=1)),
+                grpc.StatusCode.UNAVAILABLE,
+            )
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            listing = reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+
+            async def read_all() -> None:
+                async for _ in listing:
+                    pass
+
+            streamed = await rpc_error(read_all(), grpc.StatusCode.UNAVAILABLE)
+            for failure in (refused, streamed):
+                assert failure.error_info is not None
+                assert failure.error_info.reason == "SHUTTING_DOWN"
+                assert failure.retry_info is not None
+            health = health_pb2_grpc.HealthStub(channel)
+            answer = await health.Check(health_pb2.HealthCheckRequest())
+            # The drain alone changes no status; stopping reports NOT_SERVING.
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            drain.cancel()

@@ -1,7 +1,7 @@
-"""The one server interceptor: around every unary RPC it bounds the work by the
-caller's deadline, turns every failure into a status (services.core.rpc.statuses),
-writes one log line and updates the Prometheus metrics. One wrapper, built once per
-method, so the per-call cost stays small."""
+"""The guard around every RPC of the API: it bounds the work by the caller's
+deadline, turns every failure into a status (services.core.rpc.statuses), writes one
+log line and updates the Prometheus metrics. One wrapper, built once per method as it
+is registered, so that a call pays for no interceptor chain (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -39,15 +39,40 @@ Behavior: TypeAlias = "Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Await
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
-class RpcInterceptor(grpc.aio.ServerInterceptor):
-    """Deadlines, error statuses, metrics and the log line of every unary RPC.
+def guarded_handler(method: str, handler: Handler, *, finish: bool = False) -> Handler:
+    """`handler` with deadlines, error statuses, metrics and the log line around its
+    behaviour: every unary method, and the server streams of the API
+    (EventService.StreamEvents; reflection and health stream too, and handle their
+    own errors). Built once per method, as it is registered (services.server), so a
+    call goes through no interceptor for it.
 
-    `finish_abandoned_calls`: when a caller hangs up or its deadline passes, answer
-    it at once but let the servicer run to its end instead of cancelling it midway.
-    The embedded SQLite database needs it: a task cancelled inside SQLAlchemy's
-    aiosqlite adapter can leave its pooled connection checked out for good, and that
-    database has one. (On PostgreSQL, asyncpg cancels cleanly and the transaction's
-    statement timeout stops the work server-side.)"""
+    `finish`: when a caller hangs up or its deadline passes, answer it at once but
+    let the servicer run to its end instead of cancelling it midway (the embedded
+    SQLite database's export snapshots: a task cancelled inside SQLAlchemy's aiosqlite
+    adapter can leave its connection checked out for good). On PostgreSQL, asyncpg
+    cancels cleanly and the transaction's statement timeout stops the work
+    server-side."""
+    decode = handler.request_deserializer
+    if handler.unary_stream is not None and method.startswith("/commerce."):
+        return grpc.unary_stream_rpc_method_handler(
+            _guard_stream(cast(Behavior, handler.unary_stream), method),
+            request_deserializer=decode and tolerant(decode, _message_name(decode)),
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_unary is None:
+        return handler
+    return grpc.unary_unary_rpc_method_handler(
+        # grpc.aio calls the behaviours it registers with an aio context and awaits them.
+        _guard(cast(Behavior, handler.unary_unary), method, finish=finish),
+        # Decoding problems become statuses of the guarded behaviour, not UNKNOWN.
+        request_deserializer=decode and tolerant(decode, _message_name(decode)),
+        response_serializer=handler.response_serializer,
+    )
+
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    """guarded_handler as an interceptor, for a server whose handlers are registered
+    by others: it wraps each method once, on its first call."""
 
     def __init__(self, *, finish_abandoned_calls: bool = False) -> None:
         self._wrapped: dict[str, Handler] = {}
@@ -65,27 +90,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        decode = handler.request_deserializer
-        if handler.unary_stream is not None and method.startswith("/commerce."):
-            # Server streams of the API (EventService.StreamEvents); reflection and
-            # health stream too, and handle their own errors.
-            wrapped = grpc.unary_stream_rpc_method_handler(
-                _guard_stream(cast(Behavior, handler.unary_stream), method),
-                request_deserializer=decode and tolerant(decode, _message_name(decode)),
-                response_serializer=handler.response_serializer,
-            )
-            self._wrapped[method] = wrapped
-            return wrapped
-        if handler.unary_unary is None:
-            return handler
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            # grpc.aio calls the behaviours it registers with an aio context and awaits them.
-            _guard(cast(Behavior, handler.unary_unary), method, finish=self._finish),
-            # Decoding problems become statuses of the guarded behaviour, not UNKNOWN.
-            request_deserializer=decode and tolerant(decode, _message_name(decode)),
-            response_serializer=handler.response_serializer,
-        )
-        self._wrapped[method] = wrapped
+        wrapped = self._wrapped[method] = guarded_handler(method, handler, finish=self._finish)
         return wrapped
 
 

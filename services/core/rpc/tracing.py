@@ -28,8 +28,8 @@ RPC_SYSTEM = "grpc"
 
 
 class TracingInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps each method's behaviour once, in front of the RpcInterceptor: the span
-    covers the error mapping and the log line."""
+    """Wraps each method's behaviour once, around the RPC guard (services.core.rpc.
+    interceptor): the span covers the error mapping and the log line."""
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
