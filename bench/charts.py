@@ -41,6 +41,8 @@ _DPI = 100
 _BAR = "#4c72b0"
 _GOAL = "#c44e52"
 # The mixes' names are their whole recipe (see the tables): too long for an axis.
+# Past this ratio, a panel's axis is logarithmic.
+LOG_SCALE_FROM = 4.0
 _SHORT = {MIXED: "Mixed (15% CreateOrder)", MIXED_WRITES: "Mixed (10% writes, statistics)"}
 
 
@@ -84,8 +86,16 @@ def _bars(axes: Axes, rows: list[tuple[str, Spread]], title: str, goals: dict[st
             va="center",
             fontsize=8,
         )
+    top = max([*(spread.high for _, spread in rows), 1.0])
+    if top > LOG_SCALE_FROM:
+        # Ratios of tens (a design that answers in constant time what the other
+        # computes) would flatten every other bar to nothing on a linear axis.
+        axes.set_xscale("log")
+        axes.set_xlim(0.1, top * 3)
+        title += ", log scale"
+    else:
+        axes.set_xlim(0, top * 1.18)
     axes.set_title(title, fontsize=10, loc="left")
-    axes.set_xlim(0, max([*(spread.high for _, spread in rows), 1.0]) * 1.18)
     axes.grid(axis="x", alpha=0.3)
 
 
