@@ -20,6 +20,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     SmallInteger,
+    Subquery,
     Table,
     bindparam,
     delete,
@@ -461,6 +462,18 @@ async def count_customer_orders(
     return int(await uow.scalar(_COUNT_WITH_STATUS, params))
 
 
+def _customer_joined(per_currency: Subquery) -> Statement:
+    """One round trip: the customer LEFT JOIN its statistics per currency. No row: no
+    such customer; one row with a NULL currency: a customer without orders."""
+    return Statement(
+        select(per_currency)
+        .select_from(Customer)
+        .outerjoin(per_currency, true())
+        .where(*in_store(Customer, "customer_id"))
+        .order_by(per_currency.c.currency_code)
+    )
+
+
 def _aggregated_statistics_statement() -> Statement:
     """The statistics from scratch, in one round trip: the customer LEFT JOIN its
     counted orders aggregated per currency. No row: no such customer. One row with a
@@ -484,13 +497,7 @@ def _aggregated_statistics_statement() -> Statement:
         .group_by(Order.currency_code)
         .subquery()
     )
-    return Statement(
-        select(per_currency)
-        .select_from(Customer)
-        .outerjoin(per_currency, true())
-        .where(*in_store(Customer, "customer_id"))
-        .order_by(per_currency.c.currency_code)
-    )
+    return _customer_joined(per_currency)
 
 
 _AGGREGATED_STATISTICS = _aggregated_statistics_statement()
@@ -513,13 +520,7 @@ def _kept_statistics_statement() -> Statement:
         .group_by(_STATS.currency_code)
         .subquery()
     )
-    return Statement(
-        select(kept)
-        .select_from(Customer)
-        .outerjoin(kept, true())
-        .where(*in_store(Customer, "customer_id"))
-        .order_by(kept.c.currency_code)
-    )
+    return _customer_joined(kept)
 
 
 _STATISTICS = _kept_statistics_statement()
