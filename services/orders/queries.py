@@ -475,10 +475,9 @@ def _customer_joined(per_currency: Subquery) -> Statement:
 
 
 def _aggregated_statistics_statement() -> Statement:
-    """The statistics from scratch, in one round trip: the customer LEFT JOIN its
-    counted orders aggregated per currency. No row: no such customer. One row with a
-    NULL currency: a customer without orders. What customer_order_stats keeps, read
-    only to check it (and by the tests).
+    """The statistics from scratch (_customer_joined): the customer's counted orders
+    aggregated per currency. What customer_order_stats keeps, read only to check it
+    (and by the tests).
 
     The orders are aggregated in a subquery of their own, not through the join: the
     planner then sees how many orders it reads and hashes them into their few
